@@ -70,9 +70,9 @@ class Registry(Generic[T]):
     def _load_builtins(self) -> None:
         if self._builtins_loaded:
             return
-        self._builtins_loaded = True
         for mod in self._builtin_modules:
             importlib.import_module(mod)
+        self._builtins_loaded = True
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:

@@ -1,0 +1,145 @@
+"""The ``lcf`` command line.
+
+    lcf list                              registered components and model/pair cards
+    lcf validate RECIPE... [key=value]    check recipes without loading any model
+    lcf models prepare NAME... | --all    convert pip GGUF models into the safetensors cache once
+    lcf inspect RECIPE [key=value]        KV shapes, layer map and token alignment of a recipe's pair
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from lcf.errors import LCFError
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_list(args) -> int:
+    from rich.table import Table
+
+    from lcf import cards
+    from lcf.registry import REGISTRIES
+
+    con = _console()
+    table = Table(title="registered components")
+    table.add_column("kind")
+    table.add_column("names")
+    for kind, reg in REGISTRIES.items():
+        table.add_row(kind, ", ".join(reg.names()) or "-")
+    con.print(table)
+
+    from lcf.models.loading import is_prepared
+
+    models = Table(title="model cards")
+    for col in ("name", "source", "layers", "kv heads x dim", "vocab", "chat template", "prepared"):
+        models.add_column(col)
+    for name in cards.model_card_names():
+        c = cards.model_card(name)
+        src = c.source.repo or c.source.path or f"pip {c.source.package}"
+        prepared = "yes" if is_prepared(c) else ("no" if c.source.kind == "pip_gguf" else "n/a")
+        models.add_row(name, src, str(c.num_layers), f"{c.num_kv_heads} x {c.head_dim}", str(c.vocab_size),
+                       "yes" if c.chat_template else "no", prepared)
+    con.print(models)
+    pairs = Table(title="pair cards")
+    for col in ("name", "sharer", "receiver", "layer map", "token alignment"):
+        pairs.add_column(col)
+    for name in cards.pair_card_names():
+        p = cards.pair_card(name)
+        pairs.add_row(name, p.sharer, p.receiver, str(p.layer_map.get("type")), str(p.token_alignment.get("type")))
+    con.print(pairs)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from lcf.config import load_recipe, validate_recipe
+
+    failed = 0
+    for path in args.recipes:
+        try:
+            validate_recipe(load_recipe(path, args.overrides), origin=path)
+        except LCFError as exc:
+            failed += 1
+            print(f"FAIL {path}: {exc}", file=sys.stderr)
+        else:
+            print(f"ok   {path}")
+    return 1 if failed else 0
+
+
+def cmd_models_prepare(args) -> int:
+    from lcf import cards
+    from lcf.models.loading import prepare
+
+    names = args.names
+    if args.all:
+        names = [n for n in cards.model_card_names() if cards.model_card(n).source.kind == "pip_gguf"]
+    if not names:
+        print("name at least one model card, or pass --all", file=sys.stderr)
+        return 2
+    for name in names:
+        out = prepare(name, force=args.force)
+        print(f"{name}: {out}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from lcf.inspect import inspect_recipe
+
+    inspect_recipe(args.recipe, args.overrides, text=args.text, console=_console())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lcf", description="Latent Cache Flow: KV-cache communication between LLMs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="registered components and model/pair cards")
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("validate", help="check recipes without loading any model")
+    p.add_argument("recipes", nargs="+", help="recipe files; trailing key=value items are overrides")
+    p.set_defaults(fn=cmd_validate)
+
+    models = sub.add_parser("models", help="model cache management").add_subparsers(dest="models_cmd", required=True)
+    p = models.add_parser("prepare", help="convert pip GGUF models into the HF safetensors cache")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--all", action="store_true", help="every card with a pip GGUF source")
+    p.add_argument("--force", action="store_true", help="convert again even if prepared")
+    p.set_defaults(fn=cmd_models_prepare)
+
+    p = sub.add_parser("inspect", help="KV shapes, layer map and token alignment of a recipe's pair")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    p.add_argument("--text", default=None, help="sample text to align (default: a built-in sentence)")
+    p.set_defaults(fn=cmd_inspect)
+    return parser
+
+
+def _split_overrides(args) -> None:
+    """`lcf validate a.yaml b.yaml k=v`: items with '=' that are not files are overrides."""
+    if hasattr(args, "recipes"):
+        items = args.recipes
+        args.recipes = [i for i in items if "=" not in i or Path(i).exists()]
+        args.overrides = [i for i in items if i not in args.recipes]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _split_overrides(args)
+    try:
+        return args.fn(args)
+    except LCFError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,209 @@
+"""Recipes: YAML files composed with OmegaConf.
+
+A recipe is a flat mapping. ``defaults:`` lists base files (paths relative to the recipe) merged in
+order before the recipe itself; command-line ``key=value`` dotlist overrides come last; ``${...}``
+interpolation is resolved at the end (``${oc.env:VAR,default}`` reads the environment).
+
+    defaults: [base/pair.yaml]
+    translator: {type: lcf_lowrank, rank: 128}
+
+Component sections hold ``{type: NAME, **arguments}`` and are checked against the registered
+component's constructor signature by :func:`validate_recipe` without loading any model.
+
+``imports: [my_pkg.components]`` imports user modules first, so components they register (for
+example a subclass of a built-in translator) can be named in the recipe.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lcf import cards
+from lcf.errors import LCFError, RecipeError, RegistryError, suggest
+from lcf.registry import get_registry
+
+# section -> (registry kind, constructor arguments supplied by code rather than the recipe)
+COMPONENT_SECTIONS: dict[str, tuple[str, frozenset[str]]] = {
+    "layer_map": ("layer_maps", frozenset()),
+    "token_alignment": ("token_aligners", frozenset()),
+    "translator": ("translators", frozenset({"shapes"})),
+    "compressor": ("compressors", frozenset({"shapes"})),
+    "data": ("datasets", frozenset({"receiver_tokenizer", "sharer_tokenizer"})),
+}
+# plain sections validated by a dataclass (registered by the modules that own them)
+SETTINGS_SECTIONS: dict[str, str] = {}  # section -> "module:Class"
+PLAIN_KEYS = {"defaults", "imports", "name", "description", "seed", "data_root", "output_dir", "pair", "sharer", "receiver"}
+
+
+def _load_file(path: Path, stack: tuple[Path, ...]) -> DictConfig:
+    path = path.resolve()
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise RecipeError(f"recipe defaults form a cycle: {chain}")
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping")
+    merged = OmegaConf.create({})
+    defaults = cfg.pop("defaults", None) or []
+    if not isinstance(defaults, (ListConfig, list)):
+        raise RecipeError(f"{path}: `defaults` must be a list of recipe files, got {defaults!r}")
+    for base in defaults:
+        base_path = path.parent / str(base)
+        if base_path.suffix != ".yaml" and not base_path.exists():
+            base_path = base_path.with_suffix(".yaml")
+        merged = OmegaConf.merge(merged, _load_file(base_path, (*stack, path)))
+    return OmegaConf.merge(merged, cfg)
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose a recipe file with its defaults and CLI overrides; interpolations resolved."""
+    cfg = _load_file(Path(path), ())
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise RecipeError(f"overrides must look like key=value (e.g. translator.rank=64), got {bad}")
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"{path}: {exc}") from exc
+    cfg = apply_pair_card(cfg)
+    import_user_modules(cfg.get("imports"))
+    return cfg
+
+
+def import_user_modules(modules) -> None:
+    """Import the modules a recipe lists under ``imports:`` so their components register."""
+    import importlib
+
+    for name in modules or ():
+        try:
+            importlib.import_module(str(name))
+        except ImportError as exc:
+            raise RecipeError(
+                f"imports: cannot import {name!r} ({exc}). The module must be importable: install it, "
+                f"or run from its folder / add that folder to PYTHONPATH."
+            ) from exc
+
+
+def apply_pair_card(cfg: DictConfig) -> DictConfig:
+    """Fill sharer/receiver/layer_map/token_alignment from ``pair:`` where the recipe leaves them out."""
+    if not cfg.get("pair"):
+        return cfg
+    try:
+        card = cards.pair_card(str(cfg.pair))
+    except RegistryError as exc:
+        raise RecipeError(f"pair: {exc}") from exc
+    base = OmegaConf.create(
+        {"sharer": card.sharer, "receiver": card.receiver, "layer_map": card.layer_map,
+         "token_alignment": card.token_alignment}
+    )
+    return OmegaConf.merge(base, cfg)
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def save_resolved(cfg: DictConfig | dict, out_dir: str | Path, name: str = "recipe.yaml") -> Path:
+    """Write the fully resolved recipe next to a run's outputs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / name
+    target.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True))
+    return target
+
+
+def _check_model_spec(value: Any, path: str) -> None:
+    if value is None:
+        raise RecipeError(f"{path}: missing; give a model card name, a local directory or a hub id")
+    if isinstance(value, dict):
+        if "card" in value:
+            _check_model_spec(value["card"], f"{path}.card")
+        unknown = set(value) - {"card", "path"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise RecipeError(f"{path}.{key}: unknown key.{suggest(key, ['card', 'path'])} Expected `card` and/or `path`.")
+        return
+    if not isinstance(value, str):
+        raise RecipeError(f"{path}: expected a string or {{card, path}}, got {type(value).__name__}")
+    names = cards.model_card_names()
+    if value in names or Path(value).expanduser().is_dir() or value.count("/") == 1:
+        return
+    raise RecipeError(
+        f"{path}: {value!r} is not a model card, an existing directory or a hub id.{suggest(value, names)} "
+        f"Known cards: {', '.join(names)}."
+    )
+
+
+def _card_depth(spec: Any) -> int | None:
+    name = spec.get("card") if isinstance(spec, dict) else spec
+    if isinstance(name, str) and name in cards.model_card_names():
+        return cards.model_card(name).num_layers
+    return None
+
+
+def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[str, Any]:
+    """Check names, keys and argument types of every section; return the plain resolved dict."""
+    data = to_dict(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    allowed = PLAIN_KEYS | set(COMPONENT_SECTIONS) | set(_settings_sections())
+    for key in data:
+        if key not in allowed:
+            raise RecipeError(f"{origin}: unknown top-level key {key!r}.{suggest(key, allowed)} Allowed: {', '.join(sorted(allowed))}.")
+    for role in ("sharer", "receiver"):
+        _check_model_spec(data.get(role), role)
+    for section, (kind, from_code) in COMPONENT_SECTIONS.items():
+        spec = data.get(section)
+        if spec is None:
+            continue
+        registry = get_registry(kind)
+        registry.check(spec, section, extra={name: None for name in from_code if _accepts(registry, spec, name)})
+    for section, cls in _settings_sections().items():
+        if data.get(section) is not None:
+            from lcf.registry import check_arguments
+
+            if not isinstance(data[section], dict):
+                raise RecipeError(f"{section}: expected a mapping of settings, got {data[section]!r}")
+            check_arguments(cls, data[section], section)
+    _check_layer_map_depths(data)
+    return data
+
+
+def _accepts(registry, spec, name: str) -> bool:
+    from lcf.registry import signature_parameters
+
+    try:
+        params, _, _ = signature_parameters(registry.get(spec["type"]))
+    except (RegistryError, KeyError, TypeError):
+        return False
+    return name in params
+
+
+def _check_layer_map_depths(data: dict) -> None:
+    spec = data.get("layer_map")
+    s_depth, r_depth = _card_depth(data.get("sharer")), _card_depth(data.get("receiver"))
+    if not spec or s_depth is None or r_depth is None:
+        return
+    layer_map = get_registry("layer_maps").build(spec, "layer_map")
+    try:
+        layer_map(s_depth, r_depth)
+    except LCFError as exc:
+        raise RecipeError(f"layer_map: {exc}") from exc
+
+
+def _settings_sections() -> dict[str, type]:
+    import importlib
+
+    out = {}
+    for section, target in SETTINGS_SECTIONS.items():
+        mod, _, name = target.partition(":")
+        out[section] = getattr(importlib.import_module(mod), name)
+    return out

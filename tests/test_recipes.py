@@ -1,0 +1,145 @@
+"""Recipes: composition, overrides, validation errors, user components, the CLI."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lcf.cli import main
+from lcf.config import load_recipe, save_resolved, validate_recipe
+from lcf.errors import RecipeError
+from lcf.registry import layer_maps
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("recipe", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_recipe_validates(recipe):
+    validate_recipe(load_recipe(recipe), origin=str(recipe))
+
+
+def test_defaults_overrides_and_interpolation(tmp_path, monkeypatch):
+    monkeypatch.setenv("LCF_TEST_ROOT", "/data/here")
+    write(tmp_path / "base" / "a.yaml", """
+        sharer: gemma3-270m
+        receiver: smollm2-135m-instruct
+        seed: 1
+        data_root: ${oc.env:LCF_TEST_ROOT,/nowhere}
+        layer_map: {type: terminal}
+    """)
+    r = write(tmp_path / "r.yaml", """
+        defaults: [base/a.yaml]
+        seed: 2
+        name: run-${seed}
+    """)
+    cfg = load_recipe(r, ["layer_map.type=nearest", "seed=3"])
+    assert cfg.seed == 3 and cfg.name == "run-3" and cfg.data_root == "/data/here"
+    assert cfg.layer_map.type == "nearest" and cfg.sharer == "gemma3-270m"
+    out = save_resolved(cfg, tmp_path / "run")
+    assert yaml.safe_load(out.read_text())["name"] == "run-3"
+
+
+def test_pair_card_fills_models(tmp_path):
+    r = write(tmp_path / "r.yaml", "pair: gemma3-to-smollm2\n")
+    data = validate_recipe(load_recipe(r))
+    assert data["sharer"] == "gemma3-270m" and data["receiver"] == "smollm2-135m-instruct"
+    assert data["layer_map"]["type"] == "nearest"
+
+
+def base_recipe(tmp_path: Path, extra: str) -> Path:
+    return write(tmp_path / "r.yaml", "sharer: gemma3-270m\nreceiver: smollm2-135m-instruct\n" + textwrap.dedent(extra))
+
+
+def test_misspelled_top_level_key(tmp_path):
+    with pytest.raises(RecipeError, match="unknown top-level key 'layer_mapp'.*Did you mean 'layer_map'"):
+        validate_recipe(load_recipe(base_recipe(tmp_path, "layer_mapp: {type: nearest}\n")))
+
+
+def test_misspelled_argument_names_the_key_path(tmp_path):
+    with pytest.raises(RecipeError, match=r"layer_map\.drop_clampd.*Did you mean 'drop_clamped'"):
+        validate_recipe(load_recipe(base_recipe(tmp_path, "layer_map: {type: terminal, drop_clampd: true}\n")))
+
+
+def test_wrong_argument_type(tmp_path):
+    with pytest.raises(RecipeError, match=r"layer_map\.drop_clamped: expected bool, got str"):
+        validate_recipe(load_recipe(base_recipe(tmp_path, "layer_map: {type: terminal, drop_clamped: maybe}\n")))
+
+
+def test_unknown_component_with_suggestion(tmp_path):
+    with pytest.raises(RecipeError, match=r"layer_map\.type: unknown layer_map 'neares'.*Did you mean 'nearest'.*explicit"):
+        validate_recipe(load_recipe(base_recipe(tmp_path, "layer_map: {type: neares}\n")))
+
+
+def test_unknown_model_card_with_suggestion(tmp_path):
+    r = write(tmp_path / "r.yaml", "sharer: gemma3-270\nreceiver: smollm2-135m-instruct\n")
+    with pytest.raises(RecipeError, match="sharer: 'gemma3-270' is not a model card.*Did you mean 'gemma3-270m'"):
+        validate_recipe(load_recipe(r))
+
+
+def test_explicit_layer_map_checked_against_card_depths(tmp_path):
+    r = base_recipe(tmp_path, "layer_map: {type: explicit, sharer_layers: [0, 1, 2]}\n")
+    with pytest.raises(RecipeError, match="has 3 entries but the receiver has 30"):
+        validate_recipe(load_recipe(r))
+
+
+def test_defaults_cycle_and_missing_file(tmp_path):
+    write(tmp_path / "a.yaml", "defaults: [b.yaml]\n")
+    write(tmp_path / "b.yaml", "defaults: [a.yaml]\n")
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(tmp_path / "a.yaml")
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(RecipeError, match="key=value"):
+        load_recipe(write(tmp_path / "c.yaml", "seed: 1\n"), ["oops"])
+
+
+def test_user_subclass_registered_in_own_module_builds_from_recipe(tmp_path, monkeypatch):
+    write(tmp_path / "my_components.py", """
+        from lcf.align.layers import NearestLayerMap, LayerMap
+        from lcf.registry import layer_maps
+
+        @layer_maps.register("every_other")
+        class EveryOther(NearestLayerMap):
+            def __init__(self, phase: int = 0, **kwargs):
+                super().__init__(**kwargs)
+                self.phase = phase
+
+            def __call__(self, sharer_layers, receiver_layers):
+                base = super().__call__(sharer_layers, receiver_layers)
+                keep = [s if t % 2 == self.phase else None for t, s in enumerate(base.sharer_of)]
+                return LayerMap(tuple(keep), sharer_layers)
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = base_recipe(tmp_path, "imports: [my_components]\nlayer_map: {type: every_other, phase: 1}\n")
+    data = validate_recipe(load_recipe(r))
+    built = layer_maps.build(data["layer_map"], "layer_map")(18, 30)
+    assert built.fused == list(range(1, 30, 2))
+    bad = base_recipe(tmp_path, "imports: [my_components]\nlayer_map: {type: every_other, phse: 1}\n")
+    with pytest.raises(RecipeError, match="layer_map.phse.*Did you mean 'phase'"):
+        validate_recipe(load_recipe(bad))
+    layer_maps._items.pop("every_other")
+
+
+def test_missing_user_module(tmp_path):
+    with pytest.raises(RecipeError, match="imports: cannot import 'not_a_module_abc'"):
+        load_recipe(base_recipe(tmp_path, "imports: [not_a_module_abc]\n"))
+
+
+def test_cli_validate_and_list(tmp_path, capsys):
+    assert main(["validate", *map(str, SHIPPED)]) == 0
+    bad = base_recipe(tmp_path, "layer_map: {type: neares}\n")
+    assert main(["validate", str(bad)]) == 1
+    assert "Did you mean 'nearest'" in capsys.readouterr().err
+    assert main(["validate", str(SHIPPED[0]), "layer_map.type=bogus"]) == 1
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "nearest" in out and "smollm2-135m-instruct" in out and "gemma3-to-smollm2" in out
