@@ -30,6 +30,7 @@ class ModelSource:
     file: str | None = None  # GGUF file name, inside the package or written by `assemble`
     assemble: str | None = None  # "module:function(output_path)" that writes `file` (split packages)
     revision: str | None = None
+    install: str | None = None  # the shell command that installs `package` (shown in errors)
 
 
 @dataclass(frozen=True)

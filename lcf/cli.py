@@ -18,7 +18,7 @@ from lcf.errors import LCFError
 def _console():
     from rich.console import Console
 
-    return Console()
+    return Console(width=None if sys.stdout.isatty() else 120)
 
 
 def cmd_list(args) -> int:

