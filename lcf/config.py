@@ -32,10 +32,10 @@ COMPONENT_SECTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "token_alignment": ("token_aligners", frozenset()),
     "translator": ("translators", frozenset({"shapes"})),
     "compressor": ("compressors", frozenset({"shapes"})),
-    "data": ("datasets", frozenset({"receiver_tokenizer", "sharer_tokenizer"})),
+    "data": ("datasets", frozenset()),
 }
 # plain sections validated by a dataclass (registered by the modules that own them)
-SETTINGS_SECTIONS: dict[str, str] = {}  # section -> "module:Class"
+SETTINGS_SECTIONS: dict[str, str] = {"trainer": "lcf.training.settings:TrainerSettings"}  # section -> "module:Class"
 PLAIN_KEYS = {"defaults", "imports", "name", "description", "seed", "data_root", "output_dir", "pair", "sharer", "receiver"}
 
 
@@ -173,6 +173,10 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
             if not isinstance(data[section], dict):
                 raise RecipeError(f"{section}: expected a mapping of settings, got {data[section]!r}")
             check_arguments(cls, data[section], section)
+            try:
+                cls(**data[section])
+            except (TypeError, ValueError) as exc:
+                raise RecipeError(f"{section}: {exc}") from exc
     _check_layer_map_depths(data)
     return data
 

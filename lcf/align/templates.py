@@ -166,7 +166,9 @@ def _render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_
             f"alternating user/assistant turns or no system message; adapt the messages or use template='plain'."
         ) from exc
     if not isinstance(text, str):
-        raise ChatTemplateError(f"apply_chat_template of {tokenizer_label(tokenizer)} returned {type(text).__name__}, not str")
+        raise ChatTemplateError(
+            f"apply_chat_template of {tokenizer_label(tokenizer)} returned {type(text).__name__}, not str"
+        )
     return text
 
 
@@ -234,8 +236,9 @@ def format_example(
     """Format a training example; return ``(prompt_text, full_text)``.
 
     ``prompt_text`` is the prompt with the generation prompt; ``full_text`` is the conversation with
-    ``response`` as a final assistant message. ``prompt_text`` is guaranteed to be a strict prefix
-    of ``full_text`` (for an empty response with no end-of-turn text they may be equal), so the response (and any end-of-turn tokens) is ``full_text[len(prompt_text):]``.
+    ``response`` as a final assistant message. ``prompt_text`` is guaranteed to be a prefix of
+    ``full_text`` (a strict one unless the response is empty and the template adds no end-of-turn
+    text), so the response and its end-of-turn text are ``full_text[len(prompt_text):]``.
     Raises ``ChatTemplateError`` if the model's template does not render the prompt as a prefix.
     """
     if not isinstance(response, str):
@@ -247,8 +250,9 @@ def format_example(
         cut = len(prompt)
         raise ChatTemplateError(
             f"the chat template of {tokenizer_label(tokenizer)} does not render the prompt (with generation "
-            f"prompt) as a strict prefix of the conversation including the response, so the response tokens "
-            f"cannot be separated. Prompt ends with {prompt[-40:]!r}; full text has {full[max(0, cut - 40):cut + 40]!r} "
-            f"there. Use template='plain', or a chat template that renders assistant turns after the generation prompt."
+            f"prompt) as a strict prefix of the conversation including the response, so the response "
+            f"tokens cannot be separated. Prompt ends with {prompt[-40:]!r}; full text has "
+            f"{full[max(0, cut - 40):cut + 40]!r} there. Use template='plain', or a chat template that "
+            f"renders assistant turns after the generation prompt."
         )
     return prompt, full

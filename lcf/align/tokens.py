@@ -77,7 +77,9 @@ class TokenAlignment:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return TokenAlignment(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in values.items()})
 
-    def rows(self, receiver_tokenizer: Any = None, sharer_tokenizer: Any = None) -> list[tuple[int, str, int | None, str, float]]:
+    def rows(
+        self, receiver_tokenizer: Any = None, sharer_tokenizer: Any = None
+    ) -> list[tuple[int, str, int | None, str, float]]:
         """Table rows ``(receiver_pos, receiver_piece, sharer_pos | None, sharer_piece, coverage)``.
 
         Pieces are the tokens' text spans; zero-length tokens (BOS, ...) are shown by their token
@@ -85,7 +87,8 @@ class TokenAlignment:
         """
         out = []
         for i in range(len(self)):
-            r_piece = _piece(self.receiver_text, self.receiver_offsets[i], int(self.receiver_ids[i]), receiver_tokenizer)
+            r_id = int(self.receiver_ids[i])
+            r_piece = _piece(self.receiver_text, self.receiver_offsets[i], r_id, receiver_tokenizer)
             if bool(self.mask[i]):
                 j = int(self.sharer_index[i])
                 s_piece = _piece(self.sharer_text, self.sharer_offsets[j], int(self.sharer_ids[j]), sharer_tokenizer)
@@ -127,8 +130,11 @@ def _encode(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[np.nda
     ids = np.asarray(enc["input_ids"], dtype=np.int64).reshape(-1)
     offsets = np.clip(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2), 0, len(text))
     special = np.asarray(enc.get("special_tokens_mask") or np.zeros(len(ids)), dtype=bool).reshape(-1)
-    special_ids = list(getattr(tokenizer, "all_special_ids", []) or [])
-    if special_ids:  # specials written in the text are not flagged by special_tokens_mask
+    # Specials written in the text are not flagged by special_tokens_mask. The unknown token is
+    # not treated as special: it stands for real characters of the text.
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special_ids = [i for i in (getattr(tokenizer, "all_special_ids", None) or []) if i != unk]
+    if special_ids:
         special |= np.isin(ids, special_ids)
     return ids, offsets, special
 
@@ -150,7 +156,8 @@ def check_segments(receiver_text: str, sharer_text: str, segments: Sequence[Sequ
     for k, seg in enumerate(segments):
         if len(seg) != 3 or not all(isinstance(v, (int, np.integer)) and v >= 0 for v in seg):
             raise AlignmentError(
-                f"segments[{k}] = {seg!r}: expected (receiver_char_start, sharer_char_start, length) of non-negative ints"
+                f"segments[{k}] = {seg!r}: expected (receiver_char_start, sharer_char_start, length) "
+                f"of non-negative ints"
             )
         rs, ss, n = (int(v) for v in seg)
         if rs + n > len(receiver_text) or ss + n > len(sharer_text):
@@ -319,7 +326,8 @@ def align_messages(
     return align_texts(
         receiver_tokenizer, sharer_tokenizer, r_prompt.text, s_prompt.text, message_segments(r_prompt, s_prompt),
         add_special_tokens=(
-            _auto_special_tokens(receiver_tokenizer, r_prompt.text), _auto_special_tokens(sharer_tokenizer, s_prompt.text)
+            _auto_special_tokens(receiver_tokenizer, r_prompt.text),
+            _auto_special_tokens(sharer_tokenizer, s_prompt.text),
         ),
         pick=pick, min_coverage=min_coverage,
     )
