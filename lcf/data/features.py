@@ -1,0 +1,149 @@
+"""Turn one instruction example into training features, and features into padded batches.
+
+A feature dict holds plain Python lists (cheap to pickle into DataLoader workers):
+
+``receiver_prompt_ids``  the receiver prompt (its template, generation prompt included) — equal to
+                         the aligner's ``receiver_ids``
+``sharer_prompt_ids``    the same messages in the sharer's template — the aligner's ``sharer_ids``
+``align_index``          per receiver prompt position, the sharer position it reads (0 where masked)
+``align_mask``           per receiver prompt position, whether fusion applies
+``response_ids``         the response followed by the receiver's end-of-turn, truncated
+``source``, ``index``    where the example came from (ignored by :func:`collate`)
+
+:func:`collate` pads a list of features into the batch layout ``lcf.communicator`` reads.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from lcf.align.templates import ChatTemplateError, TemplateName, format_messages, tokenizer_label
+from lcf.errors import LCFError
+
+#: The keys :func:`collate` returns, in order.
+BATCH_KEYS: tuple[str, ...] = (
+    "receiver_prompt_ids", "receiver_prompt_mask", "sharer_prompt_ids", "sharer_prompt_mask",
+    "align_index", "align_mask", "response_ids", "response_mask",
+)
+
+# Drop reasons reported by :func:`featurize`.
+DROP_PROMPT = "prompt longer than max_prompt_tokens"
+DROP_EMPTY = "empty response"
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its eos id; raise ``LCFError`` when it has neither."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    raise LCFError(
+        f"tokenizer {tokenizer_label(tokenizer)} has neither a pad nor an eos token, so batches cannot be padded; "
+        f"set tokenizer.pad_token (e.g. tokenizer.pad_token = tokenizer.unk_token)."
+    )
+
+
+def end_of_turn_text(tokenizer: Any, prompt_text: str, messages: Sequence[Mapping[str, str]], response: str,
+                     template: TemplateName) -> str:
+    """The response as the receiver should generate it: content plus the template's end-of-turn.
+
+    The end-of-turn is what the template renders after the assistant content (``"<|im_end|>"``
+    for ChatML; trailing whitespace dropped, since generation stops at that token); the plain
+    template — or a chat template that adds nothing — ends with the tokenizer's eos token.
+    """
+    full = format_messages(tokenizer, [*messages, {"role": "assistant", "content": response}], template,
+                           add_generation_prompt=False)
+    if not full.text.startswith(prompt_text):
+        raise ChatTemplateError(
+            f"the template of {tokenizer_label(tokenizer)} does not render the prompt (with generation prompt) as a "
+            f"prefix of the conversation including the response, so the response tokens cannot be separated. "
+            f"Prompt ends with {prompt_text[-40:]!r}. Use receiver_template='plain' or fix the chat template."
+        )
+    content_end = full.spans[-1][1]
+    suffix = full.text[content_end:].rstrip()
+    if not suffix:
+        suffix = getattr(tokenizer, "eos_token", None) or ""
+    return full.text[len(prompt_text):content_end] + suffix
+
+
+def featurize(
+    messages: Sequence[Mapping[str, str]],
+    response: str,
+    receiver_tokenizer: Any,
+    sharer_tokenizer: Any,
+    aligner: Any,
+    *,
+    receiver_template: TemplateName = "auto",
+    sharer_template: TemplateName = "auto",
+    max_prompt_tokens: int = 256,
+    max_response_tokens: int = 128,
+) -> dict[str, Any] | str:
+    """Features of one example, or the reason it was dropped (:data:`DROP_PROMPT`, :data:`DROP_EMPTY`)."""
+    if not response.strip():
+        return DROP_EMPTY
+    alignment = aligner.align_messages(
+        receiver_tokenizer, sharer_tokenizer, messages,
+        receiver_template=receiver_template, sharer_template=sharer_template,
+    )
+    if len(alignment.receiver_ids) > max_prompt_tokens or len(alignment.sharer_ids) > max_prompt_tokens:
+        return DROP_PROMPT
+    text = end_of_turn_text(receiver_tokenizer, alignment.receiver_text, messages, response, receiver_template)
+    response_ids = list(receiver_tokenizer(text, add_special_tokens=False)["input_ids"])[:max_response_tokens]
+    if not response_ids:
+        return DROP_EMPTY
+    mask = alignment.mask.tolist()
+    return {
+        "receiver_prompt_ids": alignment.receiver_ids.tolist(),
+        "sharer_prompt_ids": alignment.sharer_ids.tolist(),
+        "align_index": [i if m else 0 for i, m in zip(alignment.sharer_index.tolist(), mask)],
+        "align_mask": mask,
+        "response_ids": response_ids,
+    }
+
+
+def collate(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad features into a batch (keys :data:`BATCH_KEYS`).
+
+    Prompts (receiver and sharer) are LEFT-padded so that generation continues from the right edge;
+    responses are RIGHT-padded with ``receiver_pad_id``. ``align_index`` indexes the *padded*
+    sharer row: each value is shifted by that row's sharer left padding, and is 0 wherever
+    ``align_mask`` is False (including receiver padding). Masks are long 1/0 except ``align_mask``
+    (bool).
+    """
+    if not features:
+        raise LCFError("collate: got an empty list of features; a batch needs at least one example")
+    b = len(features)
+    tp = max(len(f["receiver_prompt_ids"]) for f in features)
+    ts = max(len(f["sharer_prompt_ids"]) for f in features)
+    tr = max(len(f["response_ids"]) for f in features)
+    out = {
+        "receiver_prompt_ids": torch.full((b, tp), receiver_pad_id, dtype=torch.long),
+        "receiver_prompt_mask": torch.zeros(b, tp, dtype=torch.long),
+        "sharer_prompt_ids": torch.full((b, ts), sharer_pad_id, dtype=torch.long),
+        "sharer_prompt_mask": torch.zeros(b, ts, dtype=torch.long),
+        "align_index": torch.zeros(b, tp, dtype=torch.long),
+        "align_mask": torch.zeros(b, tp, dtype=torch.bool),
+        "response_ids": torch.full((b, tr), receiver_pad_id, dtype=torch.long),
+        "response_mask": torch.zeros(b, tr, dtype=torch.long),
+    }
+    for i, f in enumerate(features):
+        r_ids, s_ids, resp = f["receiver_prompt_ids"], f["sharer_prompt_ids"], f["response_ids"]
+        if not (len(f["align_index"]) == len(f["align_mask"]) == len(r_ids)):
+            raise LCFError(
+                f"collate: feature {i} has {len(r_ids)} receiver prompt ids but align_index/align_mask of length "
+                f"{len(f['align_index'])}/{len(f['align_mask'])}; they must match (one entry per receiver position)"
+            )
+        r_pad, s_pad = tp - len(r_ids), ts - len(s_ids)
+        out["receiver_prompt_ids"][i, r_pad:] = torch.tensor(r_ids, dtype=torch.long)
+        out["receiver_prompt_mask"][i, r_pad:] = 1
+        out["sharer_prompt_ids"][i, s_pad:] = torch.tensor(s_ids, dtype=torch.long)
+        out["sharer_prompt_mask"][i, s_pad:] = 1
+        mask = torch.tensor(f["align_mask"], dtype=torch.bool)
+        index = torch.tensor(f["align_index"], dtype=torch.long) + s_pad
+        out["align_mask"][i, r_pad:] = mask
+        out["align_index"][i, r_pad:] = torch.where(mask, index, torch.zeros_like(index))
+        out["response_ids"][i, :len(resp)] = torch.tensor(resp, dtype=torch.long)
+        out["response_mask"][i, :len(resp)] = 1
+    return out
