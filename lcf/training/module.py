@@ -1,0 +1,85 @@
+"""LightningModule that trains only the translator(s) of a :class:`~lcf.communicator.Communicator`."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from lcf.communicator import Communicator
+from lcf.errors import LCFError
+from lcf.training.settings import TrainerSettings
+from lcf.translators.base import annealed_temperature
+
+
+class NonFiniteLossError(LCFError, FloatingPointError):
+    """The training loss became NaN or infinite; training stops and the last good checkpoint stays."""
+
+
+class LCFModule(L.LightningModule):
+    def __init__(self, communicator: Communicator, settings: TrainerSettings):
+        super().__init__()
+        self.communicator = communicator
+        self.settings = settings
+
+    # -- steps -------------------------------------------------------------------------------
+    def _anneal(self) -> float:
+        s = self.settings
+        t = annealed_temperature(self.global_step, s.gate_anneal_steps or s.max_steps,
+                                 s.gate_temperature_start, s.gate_temperature_end)
+        for tr in self.communicator.translators:
+            tr.gates.set_temperature(t)
+        return t
+
+    def training_step(self, batch, batch_idx):
+        temperature = self._anneal()
+        out = self.communicator(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            where = f"epoch {self.current_epoch}, batch {batch_idx}, global step {self.global_step}"
+            callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+            keep = getattr(callback, "last_model_path", "") or "none saved yet"
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at {where}; training stopped. Last good checkpoint: "
+                f"{keep}. Lower trainer.lr, check that batch's data, or resume from that checkpoint."
+            )
+        bs = batch["response_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/gate_temperature", temperature, batch_size=bs)
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
+        if self.global_step % max(self.settings.log_every_n_steps, 1) == 0:
+            for i, tr in enumerate(self.communicator.translators):
+                for layer, (gk, gv) in tr.gate_values().items():
+                    prefix = f"gates/s{i}_r{layer}" if len(self.communicator.translators) > 1 else f"gates/r{layer}"
+                    self.log(f"{prefix}_k", gk, batch_size=bs)
+                    self.log(f"{prefix}_v", gv, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        out = self.communicator(batch)
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["response_ids"].shape[0], sync_dist=True)
+        return out["loss"]
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["lcf_settings"] = self.settings.to_dict()
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        s = self.settings
+        params = [p for p in self.communicator.translators.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=s.lr
+        )
+        total = max(s.max_steps, 1)
+        warmup = int(math.ceil(s.warmup_ratio * total))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(total - warmup, 1))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,142 @@
+"""`lcf train RECIPE`: build the pair, data and translator from a recipe and fit with Lightning.
+
+Outputs go to ``<output_dir>/<name>/``: ``recipe.yaml`` (resolved), ``ckpt/`` (``last.ckpt`` and the
+best validation checkpoint), ``logs/`` (CSV, optionally TensorBoard) and ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lcf.communicator import Communicator
+from lcf.config import load_recipe, save_resolved, validate_recipe
+from lcf.data.datamodule import InstructDataModule
+from lcf.errors import LCFError, RecipeError
+from lcf.pair import Pair, build_pair
+from lcf.registry import datasets, translators
+from lcf.training.module import LCFModule
+from lcf.training.settings import TrainerSettings
+from lcf.translators.base import PairShapes
+
+log = logging.getLogger(__name__)
+
+
+def run_dir_of(recipe: dict[str, Any]) -> Path:
+    name = recipe.get("name") or "run"
+    return Path(recipe.get("output_dir") or "checkpoints") / str(name)
+
+
+def build_translator(recipe: dict[str, Any], pair: Pair):
+    shapes = PairShapes.from_configs(pair.sharer.model.config, pair.receiver.model.config, pair.layer_map)
+    if not recipe.get("translator"):
+        raise RecipeError("translator: missing; e.g. `translator: {type: lcf_lowrank, rank: 128}`")
+    return translators.build(recipe["translator"], "translator", shapes=shapes)
+
+
+def build_data(recipe: dict[str, Any]):
+    spec = dict(recipe.get("data") or {})
+    if not spec:
+        raise RecipeError("data: missing; e.g. `data: {type: instruct_json, files: [instruct/alpaca_en_demo_llamafactory.json]}`")
+    if "data_root" not in spec and recipe.get("data_root"):
+        spec["data_root"] = str(recipe["data_root"])
+    return datasets.build(spec, "data")
+
+
+def _loggers(settings: TrainerSettings, out: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = []
+    if settings.logger in ("csv", "both"):
+        loggers.append(CSVLogger(save_dir=str(out), name="logs", version=""))
+    if settings.logger in ("tensorboard", "both"):
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError as exc:
+            raise LCFError("trainer.logger=tensorboard needs `pip install tensorboard` (or use logger: csv)") from exc
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="tb", version=""))
+    return loggers
+
+
+def _callbacks(settings: TrainerSettings, out: Path) -> list:
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+    ckpt = ModelCheckpoint(
+        dirpath=str(out / "ckpt"), filename="step{step}-val{val/loss:.4f}", auto_insert_metric_name=False,
+        monitor="val/loss", mode="min", save_top_k=1, save_last=True,
+        every_n_train_steps=settings.checkpoint_every_n_steps,
+    )
+    cbs = [ckpt]
+    if settings.progress == "rich":
+        cbs.append(RichProgressBar(leave=True))
+    del LearningRateMonitor  # the module logs train/lr itself
+    return cbs
+
+
+def make_trainer(settings: TrainerSettings, out: Path, **overrides) -> L.Trainer:
+    from lcf.training.strategy import build_strategy
+
+    kwargs = dict(
+        max_steps=settings.max_steps,
+        accumulate_grad_batches=settings.accumulate_grad_batches,
+        gradient_clip_val=settings.grad_clip or None,
+        precision=settings.precision,
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        num_nodes=settings.num_nodes,
+        strategy=build_strategy(settings),
+        val_check_interval=settings.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        limit_val_batches=settings.limit_val_batches,
+        log_every_n_steps=settings.log_every_n_steps,
+        logger=_loggers(settings, out) or False,
+        callbacks=_callbacks(settings, out),
+        enable_progress_bar=settings.progress != "none",
+        default_root_dir=str(out),
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume: bool = False) -> Path:
+    """Train the recipe; return the run directory."""
+    cfg = load_recipe(recipe_path, overrides)
+    recipe = validate_recipe(cfg, origin=str(recipe_path))
+    settings = TrainerSettings(**(recipe.get("trainer") or {}))
+    out = run_dir_of(recipe)
+    last = out / "ckpt" / "last.ckpt"
+    if resume and not last.exists():
+        raise LCFError(f"--resume: no checkpoint at {last}; train without --resume first")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    L.seed_everything(int(recipe.get("seed", 0)), workers=True, verbose=False)
+    t0 = time.perf_counter()
+    pair = build_pair(recipe)
+    translator = build_translator(recipe, pair)
+    data = build_data(recipe)
+    dm = InstructDataModule(data, pair.receiver.tokenizer, pair.sharer.tokenizer, pair.aligner,
+                            batch_size=settings.batch_size, num_workers=settings.num_workers)
+    comm = Communicator(pair.receiver.model, [pair.sharer.model], [translator], combine=settings.combine)
+    module = LCFModule(comm, settings)
+    trainer = make_trainer(settings, out)
+    if trainer.is_global_zero:
+        save_resolved(cfg, out)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        summary = {
+            "recipe": str(recipe_path), "name": recipe.get("name"), "steps": trainer.global_step,
+            "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics,
+            "translator": translator.init_args | {"type": recipe["translator"]["type"]},
+            "num_parameters": translator.num_parameters(), "train_examples": len(dm.train_features),
+            "val_examples": len(dm.val_features),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return out

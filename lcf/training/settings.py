@@ -1,0 +1,52 @@
+"""The ``trainer:`` section of a recipe (pure Python: validated without importing Lightning)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+
+@dataclass
+class TrainerSettings:
+    """Optimisation and run settings. Defaults follow C2C's recipe (AdamW 1e-4, wd 0.01, 10% warmup,
+    linear decay, clip 1.0; gate temperature 1.0 -> 0.001), scaled down to CPU-sized runs."""
+
+    max_steps: int = 200
+    batch_size: int = 4
+    accumulate_grad_batches: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    gate_temperature_start: float = 1.0
+    gate_temperature_end: float = 0.001
+    gate_anneal_steps: int | None = None  # default: max_steps
+    val_every_n_steps: int = 50
+    limit_val_batches: int | None = None
+    checkpoint_every_n_steps: int = 50
+    log_every_n_steps: int = 5
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str | dict[str, Any] = "auto"
+    num_workers: int = 0
+    logger: Literal["csv", "tensorboard", "both"] = "csv"
+    progress: Literal["rich", "tqdm", "none"] = "rich"
+    threads: int | None = None  # torch CPU threads; default: torch's choice
+    combine: Literal["sequential", "sum"] = "sequential"
+
+    def __post_init__(self):
+        problems = []
+        if self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1 (got {self.max_steps})")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1 (got {self.batch_size})")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must lie in [0, 1) (got {self.warmup_ratio})")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0 (got {self.lr})")
+        if problems:
+            raise ValueError("trainer: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
