@@ -20,7 +20,7 @@ from lcf.config import load_recipe, validate_recipe
 from lcf.data.instruct import collate
 from lcf.models.kv import KVView
 from lcf.pair import build_pair
-from lcf.runtime import pad_id
+from lcf.data.features import pad_token_id
 from lcf.training.run import build_data, build_translator
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     translator = build_translator(recipe, pair)
     train, _ = build_data(recipe).prepare(pair.receiver.tokenizer, pair.sharer.tokenizer, pair.aligner)
     bs = recipe["trainer"]["batch_size"]
-    batch = collate(train[:bs], pad_id(pair.receiver.tokenizer), pad_id(pair.sharer.tokenizer))
+    batch = collate(train[:bs], pad_token_id(pair.receiver.tokenizer), pad_token_id(pair.sharer.tokenizer))
     comm = Communicator(pair.receiver.model, [pair.sharer.model], [translator]).train()
     opt = torch.optim.AdamW(translator.parameters(), lr=1e-4)
     ids, mask = batch["receiver_prompt_ids"], batch["receiver_prompt_mask"]

@@ -35,9 +35,9 @@ def response_loss(communicator, batches, *, fuse: bool) -> dict[str, float]:
 
 def compare_on_validation(adapter, val_features: list[dict], batch_size: int = 8) -> dict[str, dict[str, float]]:
     from lcf.data.instruct import collate
-    from lcf.runtime import pad_id
+    from lcf.data.features import pad_token_id
 
-    r_pad, s_pad = pad_id(adapter.receiver.tokenizer), pad_id(adapter.sharer.tokenizer)
+    r_pad, s_pad = pad_token_id(adapter.receiver.tokenizer), pad_token_id(adapter.sharer.tokenizer)
     batches = [collate(val_features[i:i + batch_size], r_pad, s_pad) for i in range(0, len(val_features), batch_size)]
     comm = adapter.communicator.eval()
     return {

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from lcf.communicator import Communicator
+from lcf.data.features import collate_prompts, pad_token_id, prompt_features
 from lcf.errors import LCFError
 from lcf.models.fingerprint import fingerprint
 from lcf.models.loading import LoadedModel, load_model
@@ -127,11 +128,11 @@ class Adapter:
         templates = self.config.get("templates", {})
         for p in prompts:
             messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-            items.append(self.aligner.align_messages(
+            items.append(prompt_features(self.aligner.align_messages(
                 self.receiver.tokenizer, self.sharer.tokenizer, messages,
                 receiver_template=templates.get("receiver", "auto"), sharer_template=templates.get("sharer", "auto"),
-            ))
-        return pad_prompts(items, pad_id(self.receiver.tokenizer), pad_id(self.sharer.tokenizer))
+            )))
+        return collate_prompts(items, pad_token_id(self.receiver.tokenizer), pad_token_id(self.sharer.tokenizer))
 
     @torch.no_grad()
     def generate(self, prompt: str | Sequence[dict] | list, *, max_new_tokens: int = 64, fuse: bool = True,
@@ -143,38 +144,10 @@ class Adapter:
         device = next(self.translator.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         new = self.communicator.generate(batch, fuse=fuse, max_new_tokens=max_new_tokens,
-                                         pad_token_id=pad_id(self.receiver.tokenizer), **generate_kwargs)
+                                         pad_token_id=pad_token_id(self.receiver.tokenizer), **generate_kwargs)
         texts = self.receiver.tokenizer.batch_decode(new, skip_special_tokens=True)
         texts = [t.strip() for t in texts]
         return texts[0] if single else texts
-
-
-def pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def pad_prompts(alignments: Sequence[Any], receiver_pad: int, sharer_pad: int) -> dict[str, torch.Tensor]:
-    """Left-pad aligned prompts into the batch layout :class:`Communicator` reads."""
-    b = len(alignments)
-    tr = max(len(a.receiver_ids) for a in alignments)
-    ts = max(len(a.sharer_ids) for a in alignments)
-    out = {
-        "receiver_prompt_ids": torch.full((b, tr), receiver_pad, dtype=torch.long),
-        "receiver_prompt_mask": torch.zeros(b, tr, dtype=torch.long),
-        "sharer_prompt_ids": torch.full((b, ts), sharer_pad, dtype=torch.long),
-        "sharer_prompt_mask": torch.zeros(b, ts, dtype=torch.long),
-        "align_index": torch.zeros(b, tr, dtype=torch.long),
-        "align_mask": torch.zeros(b, tr, dtype=torch.bool),
-    }
-    for i, a in enumerate(alignments):
-        nr, ns = len(a.receiver_ids), len(a.sharer_ids)
-        out["receiver_prompt_ids"][i, tr - nr:] = a.receiver_ids
-        out["receiver_prompt_mask"][i, tr - nr:] = 1
-        out["sharer_prompt_ids"][i, ts - ns:] = a.sharer_ids
-        out["sharer_prompt_mask"][i, ts - ns:] = 1
-        out["align_index"][i, tr - nr:] = torch.where(a.mask, a.sharer_index + (ts - ns), 0)
-        out["align_mask"][i, tr - nr:] = a.mask
-    return out
 
 
 def load_adapter(path: str | Path, *, sharer: Any = None, receiver: Any = None, device: str | None = None,

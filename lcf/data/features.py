@@ -93,31 +93,31 @@ def featurize(
     response_ids = list(receiver_tokenizer(text, add_special_tokens=False)["input_ids"])[:max_response_tokens]
     if not response_ids:
         return DROP_EMPTY
+    return prompt_features(alignment) | {"response_ids": response_ids}
+
+
+def prompt_features(alignment: Any) -> dict[str, list]:
+    """The prompt part of a feature dict, from a :class:`~lcf.align.tokens.TokenAlignment`."""
     mask = alignment.mask.tolist()
     return {
         "receiver_prompt_ids": alignment.receiver_ids.tolist(),
         "sharer_prompt_ids": alignment.sharer_ids.tolist(),
         "align_index": [i if m else 0 for i, m in zip(alignment.sharer_index.tolist(), mask)],
         "align_mask": mask,
-        "response_ids": response_ids,
     }
 
 
-def collate(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad features into a batch (keys :data:`BATCH_KEYS`).
+def collate_prompts(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_pad_id: int) -> dict[str, torch.Tensor]:
+    """LEFT-pad the prompt part of ``features`` (receiver and sharer prompts, alignment).
 
-    Prompts (receiver and sharer) are LEFT-padded so that generation continues from the right edge;
-    responses are RIGHT-padded with ``receiver_pad_id``. ``align_index`` indexes the *padded*
-    sharer row: each value is shifted by that row's sharer left padding, and is 0 wherever
-    ``align_mask`` is False (including receiver padding). Masks are long 1/0 except ``align_mask``
-    (bool).
+    ``align_index`` indexes the *padded* sharer row: each value is shifted by that row's sharer left
+    padding, and is 0 wherever ``align_mask`` is False (including receiver padding).
     """
     if not features:
         raise LCFError("collate: got an empty list of features; a batch needs at least one example")
     b = len(features)
     tp = max(len(f["receiver_prompt_ids"]) for f in features)
     ts = max(len(f["sharer_prompt_ids"]) for f in features)
-    tr = max(len(f["response_ids"]) for f in features)
     out = {
         "receiver_prompt_ids": torch.full((b, tp), receiver_pad_id, dtype=torch.long),
         "receiver_prompt_mask": torch.zeros(b, tp, dtype=torch.long),
@@ -125,11 +125,9 @@ def collate(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_
         "sharer_prompt_mask": torch.zeros(b, ts, dtype=torch.long),
         "align_index": torch.zeros(b, tp, dtype=torch.long),
         "align_mask": torch.zeros(b, tp, dtype=torch.bool),
-        "response_ids": torch.full((b, tr), receiver_pad_id, dtype=torch.long),
-        "response_mask": torch.zeros(b, tr, dtype=torch.long),
     }
     for i, f in enumerate(features):
-        r_ids, s_ids, resp = f["receiver_prompt_ids"], f["sharer_prompt_ids"], f["response_ids"]
+        r_ids, s_ids = f["receiver_prompt_ids"], f["sharer_prompt_ids"]
         if not (len(f["align_index"]) == len(f["align_mask"]) == len(r_ids)):
             raise LCFError(
                 f"collate: feature {i} has {len(r_ids)} receiver prompt ids but align_index/align_mask of length "
@@ -144,6 +142,20 @@ def collate(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_
         index = torch.tensor(f["align_index"], dtype=torch.long) + s_pad
         out["align_mask"][i, r_pad:] = mask
         out["align_index"][i, r_pad:] = torch.where(mask, index, torch.zeros_like(index))
+    return out
+
+
+def collate(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad features into a batch (keys :data:`BATCH_KEYS`): prompts LEFT-padded (see
+    :func:`collate_prompts`) so generation continues from the right edge; responses RIGHT-padded with
+    ``receiver_pad_id``. Masks are long 1/0 except ``align_mask`` (bool).
+    """
+    out = collate_prompts(features, receiver_pad_id, sharer_pad_id)
+    b, tr = len(features), max(len(f["response_ids"]) for f in features)
+    out["response_ids"] = torch.full((b, tr), receiver_pad_id, dtype=torch.long)
+    out["response_mask"] = torch.zeros(b, tr, dtype=torch.long)
+    for i, f in enumerate(features):
+        resp = f["response_ids"]
         out["response_ids"][i, :len(resp)] = torch.tensor(resp, dtype=torch.long)
         out["response_mask"][i, :len(resp)] = 1
     return out
