@@ -85,6 +85,8 @@ def test_resume_continues_from_last_checkpoint(tiny_pair, tmp_path):
     run = train(path)
     run = train(path, ["trainer.max_steps=6"], resume=True)
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
+    assert (run / "logs" / "metrics.csv").exists()  # the first part's log is kept
+    assert (run / "logs" / "resume_1" / "metrics.csv").exists()
     with pytest.raises(LCFError, match="no checkpoint"):
         train(recipe(tiny_pair, tmp_path / "other"), resume=True)
 

@@ -48,18 +48,28 @@ def build_data(recipe: dict[str, Any]):
     return datasets.build(spec, "data")
 
 
-def _loggers(settings: TrainerSettings, out: Path) -> list:
+def _log_version(out: Path, resume: bool) -> str:
+    """'' for a fresh run (logs/metrics.csv); 'resume_N' for the N-th resumption, so no log is overwritten."""
+    if not resume:
+        return ""
+    n = 1
+    while (out / "logs" / f"resume_{n}").exists():
+        n += 1
+    return f"resume_{n}"
+
+
+def _loggers(settings: TrainerSettings, out: Path, version: str = "") -> list:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     loggers = []
     if settings.logger in ("csv", "both"):
-        loggers.append(CSVLogger(save_dir=str(out), name="logs", version=""))
+        loggers.append(CSVLogger(save_dir=str(out), name="logs", version=version))
     if settings.logger in ("tensorboard", "both"):
         try:
             import tensorboard  # noqa: F401
         except ImportError as exc:
             raise LCFError("trainer.logger=tensorboard needs `pip install tensorboard` (or use logger: csv)") from exc
-        loggers.append(TensorBoardLogger(save_dir=str(out), name="tb", version=""))
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="tb", version=version))
     return loggers
 
 
@@ -78,7 +88,7 @@ def _callbacks(settings: TrainerSettings, out: Path) -> list:
     return cbs
 
 
-def make_trainer(settings: TrainerSettings, out: Path, **overrides) -> L.Trainer:
+def make_trainer(settings: TrainerSettings, out: Path, *, resume: bool = False, **overrides) -> L.Trainer:
     from lcf.training.strategy import build_strategy
 
     kwargs = dict(
@@ -94,7 +104,7 @@ def make_trainer(settings: TrainerSettings, out: Path, **overrides) -> L.Trainer
         check_val_every_n_epoch=None,
         limit_val_batches=settings.limit_val_batches,
         log_every_n_steps=settings.log_every_n_steps,
-        logger=_loggers(settings, out) or False,
+        logger=_loggers(settings, out, _log_version(out, resume)) or False,
         callbacks=_callbacks(settings, out),
         enable_progress_bar=settings.progress != "none",
         default_root_dir=str(out),
@@ -125,7 +135,7 @@ def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume:
                             batch_size=settings.batch_size, num_workers=settings.num_workers)
     comm = Communicator(pair.receiver.model, [pair.sharer.model], [translator], combine=settings.combine)
     module = LCFModule(comm, settings)
-    trainer = make_trainer(settings, out)
+    trainer = make_trainer(settings, out, resume=resume)
     if trainer.is_global_zero:
         save_resolved(cfg, out)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)

@@ -334,7 +334,6 @@ class Translator(nn.Module):
         self._check_views(sharer, receiver, align_index, align_mask)
         align_mask = align_mask.bool()
         keys, values = list(receiver.keys), list(receiver.values)
-        batch = torch.arange(receiver.batch_size, device=align_index.device).unsqueeze(1)
         for t in self.active_layers:
             g_k, g_v = self.gates(t)
             if not self.training and not (g_k.item() or g_v.item()):
@@ -347,17 +346,26 @@ class Translator(nn.Module):
             valid = align_mask[:, r0:] & (idx >= s0) & (idx < s0 + s_len)
             if not self.training and not bool(valid.any()):
                 continue  # (never skipped in training: DDP expects every parameter to get a gradient)
-            rel = (idx - s0).clamp(0, s_len - 1)
+            # Only valid positions are translated: they are packed into one (1, M, .) row, so padding,
+            # template tokens and positions the sharer no longer holds cost nothing.
+            bi, pi = valid.nonzero(as_tuple=True)
+            si = idx[bi, pi] - s0
             dtype = next(self.layers[str(t)].parameters(), rk).dtype
-            sk_rows = _flatten_heads(sk)[batch, rel].to(dtype)
-            sv_rows = _flatten_heads(sv)[batch, rel].to(dtype)
-            dk, dv = self.delta(t, sk_rows, sv_rows, _flatten_heads(rk).to(dtype), _flatten_heads(rv).to(dtype))
-            keep = valid[:, None, :, None]
+            flat_rk, flat_rv = _flatten_heads(rk), _flatten_heads(rv)
+            dk, dv = self.delta(
+                t,
+                _flatten_heads(sk)[bi, si].to(dtype).unsqueeze(0),
+                _flatten_heads(sv)[bi, si].to(dtype).unsqueeze(0),
+                flat_rk[bi, pi].to(dtype).unsqueeze(0),
+                flat_rv[bi, pi].to(dtype).unsqueeze(0),
+            )
             heads = rk.shape[1]
             if self.training or g_k.item():
-                keys[t] = torch.where(keep, rk + (g_k * _unflatten_heads(dk, heads)).to(rk.dtype), rk)
+                edit = torch.zeros_like(flat_rk).index_put((bi, pi), (g_k * dk[0]).to(rk.dtype))
+                keys[t] = rk + _unflatten_heads(edit, heads)
             if self.training or g_v.item():
-                values[t] = torch.where(keep, rv + (g_v * _unflatten_heads(dv, heads)).to(rv.dtype), rv)
+                edit = torch.zeros_like(flat_rv).index_put((bi, pi), (g_v * dv[0]).to(rv.dtype))
+                values[t] = rv + _unflatten_heads(edit, heads)
         return dataclasses.replace(receiver, keys=keys, values=values)
 
 
