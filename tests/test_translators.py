@@ -146,6 +146,22 @@ def test_gradients_reach_every_parameter(kind, direction):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@kinds
+def test_no_valid_position_in_training_keeps_every_parameter_in_the_graph(kind):
+    """A batch whose alignment is fully masked changes nothing, yet every parameter gets a (zero)
+    gradient, as distributed data parallel requires."""
+    shapes, s_view, r_view, index, _ = make_case(("gemma", "llama"), 9, "nearest")
+    tr = build(kind, shapes).train()
+    perturb(tr)
+    out = tr.fuse(s_view, r_view, index, torch.zeros_like(index, dtype=torch.bool))
+    for t in shapes.fused_layers:
+        assert torch.equal(out.keys[t], r_view.keys[t]) and torch.equal(out.values[t], r_view.values[t])
+    sum(out.keys[t].sum() + out.values[t].sum() for t in shapes.fused_layers).backward()
+    for name, p in tr.named_parameters():
+        if not name.startswith("gates."):
+            assert p.grad is not None and p.grad.abs().sum() == 0, name
+
+
 def test_fuse_rejects_wrong_direction_and_alignment_shape():
     shapes, s_view, r_view, index, mask = make_case(("llama", "gemma"), 9)
     tr = build("lcf_lowrank", shapes)

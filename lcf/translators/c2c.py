@@ -39,7 +39,7 @@ class C2CStack(nn.Module):
         proj = self.proj(self.proj_block(h))
         weight = torch.sigmoid(self.weight(self.weight_block(h)))
         b, n, _ = proj.shape
-        return (proj.view(b, n, self.heads, self.head_dim) * weight.unsqueeze(-1)).view(b, n, -1)
+        return (proj.view(b, n, self.heads, self.head_dim) * weight.unsqueeze(-1)).reshape(b, n, self.heads * self.head_dim)
 
 
 class C2CLayer(nn.Module):

@@ -34,7 +34,7 @@ class GatedLayer(nn.Module):
 
     def _gated(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        return (x.view(b, n, self.heads, self.head_dim) * torch.sigmoid(logits).unsqueeze(-1)).view(b, n, -1)
+        return (x.view(b, n, self.heads, self.head_dim) * torch.sigmoid(logits).unsqueeze(-1)).reshape(b, n, self.heads * self.head_dim)
 
     def forward(self, sk: torch.Tensor, sv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._gated(self.key(sk), self.head_logits[0]), self._gated(self.value(sv), self.head_logits[1])

@@ -48,7 +48,7 @@ class LowRankLayer(nn.Module):
         b, n, _ = z.shape
         dk = self.up_k(z[..., : self.half]).view(b, n, self.heads, self.head_dim) * a_k.unsqueeze(-1)
         dv = self.up_v(z[..., self.half:]).view(b, n, self.heads, self.head_dim) * a_v.unsqueeze(-1)
-        return dk.view(b, n, -1), dv.view(b, n, -1)
+        return dk.reshape(b, n, self.heads * self.head_dim), dv.reshape(b, n, self.heads * self.head_dim)
 
 
 @translators.register("lcf_lowrank")
