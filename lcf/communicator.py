@@ -16,7 +16,7 @@ checkpoints hold only translator weights, while ``.to()`` still moves the LLMs a
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +27,7 @@ from lcf.errors import LCFError
 from lcf.models.kv import KVView, prefill
 
 Combine = Literal["sequential", "sum"]
+SharerTransform = Callable[[int, KVView], KVView]
 
 
 @dataclass
@@ -98,8 +99,11 @@ class Communicator(nn.Module):
     def _prefill(self, model, ids: torch.Tensor, mask: torch.Tensor) -> KVView:
         return prefill(model, ids, attention_mask=mask, position_ids=positions_from_mask(mask))
 
-    def fused_prompt_cache(self, batch: dict, fuse: bool = True) -> KVView:
-        """Receiver KVView of all prompt tokens but the last, with the sharers' caches fused in."""
+    def fused_prompt_cache(self, batch: dict, fuse: bool = True, sharer_transform: SharerTransform | None = None) -> KVView:
+        """Receiver KVView of all prompt tokens but the last, with the sharers' caches fused in.
+
+        ``sharer_transform(i, view)`` may replace sharer ``i``'s cache before translation (the
+        evaluation's controls use it: an all-zero cache, or another item's cache)."""
         ids, mask = batch["receiver_prompt_ids"], batch["receiver_prompt_mask"]
         if ids.shape[1] < 2:
             raise LCFError("receiver prompts need at least 2 tokens (all but the last are fused)")
@@ -108,8 +112,10 @@ class Communicator(nn.Module):
             return base
         view = base
         deltas = []
-        for sharer, translator, inp in zip(self.sharers, self.translators, self.sharer_inputs(batch)):
+        for i, (sharer, translator, inp) in enumerate(zip(self.sharers, self.translators, self.sharer_inputs(batch))):
             s_view = self._prefill(sharer, inp.prompt_ids, inp.prompt_mask)
+            if sharer_transform is not None:
+                s_view = sharer_transform(i, s_view)
             index, amask = inp.align_index[:, :-1], inp.align_mask[:, :-1].bool() & mask[:, :-1].bool()
             if self.combine == "sequential":
                 view = translator.fuse(s_view, view, index, amask)
@@ -122,17 +128,20 @@ class Communicator(nn.Module):
         return view
 
     # -- training ----------------------------------------------------------------------------
-    def forward(self, batch: dict, fuse: bool = True) -> dict[str, torch.Tensor]:
-        """Response-token cross-entropy: {'loss': mean over tokens, 'loss_sum', 'tokens'}."""
-        view = self.fused_prompt_cache(batch, fuse=fuse)
+    def forward(self, batch: dict, fuse: bool = True, sharer_transform: SharerTransform | None = None) -> dict[str, torch.Tensor]:
+        """Response-token cross-entropy: {'loss': mean over tokens, 'loss_sum', 'tokens'} plus per
+        example 'row_loss_sum' and 'row_tokens' (B,), e.g. for scoring options by log-likelihood."""
+        view = self.fused_prompt_cache(batch, fuse=fuse, sharer_transform=sharer_transform)
         logits = self.continue_logits(batch, view)
         target, tmask = batch["response_ids"], batch["response_mask"].bool()
         logp = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none"
         ).view_as(target)
+        row = (logp * tmask).sum(-1)
         tokens = tmask.sum()
-        loss_sum = (logp * tmask).sum()
-        return {"loss": loss_sum / tokens.clamp(min=1), "loss_sum": loss_sum.detach(), "tokens": tokens}
+        loss_sum = row.sum()
+        return {"loss": loss_sum / tokens.clamp(min=1), "loss_sum": loss_sum.detach(), "tokens": tokens,
+                "row_loss_sum": row.detach(), "row_tokens": tmask.sum(-1)}
 
     def continue_logits(self, batch: dict, view: KVView) -> torch.Tensor:
         """Receiver logits over [last prompt token, response...] on top of ``view``."""
@@ -148,9 +157,10 @@ class Communicator(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, batch: dict, *, fuse: bool = True, max_new_tokens: int = 64, **generate_kwargs) -> torch.Tensor:
+    def generate(self, batch: dict, *, fuse: bool = True, max_new_tokens: int = 64,
+                 sharer_transform: SharerTransform | None = None, **generate_kwargs) -> torch.Tensor:
         """New token ids (B, <= max_new_tokens) for the prompts of ``batch``; greedy by default."""
-        view = self.fused_prompt_cache(batch, fuse=fuse)
+        view = self.fused_prompt_cache(batch, fuse=fuse, sharer_transform=sharer_transform)
         ids, mask = batch["receiver_prompt_ids"], batch["receiver_prompt_mask"]
         generate_kwargs.setdefault("do_sample", False)
         out = self.receiver.generate(

@@ -119,3 +119,18 @@ def test_translator_count_must_match_sharers():
     receiver = tiny_llama()
     with pytest.raises(Exception, match="one translator per sharer"):
         Communicator(receiver, [tiny_gemma3()], [])
+
+
+def test_row_losses_and_sharer_transform():
+    comm = make_comm().eval()
+    batch = make_batch()
+    out = comm(batch)
+    assert torch.allclose(out["row_loss_sum"].sum(), out["loss_sum"]) and out["row_tokens"].tolist() == [3, 5]
+    seen = []
+
+    def zero(i, view):
+        seen.append(i)
+        return type(view)([k * 0 for k in view.keys], [v * 0 for v in view.values], view.seq_len, view.specs)
+
+    zeroed = comm(batch, sharer_transform=zero)
+    assert seen == [0] and not torch.allclose(zeroed["loss"], out["loss"])
