@@ -45,6 +45,9 @@ class TrainerSettings:
             problems.append(f"warmup_ratio must lie in [0, 1) (got {self.warmup_ratio})")
         if self.lr <= 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
+        from lcf.training.strategy import strategy_name
+
+        strategy_name(self.strategy)  # unknown strategies fail at validation time, not after loading models
         if problems:
             raise ValueError("trainer: " + "; ".join(problems))
 

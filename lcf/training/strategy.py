@@ -8,15 +8,24 @@ from lcf.errors import LCFError, RecipeError, suggest
 KNOWN = ("auto", "ddp", "ddp_spawn", "deepspeed", "single_device")
 
 
-def build_strategy(settings) -> Any:
-    spec = settings.strategy
+def _split(spec: str | dict) -> tuple[str, dict]:
     if isinstance(spec, dict):
-        spec = dict(spec)
-        name = spec.pop("type", None) or spec.pop("name", None)
-    else:
-        name, spec = spec, {}
+        options = dict(spec)
+        return options.pop("type", None) or options.pop("name", None), options
+    return spec, {}
+
+
+def strategy_name(spec: str | dict) -> str:
+    """The strategy's name; unknown names raise with the close matches."""
+    name, _ = _split(spec)
     if name not in KNOWN:
         raise RecipeError(f"trainer.strategy: unknown strategy {name!r}.{suggest(str(name), KNOWN)} Known: {', '.join(KNOWN)}.")
+    return name
+
+
+def build_strategy(settings) -> Any:
+    name = strategy_name(settings.strategy)
+    _, spec = _split(settings.strategy)
     if name == "deepspeed":
         return _deepspeed(spec)
     if name in ("ddp", "ddp_spawn") and spec:
