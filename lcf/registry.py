@@ -280,7 +280,7 @@ compressors: Registry = Registry("compressors")
 layer_maps: Registry = Registry("layer_maps", ("lcf.align.layers",))
 token_aligners: Registry = Registry("token_aligners", ("lcf.align.tokens",))
 datasets: Registry = Registry("datasets", ("lcf.data",))
-tasks: Registry = Registry("tasks")
+tasks: Registry = Registry("tasks", ("lcf.eval.tasks",))
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r for r in (translators, compressors, layer_maps, token_aligners, datasets, tasks)

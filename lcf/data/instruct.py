@@ -15,7 +15,6 @@ else the environment variable ``LCF_DATA_ROOT``. The registered component ``inst
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import random
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lcf.align.templates import TemplateName
+from lcf.data.rows import DataError, read_rows
 from lcf.data.features import BATCH_KEYS, DROP_PROMPT, collate, featurize, pad_token_id
 from lcf.errors import LCFError
 from lcf.registry import datasets
@@ -39,10 +39,6 @@ __all__ = [
     "BATCH_KEYS", "DataError", "DataFileNotFoundError", "InstructData", "InstructExample", "build_features",
     "collate", "load_hub_dataset", "pad_token_id", "read_instruct_file", "resolve_data_file",
 ]
-
-
-class DataError(LCFError, ValueError):
-    """Data that cannot be read or used; the message names the file and the row."""
 
 
 class DataFileNotFoundError(DataError, FileNotFoundError):
@@ -157,27 +153,7 @@ def read_instruct_file(path: str | os.PathLike, format: Format = "auto", *,
                        data_root: str | os.PathLike | None = None) -> list[InstructExample]:
     """Read an instruction file (JSON list or JSONL); relative paths resolve against ``data_root``."""
     full = resolve_data_file(path, data_root)
-    text = full.read_text(encoding="utf-8")
-    source = str(full)
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
-        return [parse_row(r, format, source, i, f"{source} row {i}") for i, r in enumerate(rows)]
-    examples: list[InstructExample] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{source} line {lineno}: not valid JSON ({exc.msg}); expected a JSON list of objects or JSONL "
-                f"(one object per line)"
-            ) from exc
-        examples.append(parse_row(row, format, source, len(examples), f"{source} line {lineno} (row {len(examples)})"))
-    return examples
+    return [parse_row(row, format, str(full), i, where) for i, (where, row) in enumerate(read_rows(full))]
 
 
 def load_hub_dataset(hub_id: str, split: str = "train", format: Format = "auto") -> list[InstructExample]:
