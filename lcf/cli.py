@@ -8,6 +8,7 @@
     lcf train-lora RECIPE [key=value]     LoRA-tuned receiver control (same data, steps, ~parameters)
     lcf export RUN_OR_CKPT OUT_DIR        standalone adapter: adapter.safetensors + adapter_config.json
     lcf demo [RECIPE] [key=value]         train -> export -> runtime -> answers -> comparison table
+    lcf eval ADAPTER|RUN|RECIPE... --tasks T... [--limit N] --out DIR   adapters vs baselines and controls
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ import sys
 from pathlib import Path
 
 from lcf.errors import LCFError
+
+#: `lcf eval --systems` choices (kept here so that `lcf --help` needs no torch import)
+SYSTEM_CHOICES = ("receiver", "sharer", "text", "lora", "adapter", "zero", "mismatched")
+DEFAULT_SYSTEMS = SYSTEM_CHOICES
 
 
 def _console():
@@ -130,6 +135,42 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import torch
+
+    from lcf.eval.compose import build_systems, resolve_adapter
+    from lcf.eval.harness import adapter_labels, evaluate, format_table, parse_splits, write_report
+    from lcf.eval.tasks import load_task
+    from lcf.runtime import AdapterError, load_adapter
+
+    if args.limit is not None and args.limit < 1:
+        raise LCFError(f"--limit must be >= 1 (items per task), got {args.limit}; leave it out to evaluate every item")
+    splits = parse_splits(args.split, args.tasks)
+    tasks = [load_task(t, data_root=args.data_root, split=splits[t], limit=args.limit, seed=args.seed) for t in args.tasks]
+    dirs = [resolve_adapter(a) for a in args.adapters]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    first = load_adapter(dirs[0], device=device, dtype=args.dtype)
+    adapters = [first]
+    for d in dirs[1:]:
+        try:
+            adapters.append(load_adapter(d, sharer=first.sharer, receiver=first.receiver, device=device))
+        except AdapterError as exc:
+            raise AdapterError(
+                f"{d}: every adapter given to `lcf eval` must be for the pair of the first one "
+                f"({dirs[0]}: sharer {first.sharer.name}, receiver {first.receiver.name}); {exc}"
+            ) from exc
+    chosen = list(args.systems) if args.systems else [k for k in DEFAULT_SYSTEMS if k != "lora" or args.lora]
+    systems = build_systems(adapters, adapter_labels([str(d) for d in dirs]), chosen,
+                            text_tokens=args.text_tokens, lora=args.lora or [])
+    results = evaluate(systems, tasks, letter_scoring=args.letter, batch_size=args.batch_size,
+                       progress=not args.no_progress, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                       latency_runs=args.latency_runs)
+    out = write_report(results, args.out)
+    print(format_table(results))
+    print(f"report written to {out} (results.json, report.md, accuracy.png, size_vs_accuracy.png, gates.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lcf", description="Latent Cache Flow: KV-cache communication between LLMs")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
@@ -178,6 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     p.add_argument("--skip-train", action="store_true", help="reuse the run directory's checkpoint")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("eval", help="benchmark adapters against baselines and controls on the same items")
+    p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="adapter folders, run directories or recipes (one pair)")
+    p.add_argument("--tasks", nargs="+", required=True, help="task names, e.g. arc_easy openbookqa mmlu_redux")
+    p.add_argument("--limit", type=int, default=None, help="items per task (seeded sample); default all")
+    p.add_argument("--out", required=True, help="report folder (results.json, report.md, plots)")
+    p.add_argument("--systems", nargs="+", choices=SYSTEM_CHOICES, default=None,
+                   help="systems to compare (default: all; lora only with --lora)")
+    p.add_argument("--text-tokens", nargs="+", type=int, default=[50], metavar="N",
+                   help="message budgets of the text-to-text relay (one system each; default 50)")
+    p.add_argument("--lora", nargs="+", default=None, metavar="RUN_DIR", help="`lcf train-lora` runs to compare")
+    p.add_argument("--letter", action="store_true", help="score answer letters ' A', ' B', ... not option texts")
+    p.add_argument("--data-root", default=None, help="benchmark files root (default $LCF_DATA_ROOT)")
+    p.add_argument("--split", nargs="+", default=None, help="SPLIT for every task and/or TASK=SPLIT")
+    p.add_argument("--seed", type=int, default=0, help="item sampling and torch seed")
+    p.add_argument("--batch-size", type=int, default=8, help="items per forward pass")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget of QA tasks")
+    p.add_argument("--latency-runs", type=int, default=3, help="timed runs per latency measure (0: skip)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="model dtype (default: the model card's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_eval)
     return parser
 
 
