@@ -175,6 +175,8 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
             check_arguments(cls, data[section], section)
             try:
                 cls(**data[section])
+            except RecipeError:
+                raise  # already names its key path (e.g. trainer.strategy.stage)
             except (TypeError, ValueError) as exc:
                 raise RecipeError(f"{section}: {exc}") from exc
     _check_layer_map_depths(data)

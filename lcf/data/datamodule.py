@@ -1,8 +1,11 @@
 """Lightning DataModule over :class:`lcf.data.instruct.InstructData`.
 
 Features are built once in :meth:`InstructDataModule.setup`; batches are padded by
-:func:`lcf.data.instruct.collate`. In distributed runs Lightning replaces the sampler with a
-``DistributedSampler`` (which shuffles with its own seed); nothing here prevents that.
+:func:`lcf.data.instruct.collate`. In distributed runs (world size > 1) the training loader shards
+the examples itself with a ``DistributedSampler(drop_last=True)`` seeded by ``seed``: no example is
+seen twice in an epoch (Lightning's default sampler would pad the last shard by repeating examples);
+the at most ``world_size - 1`` examples left over by the even split are dropped, a different few each
+epoch. Validation keeps Lightning's sampler, which may count up to ``world_size - 1`` examples twice.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Any
 
 import lightning
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lcf.data.features import collate, pad_token_id
 from lcf.data.instruct import InstructData
@@ -57,17 +60,32 @@ class InstructDataModule(lightning.LightningDataModule):
         )
         self._prepared = True
 
-    def _loader(self, features: list[dict], shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+    def _loader(self, features: list[dict], shuffle: bool, sampler: DistributedSampler | None = None) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle and sampler is None else None
         return DataLoader(
-            features, batch_size=self.batch_size, shuffle=shuffle, generator=generator, collate_fn=self._collate,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            features, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+            generator=generator, collate_fn=self._collate, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
         )
 
+    def _train_sampler(self) -> DistributedSampler | None:
+        """This rank's shard of the training set in a distributed run; None in a single process."""
+        trainer = self.trainer
+        world = int(getattr(trainer, "world_size", 1) or 1)
+        if world <= 1:
+            return None
+        if len(self.train_features) < world:
+            raise ValueError(
+                f"InstructDataModule: {len(self.train_features)} training examples cannot be split over {world} "
+                f"processes; use more data (data.train_size / fewer data.val_size) or fewer devices"
+            )
+        return DistributedSampler(self.train_features, num_replicas=world, rank=trainer.global_rank, shuffle=True,
+                                  seed=self.seed, drop_last=True)
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (seeded)."""
+        """Shuffled training batches (seeded); in a distributed run, this rank's disjoint shard."""
         self.setup("fit")
-        return self._loader(self.train_features, shuffle=True)
+        return self._loader(self.train_features, shuffle=True, sampler=self._train_sampler())
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in a fixed order; an empty list when ``val_size`` is 0."""

@@ -1,4 +1,6 @@
-"""The ``trainer:`` section of a recipe (pure Python: validated without importing Lightning)."""
+"""The ``trainer:`` section of a recipe, validated without loading a model.
+
+Lightning is imported only to check ``trainer.strategy`` options against its strategy signatures."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -45,9 +47,9 @@ class TrainerSettings:
             problems.append(f"warmup_ratio must lie in [0, 1) (got {self.warmup_ratio})")
         if self.lr <= 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
-        from lcf.training.strategy import strategy_name
+        from lcf.training.strategy import check_strategy
 
-        strategy_name(self.strategy)  # unknown strategies fail at validation time, not after loading models
+        check_strategy(self.strategy, self.accelerator)  # fails at validation time, not after loading models
         if problems:
             raise ValueError("trainer: " + "; ".join(problems))
 
