@@ -111,7 +111,9 @@ def collate_prompts(features: Sequence[Mapping[str, Any]], receiver_pad_id: int,
     """LEFT-pad the prompt part of ``features`` (receiver and sharer prompts, alignment).
 
     ``align_index`` indexes the *padded* sharer row: each value is shifted by that row's sharer left
-    padding, and is 0 wherever ``align_mask`` is False (including receiver padding).
+    padding, and is 0 wherever ``align_mask`` is False (including receiver padding). When the features
+    carry ``sharer_span_ids`` (cross-context data), the batch also has ``sharer_span_ids`` (long),
+    left-padded with -1 like ``sharer_prompt_ids``.
     """
     if not features:
         raise LCFError("collate: got an empty list of features; a batch needs at least one example")
@@ -142,6 +144,28 @@ def collate_prompts(features: Sequence[Mapping[str, Any]], receiver_pad_id: int,
         index = torch.tensor(f["align_index"], dtype=torch.long) + s_pad
         out["align_mask"][i, r_pad:] = mask
         out["align_index"][i, r_pad:] = torch.where(mask, index, torch.zeros_like(index))
+    with_spans = ["sharer_span_ids" in f for f in features]
+    if any(with_spans):
+        out["sharer_span_ids"] = _collate_span_ids(features, with_spans, ts)
+    return out
+
+
+def _collate_span_ids(features: Sequence[Mapping[str, Any]], with_spans: list[bool], ts: int) -> torch.Tensor:
+    """``sharer_span_ids`` LEFT-padded with -1 to ``ts`` (the padded sharer prompt length)."""
+    if not all(with_spans):
+        raise LCFError(
+            f"collate: features {[i for i, w in enumerate(with_spans) if not w]} lack 'sharer_span_ids' while others "
+            f"have them; a batch must be all cross-context features (with span ids) or none"
+        )
+    out = torch.full((len(features), ts), -1, dtype=torch.long)
+    for i, f in enumerate(features):
+        spans, n = f["sharer_span_ids"], len(f["sharer_prompt_ids"])
+        if len(spans) != n:
+            raise LCFError(
+                f"collate: feature {i} has {n} sharer prompt ids but {len(spans)} sharer_span_ids; they must match "
+                f"(one span id per sharer position, -1 outside the context)"
+            )
+        out[i, ts - n:] = torch.tensor(spans, dtype=torch.long)
     return out
 
 
