@@ -9,6 +9,8 @@
     lcf export RUN_OR_CKPT OUT_DIR        standalone adapter: adapter.safetensors + adapter_config.json
     lcf demo [RECIPE] [key=value]         train -> export -> runtime -> answers -> comparison table
     lcf eval ADAPTER|RUN|RECIPE... --tasks T... [--limit N] --out DIR   adapters vs baselines and controls
+    lcf send ADAPTER --context TEXT|@FILE [--out MSG] [--quantize int8]   cross-context: context -> latent message
+    lcf receive ADAPTER MSG --question TEXT             cross-context: latent message + question -> answer
 """
 from __future__ import annotations
 
@@ -171,6 +173,42 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _read_text(arg: str) -> str:
+    """``-`` for stdin, ``@FILE`` for a file's text, else the argument itself."""
+    if arg == "-":
+        return sys.stdin.read()
+    if arg.startswith("@"):
+        path = Path(arg[1:])
+        if not path.is_file():
+            raise LCFError(f"{path} does not exist (an @FILE argument names a text file to read)")
+        return path.read_text()
+    return arg
+
+
+def cmd_send(args) -> int:
+    from lcf.runtime import load_adapter
+
+    adapter = load_adapter(args.adapter, device=args.device)
+    data = adapter.send(_read_text(args.context), spans=args.spans).to_bytes(quantize=args.quantize)
+    if args.out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        Path(args.out).write_bytes(data)
+        print(f"latent message: {len(data)} bytes ({args.quantize}) written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_receive(args) -> int:
+    from lcf.runtime import load_adapter
+
+    data = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
+    adapter = load_adapter(args.adapter, device=args.device, with_sharer=False)  # the receiver side only
+    own = _read_text(args.own_context) if args.own_context else ""
+    print(adapter.receive(data, _read_text(args.question), own_context=own, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lcf", description="Latent Cache Flow: KV-cache communication between LLMs")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
@@ -241,6 +279,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="model dtype (default: the model card's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("send", help="cross-context sender: read a context, write a latent message")
+    p.add_argument("adapter", help="exported cross-context adapter folder")
+    p.add_argument("--context", required=True, help="the context: text, @FILE, or - for stdin")
+    p.add_argument("--out", default="-", help="message file (default -: stdout, binary)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8: ~4x smaller message")
+    p.add_argument("--spans", choices=["paragraph", "sentence", "tokens"], default=None,
+                   help="how to cut the context into spans (default: the scheme the adapter was trained with)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(fn=cmd_send)
+
+    p = sub.add_parser("receive", help="cross-context receiver: answer a question from a latent message")
+    p.add_argument("adapter", help="the same adapter folder the sender used")
+    p.add_argument("message", help="message file, or - for stdin")
+    p.add_argument("--question", required=True, help="the question: text, @FILE, or - for stdin")
+    p.add_argument("--own-context", default=None, help="context the receiver reads itself (text or @FILE)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.set_defaults(fn=cmd_receive)
     return parser
 
 

@@ -11,8 +11,14 @@ responses RIGHT-padded, ``align_index``/``align_mask`` mapping receiver prompt p
 positions of the padded sharer prompt. For several sharers, ``batch["sharers"]`` is a list of dicts
 with keys ``prompt_ids, prompt_mask, align_index, align_mask`` (one per sharer, in order).
 
+Cross-context (LCF-X): a sharer with a *compressor* reads its own context; the compressor turns
+that cache into a short summary (``batch["sharer_span_ids"]`` says which span each sharer token
+belongs to) and the translator reads summary position 0 at every receiver prompt position, whatever
+``align_index`` says. A summary computed elsewhere (a latent message, see :mod:`lcf.messages`) is
+passed as ``sharer_views=`` and the sharer is not run at all — it may even be absent (``None``).
+
 The frozen LLMs are deliberately *not* registered as submodules: ``state_dict()``, optimizers and
-checkpoints hold only translator weights, while ``.to()`` still moves the LLMs along.
+checkpoints hold only translator (and compressor) weights, while ``.to()`` still moves the LLMs along.
 """
 from __future__ import annotations
 
@@ -32,10 +38,11 @@ SharerTransform = Callable[[int, KVView], KVView]
 
 @dataclass
 class SharerInputs:
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    align_index: torch.Tensor
-    align_mask: torch.Tensor
+    prompt_ids: torch.Tensor | None
+    prompt_mask: torch.Tensor | None
+    align_index: torch.Tensor | None
+    align_mask: torch.Tensor | None
+    span_ids: torch.Tensor | None = None
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -50,6 +57,7 @@ class Communicator(nn.Module):
         sharers: Sequence[nn.Module],
         translators: Sequence[nn.Module],
         combine: Combine = "sequential",
+        compressors: Sequence[nn.Module | None] | None = None,
     ):
         super().__init__()
         if len(sharers) != len(translators) or not sharers:
@@ -60,25 +68,38 @@ class Communicator(nn.Module):
         if combine not in ("sequential", "sum"):
             raise LCFError(f"combine must be 'sequential' or 'sum', got {combine!r}")
         self.translators = nn.ModuleList(translators)
+        compressors = list(compressors) if compressors is not None else [None] * len(sharers)
+        if len(compressors) != len(sharers):
+            raise LCFError(f"Communicator: {len(compressors)} compressors for {len(sharers)} sharers; give one entry "
+                           f"per sharer (None for a sharer that shares the receiver's context)")
+        # keyed by sharer index: sharers without a compressor have no entry
+        self.compressors = nn.ModuleDict({str(i): c for i, c in enumerate(compressors) if c is not None})
         self.combine = combine
         # plain attributes: not parameters of this module (see the module docstring)
         self.__dict__["receiver"] = receiver
         self.__dict__["sharers"] = list(sharers)
-        for m in (receiver, *sharers):
+        for m in self._frozen():
             m.eval().requires_grad_(False)
+
+    def _frozen(self) -> list[nn.Module]:
+        return [m for m in (self.receiver, *self.sharers) if m is not None]
 
     # frozen LLMs follow .to()/.cuda()/.half() but stay out of parameters() and state_dict()
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
-        for m in (self.receiver, *self.sharers):
+        for m in self._frozen():
             m._apply(fn, *args, **kwargs)
         return self
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for m in (self.receiver, *self.sharers):
+        for m in self._frozen():
             m.eval()  # frozen LLMs: no dropout, ever
         return self
+
+    def compressor(self, i: int = 0) -> nn.Module | None:
+        """The compressor of sharer ``i`` (None: that sharer is token-aligned with the receiver)."""
+        return self.compressors[str(i)] if str(i) in self.compressors else None
 
     @property
     def translator(self) -> nn.Module:
@@ -89,8 +110,8 @@ class Communicator(nn.Module):
         if "sharers" in batch:
             items = [SharerInputs(**s) for s in batch["sharers"]]
         else:
-            items = [SharerInputs(batch["sharer_prompt_ids"], batch["sharer_prompt_mask"], batch["align_index"],
-                                  batch["align_mask"])]
+            items = [SharerInputs(batch.get("sharer_prompt_ids"), batch.get("sharer_prompt_mask"),
+                                  batch.get("align_index"), batch.get("align_mask"), batch.get("sharer_span_ids"))]
         if len(items) != len(self.sharers):
             raise LCFError(f"batch carries inputs for {len(items)} sharers, the communicator has {len(self.sharers)}")
         return items
@@ -99,11 +120,32 @@ class Communicator(nn.Module):
     def _prefill(self, model, ids: torch.Tensor, mask: torch.Tensor) -> KVView:
         return prefill(model, ids, attention_mask=mask, position_ids=positions_from_mask(mask))
 
-    def fused_prompt_cache(self, batch: dict, fuse: bool = True, sharer_transform: SharerTransform | None = None) -> KVView:
+    def sharer_view(self, i: int, inp: SharerInputs, sharer_transform: SharerTransform | None = None) -> KVView:
+        """What translator ``i`` reads: sharer ``i``'s prompt cache, or its summary when it has a compressor."""
+        sharer = self.sharers[i]
+        if sharer is None:
+            raise LCFError(f"sharer {i} is not loaded, so its cache cannot be computed here; pass its summary "
+                           f"(a latent message) as sharer_views=, or load the adapter with its sharer")
+        if inp.prompt_ids is None or inp.prompt_mask is None:
+            raise LCFError(f"the batch has no prompt for sharer {i} (sharer_prompt_ids / sharer_prompt_mask)")
+        view = self._prefill(sharer, inp.prompt_ids, inp.prompt_mask)
+        if sharer_transform is not None:
+            view = sharer_transform(i, view)
+        compressor = self.compressor(i)
+        if compressor is None:
+            return view
+        if inp.span_ids is None:
+            raise LCFError(f"sharer {i} has a compressor, so the batch needs `sharer_span_ids` (the span of each "
+                           f"sharer token; build cross-context features with lcf.data.crosscontext)")
+        return compressor(view, inp.span_ids)
+
+    def fused_prompt_cache(self, batch: dict, fuse: bool = True, sharer_transform: SharerTransform | None = None,
+                           sharer_views: Sequence[KVView | None] | None = None) -> KVView:
         """Receiver KVView of all prompt tokens but the last, with the sharers' caches fused in.
 
         ``sharer_transform(i, view)`` may replace sharer ``i``'s cache before translation (the
-        evaluation's controls use it: an all-zero cache, or another item's cache)."""
+        evaluation's controls use it: an all-zero cache, or another item's cache).
+        ``sharer_views[i]``, when given, is used as is in place of sharer ``i``'s (compressed) cache."""
         ids, mask = batch["receiver_prompt_ids"], batch["receiver_prompt_mask"]
         if ids.shape[1] < 2:
             raise LCFError("receiver prompts need at least 2 tokens (all but the last are fused)")
@@ -112,11 +154,16 @@ class Communicator(nn.Module):
             return base
         view = base
         deltas = []
-        for i, (sharer, translator, inp) in enumerate(zip(self.sharers, self.translators, self.sharer_inputs(batch))):
-            s_view = self._prefill(sharer, inp.prompt_ids, inp.prompt_mask)
-            if sharer_transform is not None:
-                s_view = sharer_transform(i, s_view)
-            index, amask = inp.align_index[:, :-1], inp.align_mask[:, :-1].bool() & mask[:, :-1].bool()
+        given = list(sharer_views) if sharer_views is not None else [None] * len(self.sharers)
+        if len(given) != len(self.sharers):
+            raise LCFError(f"sharer_views: {len(given)} entries for {len(self.sharers)} sharers")
+        for i, (translator, inp) in enumerate(zip(self.translators, self.sharer_inputs(batch))):
+            s_view = given[i] if given[i] is not None else self.sharer_view(i, inp, sharer_transform)
+            if self.compressor(i) is not None:
+                # a summary: every receiver prompt position reads its position 0
+                index, amask = torch.zeros_like(ids[:, :-1]), mask[:, :-1].bool()
+            else:
+                index, amask = inp.align_index[:, :-1], inp.align_mask[:, :-1].bool() & mask[:, :-1].bool()
             if self.combine == "sequential":
                 view = translator.fuse(s_view, view, index, amask)
             else:
@@ -157,10 +204,22 @@ class Communicator(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
+    def summaries(self, batch: dict) -> list[KVView]:
+        """The sender's side of cross-context communication: each compressed sharer's summary."""
+        inputs = self.sharer_inputs(batch)
+        out = []
+        for i in range(len(self.sharers)):
+            if self.compressor(i) is None:
+                raise LCFError(f"sharer {i} has no compressor: only cross-context adapters produce summaries")
+            out.append(self.sharer_view(i, inputs[i]))
+        return out
+
+    @torch.no_grad()
     def generate(self, batch: dict, *, fuse: bool = True, max_new_tokens: int = 64,
-                 sharer_transform: SharerTransform | None = None, **generate_kwargs) -> torch.Tensor:
+                 sharer_transform: SharerTransform | None = None, sharer_views: Sequence[KVView | None] | None = None,
+                 **generate_kwargs) -> torch.Tensor:
         """New token ids (B, <= max_new_tokens) for the prompts of ``batch``; greedy by default."""
-        view = self.fused_prompt_cache(batch, fuse=fuse, sharer_transform=sharer_transform)
+        view = self.fused_prompt_cache(batch, fuse=fuse, sharer_transform=sharer_transform, sharer_views=sharer_views)
         ids, mask = batch["receiver_prompt_ids"], batch["receiver_prompt_mask"]
         generate_kwargs.setdefault("do_sample", False)
         out = self.receiver.generate(

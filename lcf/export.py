@@ -5,9 +5,15 @@
 
 The folder is written to a temporary sibling and renamed into place, so a reader never sees half an
 adapter. Reading it needs only torch, transformers and safetensors (``lcf.runtime.load_adapter``).
+
+A checkpoint is a Lightning ``.ckpt`` file or, from DeepSpeed runs, a ZeRO checkpoint *directory*
+(``ckpt/last.ckpt/`` with ``latest`` and ``checkpoint/`` inside): its shards are gathered into full fp32
+tensors (needs DeepSpeed installed, not a GPU). Inside a distributed job (torch.distributed initialised)
+rank 0 alone writes the adapter; the other ranks wait for it and return the same path.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -23,21 +29,25 @@ from safetensors.torch import save_file
 import lcf
 from lcf.errors import LCFError
 from lcf.models.fingerprint import fingerprint
-from lcf.runtime import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from lcf.runtime import COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 
+TRANSLATOR_PREFIX = "communicator.translators.0."
+COMPRESSOR_STATE_PREFIX = "communicator.compressors.0."
 
 
 def model_identity(loaded) -> dict[str, Any]:
     return {"name": loaded.name, "source": loaded.path, "fingerprint": fingerprint(loaded.model, loaded.tokenizer)}
 
 
-def adapter_config(translator, *, translator_type: str, pair, recipe: dict, training: dict | None = None) -> dict:
+def adapter_config(translator, *, translator_type: str, pair, recipe: dict, training: dict | None = None,
+                   compressor=None) -> dict:
     data = recipe.get("data") or {}
+    modules = [translator] + ([compressor] if compressor is not None else [])
     return {
         "format_version": FORMAT_VERSION,
         "lcf_version": lcf.__version__,
         "translator": {"type": translator_type, "args": translator.init_args},
-        "compressor": recipe.get("compressor"),
+        "compressor": {"type": recipe["compressor"]["type"], "args": compressor.init_args} if compressor else None,
         "shapes": translator.shapes.to_dict(),
         "layer_map": {"spec": recipe.get("layer_map") or {"type": "terminal"}, "sharer_of": pair.layer_map.to_list()},
         "token_alignment": recipe.get("token_alignment") or {"type": "maximal_coverage"},
@@ -45,19 +55,26 @@ def adapter_config(translator, *, translator_type: str, pair, recipe: dict, trai
         "sharer": model_identity(pair.sharer),
         "receiver": model_identity(pair.receiver),
         "dtype": str(next(translator.parameters()).dtype).replace("torch.", ""),
-        "num_parameters": translator.num_parameters(),
-        "size_bytes": translator.size_bytes(),
+        "num_parameters": sum(m.num_parameters() for m in modules),
+        "size_bytes": sum(_state_bytes(m) for m in modules),
         "training": training or {},
     }
 
 
-def write_adapter(out_dir: str | Path, translator, config: dict) -> Path:
-    """Atomically write ``adapter.safetensors`` + ``adapter_config.json`` into ``out_dir``."""
+def _state_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def write_adapter(out_dir: str | Path, translator, config: dict, compressor=None) -> Path:
+    """Atomically write ``adapter.safetensors`` + ``adapter_config.json`` into ``out_dir`` (compressor
+    tensors, if any, under the ``compressor.`` prefix)."""
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in translator.state_dict().items()}
+        if compressor is not None:
+            tensors |= {COMPRESSOR_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in compressor.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lcf_format_version": str(FORMAT_VERSION)})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False))
         for f in tmp.iterdir():  # mkdtemp makes private files; an adapter is meant to be shared
@@ -76,9 +93,45 @@ def write_adapter(out_dir: str | Path, translator, config: dict) -> Path:
     return out
 
 
+def is_zero_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a DeepSpeed ZeRO checkpoint directory (what Lightning saves as ``*.ckpt/``)."""
+    return path.is_dir() and ((path / "latest").is_file() or (path / "checkpoint").is_dir())
+
+
+def deepspeed_installed() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``{"state_dict": ..., "global_step": ...}`` of a Lightning checkpoint file or ZeRO directory."""
+    path = Path(path)
+    if not is_zero_checkpoint(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    if not deepspeed_installed():
+        raise LCFError(
+            f"{path} is a DeepSpeed ZeRO checkpoint (a directory of per-rank shards); gathering its full weights "
+            f"needs DeepSpeed: `pip install 'lcf[deepspeed]'` (no GPU needed for export)."
+        )
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    with tempfile.TemporaryDirectory(prefix="lcf-zero-") as tmp:
+        return convert_zero_checkpoint_to_fp32_state_dict(path, Path(tmp) / "fp32.ckpt")
+
+
+def translator_state(state_dict: dict[str, torch.Tensor], prefix: str = TRANSLATOR_PREFIX) -> dict[str, torch.Tensor]:
+    """The first translator's tensors of a LightningModule state dict (wrapper prefixes ignored);
+    ``prefix=COMPRESSOR_STATE_PREFIX`` gives the first sharer's compressor instead."""
+    out = {}
+    for key, value in state_dict.items():
+        head, sep, tail = key.partition(prefix)
+        if sep and head in ("", "module.", "_forward_module.", "module._forward_module."):
+            out[tail] = value
+    return out
+
+
 def _find_checkpoint(run_or_ckpt: Path, which: str) -> tuple[Path, Path]:
-    """Return (checkpoint file, run dir)."""
-    if run_or_ckpt.is_file():
+    """Return (checkpoint file or ZeRO directory, run dir)."""
+    if run_or_ckpt.is_file() or is_zero_checkpoint(run_or_ckpt):
         run = run_or_ckpt.parent.parent if run_or_ckpt.parent.name == "ckpt" else run_or_ckpt.parent
         return run_or_ckpt, run
     ckdir = run_or_ckpt / "ckpt"
@@ -93,11 +146,40 @@ def _find_checkpoint(run_or_ckpt: Path, which: str) -> tuple[Path, Path]:
     return last, run_or_ckpt
 
 
+def _process_group():
+    """torch.distributed when this process is one of several in an initialised job, else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
 def export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best") -> Path:
-    """Export the translator of a training run (or one checkpoint file) as an adapter folder."""
+    """Export the translator of a training run (or one checkpoint) as an adapter folder.
+
+    In a distributed job every rank may call it: rank 0 writes, the others wait and get the same path
+    (or an LCFError naming rank 0's failure)."""
+    dist = _process_group()
+    if dist is None:
+        return _export(run_or_ckpt, out_dir, which=which)
+    result: list[Any] = [None]
+    failure: BaseException | None = None
+    if dist.get_rank() == 0:
+        try:
+            result[0] = str(_export(run_or_ckpt, out_dir, which=which))
+        except BaseException as exc:  # the other ranks must still be released
+            failure, result[0] = exc, f"failed: {type(exc).__name__}: {exc}"
+    dist.broadcast_object_list(result, src=0)  # the other ranks wait here for rank 0
+    if failure is not None:
+        raise failure
+    if result[0].startswith("failed: "):
+        raise LCFError(f"export on rank 0 {result[0]}")
+    return Path(result[0])
+
+
+def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best") -> Path:
     from lcf.config import load_recipe, validate_recipe
     from lcf.pair import build_pair
-    from lcf.training.run import build_translator
+    from lcf.training.run import build_compressor, build_translator
 
     ckpt_path, run = _find_checkpoint(Path(run_or_ckpt), which)
     recipe_file = run / "recipe.yaml"
@@ -106,10 +188,13 @@ def export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best")
     recipe = validate_recipe(load_recipe(recipe_file), origin=str(recipe_file))
     pair = build_pair(recipe)
     translator = build_translator(recipe, pair)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    prefix = "communicator.translators.0."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    translator.load_state_dict(state, strict=True)
+    ckpt = load_checkpoint(ckpt_path)
+    state, keep = translator_state(ckpt["state_dict"]), translator.state_dict().keys()
+    buffers = {name for name, _ in translator.named_buffers()}  # ZeRO gathering may add non-persistent ones
+    translator.load_state_dict({k: v for k, v in state.items() if k in keep or k not in buffers}, strict=True)
+    compressor = build_compressor(recipe, pair)
+    if compressor is not None:
+        compressor.load_state_dict(translator_state(ckpt["state_dict"], COMPRESSOR_STATE_PREFIX), strict=True)
     summary_file = run / "summary.json"
     training = {
         "checkpoint": ckpt_path.name, "global_step": ckpt.get("global_step"), "recipe": recipe.get("name"),
@@ -119,5 +204,5 @@ def export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best")
     if summary_file.exists():
         training["summary"] = json.loads(summary_file.read_text())
     config = adapter_config(translator, translator_type=recipe["translator"]["type"], pair=pair, recipe=recipe,
-                            training=training)
-    return write_adapter(out_dir, translator, config)
+                            training=training, compressor=compressor)
+    return write_adapter(out_dir, translator, config, compressor=compressor)

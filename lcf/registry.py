@@ -276,7 +276,7 @@ def type_name(hint: Any) -> str:
 # -- the registries ------------------------------------------------------------------------------
 # Built-in modules are imported on first lookup, so `import lcf` stays light.
 translators: Registry = Registry("translators", ("lcf.translators",))
-compressors: Registry = Registry("compressors")
+compressors: Registry = Registry("compressors", ("lcf.compressors",))
 layer_maps: Registry = Registry("layer_maps", ("lcf.align.layers",))
 token_aligners: Registry = Registry("token_aligners", ("lcf.align.tokens",))
 datasets: Registry = Registry("datasets", ("lcf.data",))

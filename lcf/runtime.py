@@ -5,6 +5,12 @@ Needs only torch, transformers and safetensors (no Lightning, DeepSpeed or Omega
     from lcf.runtime import load_adapter
     adapter = load_adapter("adapters/quickstart")          # loads the models named in the adapter
     print(adapter.generate("Name three primary colours."))
+
+Cross-context adapters (with a compressor) read a context on the sharer's side and a question on
+the receiver's; the summary can travel between processes as a latent message (:mod:`lcf.messages`):
+
+    msg = sender.send(context)                           # sender: load_adapter(path)
+    answer = receiver.receive(msg, question)             # receiver: load_adapter(path, with_sharer=False)
 """
 from __future__ import annotations
 
@@ -22,12 +28,14 @@ from lcf.data.features import collate_prompts, pad_token_id, prompt_features
 from lcf.errors import LCFError
 from lcf.models.fingerprint import fingerprint
 from lcf.models.loading import LoadedModel, load_model
-from lcf.registry import token_aligners, translators
+from lcf.registry import compressors, token_aligners, translators
+from lcf.xcontext import CrossContextMixin
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
+COMPRESSOR_PREFIX = "compressor."
 KNOWN_KEYS = {
     "format_version", "lcf_version", "translator", "compressor", "shapes", "layer_map", "token_alignment",
     "templates", "sharer", "receiver", "dtype", "num_parameters", "size_bytes", "training",
@@ -69,23 +77,49 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(translator tensors, compressor tensors) of an adapter file; compressor keys start with
+    :data:`COMPRESSOR_PREFIX`."""
+    comp = {k[len(COMPRESSOR_PREFIX):]: v for k, v in state.items() if k.startswith(COMPRESSOR_PREFIX)}
+    return {k: v for k, v in state.items() if not k.startswith(COMPRESSOR_PREFIX)}, comp
+
+
+def _strict_load(module, state: dict[str, torch.Tensor], what: str):
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise AdapterError(
+            f"adapter tensors do not match a {what} built from its config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}"
+        )
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
 def build_translator(cfg: dict[str, Any], state: dict[str, torch.Tensor]):
     from lcf.translators.base import PairShapes
 
     spec = cfg["translator"]
     cls = translators.get(spec["type"])
     translator = cls(shapes=PairShapes.from_dict(cfg["shapes"]), **spec.get("args", {}))
-    expected = translator.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise AdapterError(
-            f"adapter tensors do not match a {spec['type']} built from its config: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}"
-        )
-    translator.load_state_dict(state, strict=True)
-    return translator.eval()
+    return _strict_load(translator, state, spec["type"])
+
+
+def build_compressor(cfg: dict[str, Any], state: dict[str, torch.Tensor]):
+    """The adapter's compressor (cross-context adapters), or None; strict like the translator."""
+    from lcf.translators.base import PairShapes
+
+    spec = cfg.get("compressor")
+    if not spec:
+        if state:
+            raise AdapterError(f"adapter file holds compressor tensors {sorted(state)[:3]} but its config names no "
+                               f"compressor; re-export the adapter")
+        return None
+    cls = compressors.get(spec["type"])
+    compressor = cls(shapes=PairShapes.from_dict(cfg["shapes"]), **spec.get("args", {}))
+    return _strict_load(compressor, state, spec["type"])
 
 
 def _as_loaded(model: Any, default: str, dtype) -> LoadedModel:
@@ -111,12 +145,16 @@ def check_fingerprint(role: str, expected: dict, lm: LoadedModel) -> None:
 
 
 @dataclass
-class Adapter:
+class Adapter(CrossContextMixin):
+    """An exported adapter with its models. ``sharer`` is None when loaded with ``with_sharer=False``
+    (a receiving process of cross-context messages). Cross-context methods: :mod:`lcf.xcontext`."""
+
     config: dict[str, Any]
     communicator: Communicator
-    sharer: LoadedModel
+    sharer: LoadedModel | None
     receiver: LoadedModel
     aligner: Any
+    folder: Path | None = None
 
     @property
     def translator(self):
@@ -124,6 +162,11 @@ class Adapter:
 
     def encode(self, prompts: Sequence[str | Sequence[dict]]) -> dict[str, torch.Tensor]:
         """Left-padded prompt batch (receiver and sharer templates, token alignment)."""
+        if self.is_cross_context:
+            raise LCFError("this is a cross-context adapter: the sharer reads a context of its own. Use "
+                           "adapter.send(context) and adapter.receive(message, question)")
+        if self.sharer is None:
+            raise LCFError("this adapter was loaded without its sharer (with_sharer=False); load it with the sharer")
         items = []
         templates = self.config.get("templates", {})
         for p in prompts:
@@ -151,19 +194,26 @@ class Adapter:
 
 
 def load_adapter(path: str | Path, *, sharer: Any = None, receiver: Any = None, device: str | None = None,
-                 dtype: str | None = None, check_fingerprints: bool = True) -> Adapter:
+                 dtype: str | None = None, check_fingerprints: bool = True, with_sharer: bool = True) -> Adapter:
     """Load an exported adapter. ``sharer``/``receiver``: a model spec (card name, local dir, hub id),
-    a ``LoadedModel``, a ``(model, tokenizer)`` tuple, or None for the models named in the adapter."""
+    a ``LoadedModel``, a ``(model, tokenizer)`` tuple, or None for the models named in the adapter.
+    ``with_sharer=False`` skips the sharer (a process that only receives latent messages)."""
     folder = Path(path)
     cfg = read_config(folder)
-    translator = build_translator(cfg, load_weights(folder))
-    s = _as_loaded(sharer, cfg["sharer"]["name"], dtype)
+    t_state, c_state = split_state(load_weights(folder))
+    translator = build_translator(cfg, t_state)
+    compressor = build_compressor(cfg, c_state)
+    if not with_sharer and compressor is None:
+        raise AdapterError(f"{folder}: with_sharer=False only makes sense for cross-context adapters (with a "
+                           f"compressor); this adapter needs the sharer's cache of every prompt")
+    s = _as_loaded(sharer, cfg["sharer"]["name"], dtype) if with_sharer else None
     r = _as_loaded(receiver, cfg["receiver"]["name"], dtype)
     if check_fingerprints:
-        check_fingerprint("sharer", cfg["sharer"], s)
+        if s is not None:
+            check_fingerprint("sharer", cfg["sharer"], s)
         check_fingerprint("receiver", cfg["receiver"], r)
-    comm = Communicator(r.model, [s.model], [translator]).eval()
+    comm = Communicator(r.model, [s.model if s is not None else None], [translator], compressors=[compressor]).eval()
     if device:
         comm.to(device)
     aligner = token_aligners.build(cfg.get("token_alignment") or {"type": "maximal_coverage"}, "token_alignment")
-    return Adapter(config=cfg, communicator=comm, sharer=s, receiver=r, aligner=aligner)
+    return Adapter(config=cfg, communicator=comm, sharer=s, receiver=r, aligner=aligner, folder=folder)

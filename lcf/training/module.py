@@ -9,6 +9,7 @@ import torch
 from lcf.communicator import Communicator
 from lcf.errors import LCFError
 from lcf.training.settings import TrainerSettings
+from lcf.training.strategy import gathered, mark_zero3_leaves, offloads_optimizer
 from lcf.translators.base import annealed_temperature
 
 
@@ -50,7 +51,9 @@ class LCFModule(L.LightningModule):
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         if self.global_step % max(self.settings.log_every_n_steps, 1) == 0:
             for i, tr in enumerate(self.communicator.translators):
-                for layer, (gk, gv) in tr.gate_values().items():
+                with gathered(tr.gates.parameters()):  # ZeRO-3 partitions the gate logits between steps
+                    gate_values = tr.gate_values()
+                for layer, (gk, gv) in gate_values.items():
                     prefix = f"gates/s{i}_r{layer}" if len(self.communicator.translators) > 1 else f"gates/r{layer}"
                     self.log(f"{prefix}_k", gk, batch_size=bs)
                     self.log(f"{prefix}_v", gv, batch_size=bs)
@@ -61,18 +64,27 @@ class LCFModule(L.LightningModule):
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["response_ids"].shape[0], sync_dist=True)
         return out["loss"]
 
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None:
+            mark_zero3_leaves(self, self.trainer.strategy)
+
     def on_save_checkpoint(self, checkpoint):
         checkpoint["lcf_settings"] = self.settings.to_dict()
 
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
         s = self.settings
-        params = [p for p in self.communicator.translators.parameters() if p.requires_grad]
+        # translators and compressors: the frozen LLMs are not submodules of the communicator
+        params = [p for p in self.communicator.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=s.lr
-        )
+        groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if self._trainer is not None and offloads_optimizer(self.trainer.strategy):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam  # DeepSpeed refuses torch's AdamW with CPU offload
+
+            opt = DeepSpeedCPUAdam(groups, lr=s.lr, adamw_mode=True)
+        else:
+            opt = torch.optim.AdamW(groups, lr=s.lr)
         total = max(s.max_steps, 1)
         warmup = int(math.ceil(s.warmup_ratio * total))
 

@@ -19,7 +19,7 @@ from lcf.config import load_recipe, save_resolved, validate_recipe
 from lcf.data.datamodule import InstructDataModule
 from lcf.errors import LCFError, RecipeError
 from lcf.pair import Pair, build_pair
-from lcf.registry import datasets, translators
+from lcf.registry import compressors, datasets, translators
 from lcf.training.module import LCFModule
 from lcf.training.settings import TrainerSettings
 from lcf.translators.base import PairShapes
@@ -37,6 +37,14 @@ def build_translator(recipe: dict[str, Any], pair: Pair):
     if not recipe.get("translator"):
         raise RecipeError("translator: missing; e.g. `translator: {type: lcf_lowrank, rank: 128}`")
     return translators.build(recipe["translator"], "translator", shapes=shapes)
+
+
+def build_compressor(recipe: dict[str, Any], pair: Pair):
+    """The recipe's ``compressor:`` (cross-context sharers), or None."""
+    if not recipe.get("compressor"):
+        return None
+    shapes = PairShapes.from_configs(pair.sharer.model.config, pair.receiver.model.config, pair.layer_map)
+    return compressors.build(recipe["compressor"], "compressor", shapes=shapes)
 
 
 def build_data(recipe: dict[str, Any]):
@@ -88,6 +96,18 @@ def _callbacks(settings: TrainerSettings, out: Path) -> list:
     return cbs
 
 
+class _SaveRecipe(L.Callback):
+    """Write the resolved recipe from global rank 0 once the job is set up (before that, the
+    processes Lightning launches itself all believe they are rank 0)."""
+
+    def __init__(self, cfg: Any, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero:
+            save_resolved(self.cfg, self.out)
+
+
 def make_trainer(settings: TrainerSettings, out: Path, *, resume: bool = False, **overrides) -> L.Trainer:
     from lcf.training.strategy import build_strategy
 
@@ -133,11 +153,29 @@ def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume:
     data = build_data(recipe)
     dm = InstructDataModule(data, pair.receiver.tokenizer, pair.sharer.tokenizer, pair.aligner,
                             batch_size=settings.batch_size, num_workers=settings.num_workers)
-    comm = Communicator(pair.receiver.model, [pair.sharer.model], [translator], combine=settings.combine)
+    compressor = build_compressor(recipe, pair)
+    cross_context_data = hasattr(data, "split_examples")  # lcf.data.xcdata.XCData
+    if cross_context_data != (compressor is not None):
+        raise RecipeError(
+            "compressor: cross-context data (the sharer reads its own context) needs a `compressor:` such as "
+            "{type: span_pool}, and a compressor needs cross-context data (e.g. data.type=fact_transfer); this "
+            f"recipe has data.type={recipe['data'].get('type')!r} and "
+            f"{'a' if compressor is not None else 'no'} compressor"
+        )
+    if compressor is not None:
+        limit, asked = compressor.context_limit(pair.sharer.model.config), getattr(data, "max_context_tokens", None)
+        if asked is not None and asked > limit:
+            raise RecipeError(
+                f"data.max_context_tokens={asked} exceeds what the sharer keeps of a context in the layers the "
+                f"compressor reads ({limit} tokens: its sliding window or maximum positions); set "
+                f"data.max_context_tokens<={limit}"
+            )
+    comm = Communicator(pair.receiver.model, [pair.sharer.model], [translator], combine=settings.combine,
+                        compressors=[compressor])
     module = LCFModule(comm, settings)
-    trainer = make_trainer(settings, out, resume=resume)
-    if trainer.is_global_zero:
-        save_resolved(cfg, out)
+    # counted before ZeRO-3 may partition the parameters
+    num_parameters = translator.num_parameters() + (compressor.num_parameters() if compressor is not None else 0)
+    trainer = make_trainer(settings, out, resume=resume, callbacks=[*_callbacks(settings, out), _SaveRecipe(cfg, out)])
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
@@ -145,8 +183,9 @@ def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume:
             "recipe": str(recipe_path), "name": recipe.get("name"), "steps": trainer.global_step,
             "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics,
             "translator": translator.init_args | {"type": recipe["translator"]["type"]},
-            "num_parameters": translator.num_parameters(), "train_examples": len(dm.train_features),
+            "num_parameters": num_parameters, "train_examples": len(dm.train_features),
             "val_examples": len(dm.val_features),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    trainer.strategy.barrier("lcf-summary")  # other ranks return once rank 0 has written its files
     return out

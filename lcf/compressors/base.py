@@ -1,0 +1,126 @@
+"""What every compressor shares: a sharer cache over a context in, a short summary cache out.
+
+A compressor turns the sharer's KV cache of a context it read, split into spans, into a *summary*:
+a :class:`~lcf.models.kv.KVView` with ``summary_len`` positions per sharer layer (one for LCF-X,
+arXiv 2605.22863). The translator then reads the summary in place of the token-aligned sharer
+cache: every receiver position reads summary position 0 (see :meth:`lcf.communicator.Communicator`).
+
+Only the sharer layers the layer map reads are summarised; the other layers of the returned view
+hold no positions. Subclasses implement :meth:`Compressor.summarise_layer`.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from lcf.errors import KVCacheError, LCFError, RecipeError
+from lcf.models.kv import KVView
+from lcf.translators.base import PairShapes
+
+
+class Compressor(nn.Module):
+    """Base class. Constructor arguments except ``shapes`` are recorded as :attr:`init_args` (they
+    go into ``adapter_config.json``), so ``type(c)(shapes=c.shapes, **c.init_args)`` rebuilds it."""
+
+    #: positions per layer in the summary
+    summary_len: int = 1
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _record(cls.__dict__["__init__"])
+
+    def __init__(self, shapes: PairShapes):
+        super().__init__()
+        if isinstance(shapes, dict):
+            shapes = PairShapes.from_dict(shapes)
+        if not isinstance(shapes, PairShapes):
+            raise RecipeError(f"{type(self).__name__}: `shapes` must be a PairShapes, got {type(shapes).__name__}")
+        self.shapes = shapes
+        #: sharer layers the layer map reads: the only ones summarised
+        self.sharer_layers: list[int] = sorted({s for s in shapes.layer_map.sharer_of if s is not None})
+
+    @property
+    def init_args(self) -> dict[str, Any]:
+        args = dict(self.__dict__.get("_lcf_init_args", {}))
+        for k, v in args.items():
+            try:
+                json.dumps(v)
+            except (TypeError, ValueError) as exc:
+                raise LCFError(f"{type(self).__name__}: argument {k}={v!r} is not JSON-serialisable; the compressor "
+                               f"cannot be exported") from exc
+        return args
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def context_limit(self, sharer_config: Any = None) -> int:
+        """Longest sharer prompt whose cache every summarised layer keeps whole: ``window - 1`` of the
+        summarised sliding-window layers, and the sharer's ``max_position_embeddings`` when its config is
+        given. Longer contexts would be summarised from their most recent tokens only."""
+        limits = [self.shapes.sharer[s].sliding_window - 1 for s in self.sharer_layers
+                  if self.shapes.sharer[s].sliding_window]
+        cfg = sharer_config.get_text_config() if hasattr(sharer_config, "get_text_config") else sharer_config
+        if getattr(cfg, "max_position_embeddings", None):
+            limits.append(int(cfg.max_position_embeddings))
+        return min(limits) if limits else 1 << 30
+
+    # -- to implement ------------------------------------------------------------------------------
+    def summarise_layer(self, layer: int, keys: torch.Tensor, values: torch.Tensor,
+                        span_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summary K/V ``(B, H, summary_len, D)`` of one sharer layer.
+
+        keys/values: ``(B, H, L, D)`` the positions the layer stores; span_ids: ``(B, L)`` the span of
+        each of those positions (``-1``: not part of the context — template, padding)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement summarise_layer()")
+
+    # -- the whole cache -----------------------------------------------------------------------------
+    def forward(self, view: KVView, span_ids: torch.Tensor) -> KVView:
+        """The summary of every read sharer layer; ``span_ids`` is ``(B, view.seq_len)``."""
+        want = [(s.kv_heads, s.head_dim) for s in self.shapes.sharer]
+        if [(s.kv_heads, s.head_dim) for s in view.specs] != want:
+            raise KVCacheError(f"{type(self).__name__}: the sharer cache has another layout than the one the "
+                               f"compressor was built for ({len(want)} layers of {want[0]}); wrong model?")
+        if tuple(span_ids.shape) != (view.batch_size, view.seq_len):
+            raise KVCacheError(f"{type(self).__name__}: span_ids {tuple(span_ids.shape)} must be (batch, sharer "
+                               f"tokens) = ({view.batch_size}, {view.seq_len})")
+        keys, values = [], []
+        for i, (k, v) in enumerate(zip(view.keys, view.values)):
+            if i in self.sharer_layers:
+                sk, sv = self.summarise_layer(i, k, v, span_ids[:, view.start(i):])
+            else:
+                sk, sv = k[:, :, :0], v[:, :, :0]
+            keys.append(sk)
+            values.append(sv)
+        return KVView(keys, values, self.summary_len, list(view.specs))
+
+
+def _record(init):
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        depth = self.__dict__.get("_lcf_init_depth", 0)
+        if depth == 0:
+            bound = sig.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            recorded: dict[str, Any] = {}
+            for name, value in list(bound.arguments.items())[1:]:
+                kind = sig.parameters[name].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update(value)
+                elif name != "shapes" and kind is not inspect.Parameter.VAR_POSITIONAL:
+                    recorded[name] = value
+            self.__dict__["_lcf_init_args"] = recorded
+        self.__dict__["_lcf_init_depth"] = depth + 1
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            self.__dict__["_lcf_init_depth"] = depth
+
+    return wrapper

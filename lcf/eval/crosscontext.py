@@ -1,0 +1,208 @@
+"""Cross-context evaluation: the sharer read a context, the receiver gets only the question.
+
+Systems, all answering the same held-out items greedily (first line of the answer, SQuAD EM / F1):
+
+* ``receiver alone`` — question only; ``receiver + own half`` — with the receiver's own part of the
+  context (items that have one); ``receiver + full context`` — both parts (an upper bound, nothing
+  is communicated: the receiver reads everything itself);
+* ``text-N`` — the sharer reads the context and writes a message of at most N tokens that the
+  receiver reads before the question (:data:`SUMMARY_REQUEST`);
+* ``lcf-x`` — the compressor's summary travels as a latent message (serialised and parsed back, as
+  between two processes); ``lcf-x int8`` quantises it; controls ``lcf-x (zero)`` (all-zero summary)
+  and ``lcf-x (mismatched)`` (another item's message) separate transfer from adaptation.
+
+Per system: EM, F1, batch-1 time to first token (everything between "the sharer gets the context"
+and "the receiver's first answer token", message writing included) and bytes sent.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from lcf.errors import LCFError
+from lcf.eval.harness import _elapsed_ms, _first_line
+from lcf.eval.metrics import squad_scores
+from lcf.eval.systems import PlainModel, mismatch_partner
+from lcf.messages import LatentMessage
+
+SUMMARY_REQUEST = "{context}\n\nRewrite the key facts of the text above briefly, keeping every name and number."
+XC_SYSTEMS: tuple[str, ...] = ("receiver", "own", "full", "text", "lcf-x", "int8", "zero", "mismatched")
+
+
+class XCSystem:
+    """One way for the receiver to answer a cross-context item."""
+
+    name = "system"
+
+    def __init__(self, adapter: Any):
+        self.adapter = adapter
+
+    def prepare(self, items: Sequence[Any]) -> tuple[list[str], Any, list[int]]:
+        """(receiver's own contexts, sharer summary view or None, bytes sent per item)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def answer(self, items: Sequence[Any], max_new_tokens: int, min_new_tokens: int = 0) -> tuple[list[str], list[int]]:
+        """Greedy answers and bytes sent, for a batch of items."""
+        from lcf.data.features import pad_token_id
+
+        own, view, sent = self.prepare(items)
+        a = self.adapter
+        batch = {k: v.to(a._device()) for k, v in a.encode_questions([it.question for it in items], own).items()}
+        extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
+        new = a.communicator.generate(batch, fuse=view is not None, sharer_views=[view] if view is not None else None,
+                                      max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(a.receiver.tokenizer),
+                                      **extra)
+        return [t.strip() for t in a.receiver.tokenizer.batch_decode(new, skip_special_tokens=True)], sent
+
+
+class ReceiverOnly(XCSystem):
+    """The receiver reads ``own`` = ``"none"`` (question only), ``"half"`` or ``"full"`` context itself."""
+
+    def __init__(self, adapter: Any, own: str = "none"):
+        super().__init__(adapter)
+        self.own = own
+        self.name = {"none": "receiver alone", "half": "receiver + own half", "full": "receiver + full context"}[own]
+
+    def prepare(self, items):
+        if self.own == "none":
+            return [""] * len(items), None, [0] * len(items)
+        if self.own == "half":
+            return [it.receiver_context for it in items], None, [0] * len(items)
+        both = ["\n\n".join(p for p in (it.receiver_context, it.sharer_context) if p) for it in items]
+        return both, None, [0] * len(items)
+
+
+class TextMessage(XCSystem):
+    """The sharer writes at most ``tokens`` tokens about its context; the receiver reads them."""
+
+    def __init__(self, adapter: Any, tokens: int, request: str = SUMMARY_REQUEST):
+        super().__init__(adapter)
+        if adapter.sharer is None:
+            raise LCFError("the text baseline needs the sharer (load the adapter with its sharer)")
+        self.tokens, self.request, self.name = tokens, request, f"text-{tokens}"
+        self.writer = PlainModel(adapter.sharer, template=adapter.config.get("templates", {}).get("sharer", "auto"))
+        self.messages: list[str] = []
+
+    def prepare(self, items):
+        msgs = self.writer.generate([self.request.format(context=it.sharer_context) for it in items], self.tokens,
+                                    batch_size=len(items))
+        self.messages += msgs
+        own = ["\n\n".join(p for p in (it.receiver_context, m) if p) for it, m in zip(items, msgs)]
+        return own, None, [len(m.encode()) for m in msgs]
+
+
+class LatentXC(XCSystem):
+    """LCF-X: each item's summary is serialised as a latent message, parsed back and fused.
+
+    control: ``"none"``, ``"zero"`` (all-zero summary) or ``"mismatched"`` (the summary of another
+    item of the batch, :func:`~lcf.eval.systems.mismatch_partner`). quantize: ``"none"`` / ``"int8"``."""
+
+    def __init__(self, adapter: Any, control: str = "none", quantize: str = "none"):
+        super().__init__(adapter)
+        if not adapter.is_cross_context:
+            raise LCFError("LCF-X evaluation needs a cross-context adapter (exported with a compressor)")
+        self.control, self.quantize = control, quantize
+        self.partner_context: dict[str, str] = {}  # item id -> the context the mismatched control reads
+        suffix = " int8" if quantize == "int8" else ""
+        self.name = "lcf-x" + suffix + ("" if control == "none" else f" ({control})")
+
+    def set_items(self, items: Sequence[Any]) -> None:
+        """Pair every item with another item of the whole evaluation (not only of its batch)."""
+        contexts = [it.sharer_context for it in items]
+        self.partner_context = {it.id: contexts[mismatch_partner(contexts, i)] for i, it in enumerate(items)}
+
+    def prepare(self, items):
+        a = self.adapter
+        contexts = [it.sharer_context for it in items]
+        if self.control == "mismatched":
+            if any(it.id not in self.partner_context for it in items):
+                self.set_items(items)
+            contexts = [self.partner_context[it.id] for it in items]
+        view = a.summarise(contexts)
+        header = a.expected_header() | {"summary_len": view.seq_len}
+        views, sent = [], []
+        for row in range(len(items)):
+            data = LatentMessage.from_view(view, a.compressor.sharer_layers, header, row).to_bytes(self.quantize)
+            sent.append(len(data))
+            views.append(a.read_message(data).to_view(a.compressor.shapes.sharer, device=a._device()))
+        from lcf.xcontext import _cat_views
+
+        out = _cat_views(views)
+        if self.control == "zero":
+            out.keys, out.values = [torch.zeros_like(k) for k in out.keys], [torch.zeros_like(v) for v in out.values]
+        return [it.receiver_context for it in items], out, sent
+
+
+def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequence[int] = (50, 100, 200),
+                     has_own: bool = True) -> list[XCSystem]:
+    unknown = sorted(set(chosen) - set(XC_SYSTEMS))
+    if unknown:
+        raise LCFError(f"unknown cross-context systems {unknown}; choose from {', '.join(XC_SYSTEMS)}")
+    out: list[XCSystem] = []
+    for kind in XC_SYSTEMS:
+        if kind not in chosen:
+            continue
+        if kind == "receiver":
+            out.append(ReceiverOnly(adapter, "none"))
+        elif kind == "own" and has_own:
+            out.append(ReceiverOnly(adapter, "half"))
+        elif kind == "full":
+            out.append(ReceiverOnly(adapter, "full"))
+        elif kind == "text":
+            out += [TextMessage(adapter, n) for n in text_tokens]
+        elif kind == "lcf-x":
+            out.append(LatentXC(adapter))
+        elif kind == "int8":
+            out.append(LatentXC(adapter, quantize="int8"))
+        elif kind in ("zero", "mismatched"):
+            out.append(LatentXC(adapter, control=kind))
+    return out
+
+
+def evaluate_xc(systems: Sequence[XCSystem], items: Sequence[Any], *, max_new_tokens: int = 16, batch_size: int = 8,
+                latency_runs: int = 3, seed: int = 0, on_batch: Callable[[str, int], None] | None = None) -> dict:
+    """EM / F1 / TTFT / bytes per system on ``items`` (JSON-safe dict: ``scores``, ``predictions``)."""
+    if not items:
+        raise LCFError("cross-context evaluation needs at least one item")
+    results: dict[str, Any] = {"n": len(items), "item_ids": [it.id for it in items], "scores": {}, "predictions": {}}
+    golds = [it.answers for it in items]
+    for system in systems:
+        torch.manual_seed(seed)
+        texts, sent = [], []
+        if isinstance(system, TextMessage):
+            system.messages = []
+        if isinstance(system, LatentXC) and system.control == "mismatched":
+            system.set_items(items)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            t, s = system.answer(chunk, max_new_tokens)
+            texts += t
+            sent += s
+            if on_batch:
+                on_batch(system.name, len(chunk))
+        preds = [_first_line(t) for t in texts]
+        messages = list(system.messages) if isinstance(system, TextMessage) else [None] * len(items)
+        scores = squad_scores(preds, golds) | {"bytes_sent": statistics.mean(sent)}
+        # batch-1 time to first token (the mismatched control needs a second item and costs what lcf-x costs)
+        if latency_runs > 0 and getattr(system, "control", "none") != "mismatched":
+            one = list(items[:1])
+            system.answer(one, 1)  # warm-up
+            runs = [_elapsed_ms(lambda: system.answer(one, 1), system.adapter._device()) for _ in range(latency_runs)]
+            scores["ttft_ms"] = statistics.median(runs)
+        results["scores"][system.name] = scores
+        results["predictions"][system.name] = [
+            {"id": it.id, "pred": p, "text": t, "gold": it.answers} | ({"message": m} if m is not None else {})
+            for it, p, t, m in zip(items, preds, texts, messages)]
+    return results
+
+
+def format_xc_table(results: dict) -> str:
+    lines = ["| system | EM | F1 | TTFT ms | bytes sent |", "|---|---:|---:|---:|---:|"]
+    for name, s in results["scores"].items():
+        ttft = f"{s['ttft_ms']:.1f}" if "ttft_ms" in s else "-"
+        lines.append(f"| {name} | {100 * s['em']:.1f} | {100 * s['f1']:.1f} | {ttft} | {s['bytes_sent']:.0f} |")
+    return "\n".join(lines)

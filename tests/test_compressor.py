@@ -1,0 +1,156 @@
+"""span_pool compressor and its use inside the Communicator (tiny models, hand-made batches)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lcf.align.layers import NearestLayerMap, TerminalLayerMap
+from lcf.communicator import Communicator
+from lcf.compressors import SpanPool
+from lcf.compressors.span_pool import masked_softmax
+from lcf.errors import LCFError, RecipeError
+from lcf.models.kv import KVView, prefill
+from lcf.registry import compressors, translators
+from lcf.translators.base import PairShapes
+from tests.conftest import tiny_gemma3, tiny_llama
+
+
+def xc_batch(b=2, tp=6, ts=10, tr=4, seed=0, spans=((0, 0, 0, 1, 1, 1, 2, 2, 2, -1), (-1, -1, -1, 0, 0, 1, 1, 1, 1, -1))):
+    g = torch.Generator().manual_seed(seed)
+    rp = torch.randint(3, 97, (b, tp), generator=g)
+    rpm = torch.ones(b, tp, dtype=torch.long)
+    rpm[1, :2] = 0
+    sp = torch.randint(3, 131, (b, ts), generator=g)
+    spm = torch.ones(b, ts, dtype=torch.long)
+    spm[1, :3] = 0  # left padding: its span ids are -1
+    return {"receiver_prompt_ids": rp, "receiver_prompt_mask": rpm, "sharer_prompt_ids": sp, "sharer_prompt_mask": spm,
+            "sharer_span_ids": torch.tensor(spans, dtype=torch.long), "align_index": torch.zeros(b, tp, dtype=torch.long),
+            "align_mask": rpm.bool(), "response_ids": torch.randint(3, 97, (b, tr), generator=g),
+            "response_mask": torch.ones(b, tr, dtype=torch.long)}
+
+
+def make_xc(perturb=True, layer_map=None):
+    receiver, sharer = tiny_llama(), tiny_gemma3(seed=10)
+    shapes = PairShapes.from_configs(sharer.config, receiver.config, layer_map or NearestLayerMap()(3, 2))
+    tr = translators.build({"type": "lcf_lowrank", "rank": 8}, "translator", shapes=shapes)
+    comp = compressors.build({"type": "span_pool", "spans": "sentence"}, "compressor", shapes=shapes)
+    if perturb:
+        with torch.no_grad():
+            for p in [*tr.parameters(), *comp.parameters()]:
+                p.add_(0.1 * torch.randn_like(p))
+    return Communicator(receiver, [sharer], [tr], compressors=[comp])
+
+
+def test_masked_softmax_is_zero_on_empty_slices():
+    w = masked_softmax(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[True, False], [False, False]]), -1)
+    assert torch.equal(w, torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+
+
+def test_zero_queries_give_mean_of_span_means():
+    comm = make_xc(perturb=False)
+    comp = comm.compressor(0)
+    batch = xc_batch()
+    view = prefill(comm.sharers[0], batch["sharer_prompt_ids"], attention_mask=batch["sharer_prompt_mask"])
+    out = comp(view, batch["sharer_span_ids"])
+    assert out.seq_len == 1 and comp.sharer_layers == [0, 2]
+    for layer in range(view.num_layers):
+        if layer not in comp.sharer_layers:
+            assert out.length(layer) == 0
+            continue
+        k = view.keys[layer]
+        start = view.start(layer)  # a sliding layer stores the last positions only
+        for row in range(2):
+            ids = batch["sharer_span_ids"][row, start:]
+            means = [k[row, :, ids == p].mean(1) for p in sorted(set(ids.tolist()) - {-1})]
+            want = torch.stack(means).mean(0)
+            assert torch.allclose(out.keys[layer][row, :, 0], want, atol=1e-5), (layer, row)
+
+
+def test_summary_does_not_depend_on_span_count_being_fixed():
+    comm = make_xc()
+    batch = xc_batch()
+    a = comm.summaries(batch)[0]
+    other = dict(batch, sharer_span_ids=torch.tensor([[0] * 9 + [-1], [-1] * 3 + [0, 1, 2, 3, 4, 5, 6]]))
+    b = comm.summaries(other)[0]
+    assert a.keys[2].shape == b.keys[2].shape == (2, 1, 1, 8)
+    assert not torch.allclose(a.keys[2], b.keys[2])
+    assert torch.isfinite(b.keys[2]).all()
+
+
+def test_tokens_outside_spans_and_padding_do_not_matter():
+    comm = make_xc().eval()
+    batch = xc_batch()
+    ref = comm.summaries(batch)[0]
+    changed = dict(batch)
+    changed["sharer_prompt_ids"] = batch["sharer_prompt_ids"].clone()
+    changed["sharer_prompt_ids"][1, :3] = 5  # padding tokens (masked out of attention, span -1)
+    out = comm.summaries(changed)[0]
+    assert torch.allclose(ref.keys[2], out.keys[2], atol=1e-5)
+
+
+def test_summary_is_broadcast_to_every_receiver_position_and_trains():
+    comm = make_xc()
+    comm.train()
+    batch = xc_batch()
+    out = comm(batch)
+    out["loss"].backward()
+    comp = comm.compressor(0)
+    assert all(p.grad is not None for p in comp.parameters())
+    # the global layer 2 stores every span; (sliding layer 0 keeps one span per row: its summary
+    # query gets a zero gradient, softmax over a single span being constant)
+    assert comp.span_query["2"].grad.abs().sum() > 0 and comp.summary_query["2"].grad.abs().sum() > 0
+    assert all(p.grad is None for p in comm.receiver.parameters()) and all(p.grad is None for p in comm.sharers[0].parameters())
+    assert {n.split(".")[0] for n, _ in comm.named_parameters()} == {"translators", "compressors"}
+    comm.eval()
+    with torch.no_grad():
+        base = comm.fused_prompt_cache(batch, fuse=False)
+        fused = comm.fused_prompt_cache(batch)
+        edited = (fused.keys[1] - base.keys[1]).abs().sum(-1)  # (B, H, T)
+        real = batch["receiver_prompt_mask"][:, :-1].bool()
+        assert (edited.amax(1)[real] > 0).all() and (edited.amax(1)[~real] == 0).all()
+        # a precomputed summary gives the same cache, without running the sharer
+        summary = comm.summaries(batch)[0]
+        sharer, comm.__dict__["sharers"] = comm.sharers, [None]
+        try:
+            again = comm.fused_prompt_cache(batch, sharer_views=[summary])
+            with pytest.raises(LCFError, match="sharer 0 is not loaded"):
+                comm.fused_prompt_cache(batch)
+        finally:
+            comm.__dict__["sharers"] = sharer
+        assert all(torch.equal(x, y) for x, y in zip(again.keys, fused.keys))
+
+
+def test_missing_span_ids_and_bad_arguments():
+    comm = make_xc()
+    batch = xc_batch()
+    del batch["sharer_span_ids"]
+    with pytest.raises(LCFError, match="needs `sharer_span_ids`"):
+        comm(batch)
+    shapes = comm.compressor(0).shapes
+    with pytest.raises(RecipeError, match="spans must be one of"):
+        SpanPool(shapes, spans="chapters")
+    with pytest.raises(RecipeError, match="span_tokens"):
+        SpanPool(shapes, span_tokens=0)
+    with pytest.raises(LCFError, match="2 compressors for 1 sharers"):
+        Communicator(comm.receiver, comm.sharers, list(comm.translators), compressors=[None, None])
+    assert SpanPool(shapes, spans="tokens", span_tokens=4).init_args == {"spans": "tokens", "span_tokens": 4,
+                                                                         "max_spans": 64}
+
+
+def test_sliding_window_layers_summarise_what_they_store():
+    # tiny Gemma-3 keeps window - 1 = 3 positions in its sliding layers: spans evicted there are ignored
+    receiver, sharer = tiny_llama(), tiny_gemma3(seed=10)
+    shapes = PairShapes.from_configs(sharer.config, receiver.config, TerminalLayerMap()(3, 2))
+    comp = SpanPool(shapes)
+    assert comp.sharer_layers == [1, 2]
+    batch = xc_batch()
+    view = prefill(sharer, batch["sharer_prompt_ids"], attention_mask=batch["sharer_prompt_mask"])
+    assert view.length(1) == 3 and view.length(2) == 10
+    out = comp(view, batch["sharer_span_ids"])
+    stored = batch["sharer_span_ids"][0, -3:]  # spans 2, 2, -1
+    assert torch.allclose(out.keys[1][0, :, 0], view.keys[1][0, :, stored == 2].mean(1), atol=1e-5)
+    with pytest.raises(LCFError, match="span_ids"):
+        comp(view, batch["sharer_span_ids"][:, :5])
+    empty = KVView([k[:, :, :0] for k in view.keys], [v[:, :, :0] for v in view.values], 10, view.specs)
+    zero = comp(empty, batch["sharer_span_ids"])
+    assert torch.equal(zero.keys[2], torch.zeros(2, 1, 1, 8))
