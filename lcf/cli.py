@@ -24,6 +24,7 @@ from lcf.errors import LCFError
 #: `lcf eval --systems` choices (kept here so that `lcf --help` needs no torch import)
 SYSTEM_CHOICES = ("receiver", "sharer", "text", "lora", "adapter", "zero", "mismatched")
 DEFAULT_SYSTEMS = SYSTEM_CHOICES
+XC_SYSTEM_CHOICES = ("receiver", "own", "full", "text", "lcf-x", "int8", "zero", "mismatched")
 
 
 def _console():
@@ -137,76 +138,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    import torch
+def _lazy(name: str):
+    """A command implemented in lcf.cli_commands (imported only when that command runs)."""
+    def run(args) -> int:
+        from lcf import cli_commands
 
-    from lcf.eval.compose import build_systems, resolve_adapter
-    from lcf.eval.harness import adapter_labels, evaluate, format_table, parse_splits, write_report
-    from lcf.eval.tasks import load_task
-    from lcf.runtime import AdapterError, load_adapter
+        return getattr(cli_commands, name)(args)
 
-    if args.limit is not None and args.limit < 1:
-        raise LCFError(f"--limit must be >= 1 (items per task), got {args.limit}; leave it out to evaluate every item")
-    splits = parse_splits(args.split, args.tasks)
-    tasks = [load_task(t, data_root=args.data_root, split=splits[t], limit=args.limit, seed=args.seed) for t in args.tasks]
-    dirs = [resolve_adapter(a) for a in args.adapters]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    first = load_adapter(dirs[0], device=device, dtype=args.dtype)
-    adapters = [first]
-    for d in dirs[1:]:
-        try:
-            adapters.append(load_adapter(d, sharer=first.sharer, receiver=first.receiver, device=device))
-        except AdapterError as exc:
-            raise AdapterError(
-                f"{d}: every adapter given to `lcf eval` must be for the pair of the first one "
-                f"({dirs[0]}: sharer {first.sharer.name}, receiver {first.receiver.name}); {exc}"
-            ) from exc
-    chosen = list(args.systems) if args.systems else [k for k in DEFAULT_SYSTEMS if k != "lora" or args.lora]
-    systems = build_systems(adapters, adapter_labels([str(d) for d in dirs]), chosen,
-                            text_tokens=args.text_tokens, lora=args.lora or [])
-    results = evaluate(systems, tasks, letter_scoring=args.letter, batch_size=args.batch_size,
-                       progress=not args.no_progress, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                       latency_runs=args.latency_runs)
-    out = write_report(results, args.out)
-    print(format_table(results))
-    print(f"report written to {out} (results.json, report.md, accuracy.png, size_vs_accuracy.png, gates.png)")
-    return 0
+    return run
 
 
-def _read_text(arg: str) -> str:
-    """``-`` for stdin, ``@FILE`` for a file's text, else the argument itself."""
-    if arg == "-":
-        return sys.stdin.read()
-    if arg.startswith("@"):
-        path = Path(arg[1:])
-        if not path.is_file():
-            raise LCFError(f"{path} does not exist (an @FILE argument names a text file to read)")
-        return path.read_text()
-    return arg
-
-
-def cmd_send(args) -> int:
-    from lcf.runtime import load_adapter
-
-    adapter = load_adapter(args.adapter, device=args.device)
-    data = adapter.send(_read_text(args.context), spans=args.spans).to_bytes(quantize=args.quantize)
-    if args.out == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    else:
-        Path(args.out).write_bytes(data)
-        print(f"latent message: {len(data)} bytes ({args.quantize}) written to {args.out}", file=sys.stderr)
-    return 0
-
-
-def cmd_receive(args) -> int:
-    from lcf.runtime import load_adapter
-
-    data = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
-    adapter = load_adapter(args.adapter, device=args.device, with_sharer=False)  # the receiver side only
-    own = _read_text(args.own_context) if args.own_context else ""
-    print(adapter.receive(data, _read_text(args.question), own_context=own, max_new_tokens=args.max_new_tokens))
-    return 0
+cmd_eval, cmd_eval_xc = _lazy("cmd_eval"), _lazy("cmd_eval_xc")
+cmd_send, cmd_receive = _lazy("cmd_send"), _lazy("cmd_receive")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="model dtype (default: the model card's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("eval-xc", help="cross-context: receiver alone / own half / text messages / LCF-X on held-out items")
+    p.add_argument("adapter", help="cross-context adapter folder, run directory or recipe")
+    p.add_argument("--out", required=True, help="report folder (results.json, report.md)")
+    p.add_argument("--data", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="dataset to evaluate on, e.g. type=squad_xc (default: the adapter's training data)")
+    p.add_argument("--data-root", default=None, help="data files root (default $LCF_DATA_ROOT)")
+    p.add_argument("--limit", type=int, default=None, help="held-out items (seeded sample); default all")
+    p.add_argument("--systems", nargs="+", default=list(XC_SYSTEM_CHOICES), choices=XC_SYSTEM_CHOICES)
+    p.add_argument("--text-tokens", nargs="+", type=int, default=[50, 100, 200], metavar="N",
+                   help="message budgets of the text baselines")
+    p.add_argument("--spans", choices=["paragraph", "sentence", "tokens"], default=None,
+                   help="cut sharer contexts this way for LCF-X (default: the scheme the adapter was trained with)")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--latency-runs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(fn=cmd_eval_xc)
 
     p = sub.add_parser("send", help="cross-context sender: read a context, write a latent message")
     p.add_argument("adapter", help="exported cross-context adapter folder")

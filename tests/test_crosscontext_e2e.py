@@ -203,3 +203,22 @@ def test_xc_evaluation_runs_every_system(xc_adapter):
     assert "| lcf-x int8 |" in format_xc_table(results)
     again = evaluate_xc(systems, items, max_new_tokens=3, batch_size=3, latency_runs=0)
     assert {k: v["em"] for k, v in again["scores"].items()} == {k: v["em"] for k, v in s.items()}
+
+
+def test_cli_eval_xc_reports_and_rejects_bad_input(xc_adapter_dir, tmp_path, capsys):
+    from lcf.cli import main
+
+    out = tmp_path / "xc"
+    rc = main(["eval-xc", str(xc_adapter_dir), "--out", str(out), "--limit", "2", "--text-tokens", "3",
+               "--max-new-tokens", "3", "--latency-runs", "1", "--systems", "receiver", "text", "lcf-x", "zero"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| lcf-x |" in printed and "| text-3 |" in printed and "| lcf-x (zero) |" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["n"] == 2 and results["selection"]["data"]["type"] == "fact_transfer"
+    assert (out / "report.md").read_text().count("| lcf-x") == 2
+    assert main(["eval-xc", str(xc_adapter_dir), "--out", str(out), "--limit", "0"]) == 2
+    assert "--limit must be >= 1" in capsys.readouterr().err
+    assert main(["eval-xc", str(xc_adapter_dir), "--out", str(out), "--data", "type=instruct_json",
+                 "files=[x.json]"]) == 2
+    assert "not a cross-context dataset" in capsys.readouterr().err

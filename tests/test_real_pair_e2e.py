@@ -37,3 +37,39 @@ def test_quickstart_train_export_runtime(tmp_path, data_root, real_receiver, rea
     assert "HEAVY []" in proc.stdout
     answer = next(line for line in proc.stdout.splitlines() if line.startswith("ANSWER"))
     assert len(answer) > len("ANSWER ''")
+
+
+@pytest.mark.real
+def test_crosscontext_recipe_send_receive_on_the_real_pair(tmp_path, real_receiver, real_sharer):
+    overrides = [f"output_dir={tmp_path}", "trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.progress=none",
+                 "data.num_train=16", "data.num_val=4", "trainer.batch_size=4"]
+    run = train(REPO / "recipes" / "crosscontext.yaml", overrides)
+    out = export(run, tmp_path / "adapter", which="last")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["compressor"]["type"] == "span_pool" and cfg["compressor"]["args"]["spans"] == "paragraph"
+    msg = tmp_path / "msg.safetensors"
+    send = textwrap.dedent(f"""
+        from lcf.runtime import load_adapter
+        adapter = load_adapter({str(out)!r})
+        assert adapter.max_context_tokens() == 511  # Gemma-3's sliding window keeps 511 positions
+        try:
+            adapter.send("Lisbon is far. " * 200)
+        except Exception as exc:
+            print("LONG", type(exc).__name__, "511" in str(exc))
+        open({str(msg)!r}, "wb").write(adapter.send("Ravel Doskin lives in Lisbon.").to_bytes(quantize="int8"))
+    """)
+    receive = textwrap.dedent(f"""
+        import sys
+        from lcf.runtime import load_adapter
+        adapter = load_adapter({str(out)!r}, with_sharer=False)
+        print("ANSWER", repr(adapter.receive(open({str(msg)!r}, "rb").read(), "Where does Ravel Doskin live?",
+                                             max_new_tokens=6)))
+        print("SHARER", adapter.sharer, "HEAVY", sorted(m for m in ("lightning", "omegaconf") if m in sys.modules))
+    """)
+    sent = subprocess.run([sys.executable, "-c", send], capture_output=True, text=True, timeout=300)
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    assert "LONG ContextTooLongError True" in sent.stdout
+    assert 10_000 < msg.stat().st_size < 20_000  # 18 layers x K,V x 256 int8 values + scales + header
+    got = subprocess.run([sys.executable, "-c", receive], capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert "SHARER None HEAVY []" in got.stdout and "ANSWER '" in got.stdout

@@ -79,8 +79,10 @@ class ReceiverOnly(XCSystem):
 class TextMessage(XCSystem):
     """The sharer writes at most ``tokens`` tokens about its context; the receiver reads them."""
 
-    def __init__(self, adapter: Any, tokens: int, request: str = SUMMARY_REQUEST):
+    def __init__(self, adapter: Any, tokens: int, request: str = SUMMARY_REQUEST, exact: bool = False):
+        """exact: force messages of exactly ``tokens`` tokens (timing at a fixed message length)."""
         super().__init__(adapter)
+        self.exact = exact
         if adapter.sharer is None:
             raise LCFError("the text baseline needs the sharer (load the adapter with its sharer)")
         self.tokens, self.request, self.name = tokens, request, f"text-{tokens}"
@@ -89,7 +91,7 @@ class TextMessage(XCSystem):
 
     def prepare(self, items):
         msgs = self.writer.generate([self.request.format(context=it.sharer_context) for it in items], self.tokens,
-                                    batch_size=len(items))
+                                    batch_size=len(items), min_new_tokens=self.tokens if self.exact else 0)
         self.messages += msgs
         own = ["\n\n".join(p for p in (it.receiver_context, m) if p) for it, m in zip(items, msgs)]
         return own, None, [len(m.encode()) for m in msgs]
@@ -101,14 +103,15 @@ class LatentXC(XCSystem):
     control: ``"none"``, ``"zero"`` (all-zero summary) or ``"mismatched"`` (the summary of another
     item of the batch, :func:`~lcf.eval.systems.mismatch_partner`). quantize: ``"none"`` / ``"int8"``."""
 
-    def __init__(self, adapter: Any, control: str = "none", quantize: str = "none"):
+    def __init__(self, adapter: Any, control: str = "none", quantize: str = "none", spans: str | None = None):
         super().__init__(adapter)
+        self.spans = spans  # None: the scheme the compressor was trained with
         if not adapter.is_cross_context:
             raise LCFError("LCF-X evaluation needs a cross-context adapter (exported with a compressor)")
         self.control, self.quantize = control, quantize
         self.partner_context: dict[str, str] = {}  # item id -> the context the mismatched control reads
         suffix = " int8" if quantize == "int8" else ""
-        self.name = "lcf-x" + suffix + ("" if control == "none" else f" ({control})")
+        self.name = "lcf-x" + suffix + ("" if control == "none" else f" ({control})") + (f" [{spans} spans]" if spans else "")
 
     def set_items(self, items: Sequence[Any]) -> None:
         """Pair every item with another item of the whole evaluation (not only of its batch)."""
@@ -122,7 +125,7 @@ class LatentXC(XCSystem):
             if any(it.id not in self.partner_context for it in items):
                 self.set_items(items)
             contexts = [self.partner_context[it.id] for it in items]
-        view = a.summarise(contexts)
+        view = a.summarise(contexts, spans=self.spans)
         header = a.expected_header() | {"summary_len": view.seq_len}
         views, sent = [], []
         for row in range(len(items)):
@@ -138,7 +141,9 @@ class LatentXC(XCSystem):
 
 
 def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequence[int] = (50, 100, 200),
-                     has_own: bool = True) -> list[XCSystem]:
+                     has_own: bool = True, spans: str | None = None) -> list[XCSystem]:
+    """The systems of ``chosen`` (:data:`XC_SYSTEMS`) in report order; ``spans`` cuts the sharer's
+    context for every LCF-X system (default: the scheme the compressor was trained with)."""
     unknown = sorted(set(chosen) - set(XC_SYSTEMS))
     if unknown:
         raise LCFError(f"unknown cross-context systems {unknown}; choose from {', '.join(XC_SYSTEMS)}")
@@ -155,11 +160,11 @@ def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequen
         elif kind == "text":
             out += [TextMessage(adapter, n) for n in text_tokens]
         elif kind == "lcf-x":
-            out.append(LatentXC(adapter))
+            out.append(LatentXC(adapter, spans=spans))
         elif kind == "int8":
-            out.append(LatentXC(adapter, quantize="int8"))
+            out.append(LatentXC(adapter, quantize="int8", spans=spans))
         elif kind in ("zero", "mismatched"):
-            out.append(LatentXC(adapter, control=kind))
+            out.append(LatentXC(adapter, control=kind, spans=spans))
     return out
 
 
@@ -194,15 +199,68 @@ def evaluate_xc(systems: Sequence[XCSystem], items: Sequence[Any], *, max_new_to
             runs = [_elapsed_ms(lambda: system.answer(one, 1), system.adapter._device()) for _ in range(latency_runs)]
             scores["ttft_ms"] = statistics.median(runs)
         results["scores"][system.name] = scores
+        scores["contains"] = contains_rate(texts, golds)
         results["predictions"][system.name] = [
             {"id": it.id, "pred": p, "text": t, "gold": it.answers} | ({"message": m} if m is not None else {})
             for it, p, t, m in zip(items, preds, texts, messages)]
     return results
 
 
+def contains_rate(texts: Sequence[str], golds: Sequence[Sequence[str]]) -> float:
+    """Fraction of answers whose whole text contains a gold answer (SQuAD-normalised): lenient with
+    systems that answer in a sentence, which EM and F1 on the first line penalise."""
+    from lcf.eval.metrics import normalize_answer
+
+    hits = [any(normalize_answer(g) and f" {normalize_answer(g)} " in f" {normalize_answer(t)} " for g in gold)
+            for t, gold in zip(texts, golds)]
+    return sum(hits) / max(len(hits), 1)
+
+
 def format_xc_table(results: dict) -> str:
-    lines = ["| system | EM | F1 | TTFT ms | bytes sent |", "|---|---:|---:|---:|---:|"]
+    lines = ["| system | EM | F1 | contains | TTFT ms | bytes sent |", "|---|---:|---:|---:|---:|---:|"]
     for name, s in results["scores"].items():
         ttft = f"{s['ttft_ms']:.1f}" if "ttft_ms" in s else "-"
-        lines.append(f"| {name} | {100 * s['em']:.1f} | {100 * s['f1']:.1f} | {ttft} | {s['bytes_sent']:.0f} |")
+        lines.append(f"| {name} | {100 * s['em']:.1f} | {100 * s['f1']:.1f} | {100 * s['contains']:.1f} | {ttft} | "
+                     f"{s['bytes_sent']:.0f} |")
     return "\n".join(lines)
+
+
+def held_out_items(adapter: Any, data: dict | None = None, *, limit: int | None = None, seed: int = 0,
+                   data_root: str | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """Held-out cross-context items: the validation split of ``data`` (a dataset spec ``{type, ...}``;
+    default: the data the adapter was trained on), minus contexts too long for the sharer, then a
+    seeded sample of ``limit``. Returns (items, facts about the selection)."""
+    import random
+
+    from lcf.data.crosscontext import CrossContextError, sharer_features
+    from lcf.registry import datasets
+
+    spec = dict(data or (adapter.config.get("training") or {}).get("data") or {})
+    if not spec.get("type"):
+        raise LCFError("no dataset to evaluate on: the adapter's config records no training data; pass one, e.g. "
+                       "--data type=fact_transfer")
+    if data_root:
+        spec["data_root"] = data_root
+    dataset = datasets.build(spec, "data")
+    if not hasattr(dataset, "split_examples"):
+        raise LCFError(f"data.type={spec['type']!r} is not a cross-context dataset (fact_transfer, squad_xc, "
+                       f"hotpotqa_xc, musique_xc)")
+    _, val = dataset.split_examples()
+    limit_tokens = min(adapter.max_context_tokens(), getattr(dataset, "max_context_tokens", 1 << 30))
+    template = adapter.config.get("templates", {}).get("sharer", "auto")
+    kept = []
+    for it in val:
+        try:
+            sharer_features(adapter.sharer.tokenizer, it.sharer_context, template=template, max_tokens=limit_tokens)
+        except CrossContextError:
+            continue
+        kept.append(it)
+    if not kept:
+        raise LCFError(f"none of the {len(val)} held-out examples of {spec['type']} fits the sharer "
+                       f"({limit_tokens} tokens)")
+    if limit is not None and limit < len(kept):
+        keep = sorted(random.Random(seed).sample(range(len(kept)), limit))
+        kept = [kept[i] for i in keep]
+    facts = {"data": spec, "held_out": len(val), "fit": len(kept) if limit is None else None, "evaluated": len(kept),
+             "max_context_tokens": limit_tokens, "has_own_context": any(it.receiver_context for it in kept)}
+    return kept, facts

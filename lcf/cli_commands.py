@@ -1,0 +1,115 @@
+"""Implementations of the evaluation and cross-context commands of :mod:`lcf.cli`:
+``lcf eval``, ``lcf eval-xc``, ``lcf send`` and ``lcf receive``."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lcf.cli import DEFAULT_SYSTEMS
+from lcf.errors import LCFError
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from lcf.eval.compose import build_systems, resolve_adapter
+    from lcf.eval.harness import adapter_labels, evaluate, format_table, parse_splits, write_report
+    from lcf.eval.tasks import load_task
+    from lcf.runtime import AdapterError, load_adapter
+
+    if args.limit is not None and args.limit < 1:
+        raise LCFError(f"--limit must be >= 1 (items per task), got {args.limit}; leave it out to evaluate every item")
+    splits = parse_splits(args.split, args.tasks)
+    tasks = [load_task(t, data_root=args.data_root, split=splits[t], limit=args.limit, seed=args.seed) for t in args.tasks]
+    dirs = [resolve_adapter(a) for a in args.adapters]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    first = load_adapter(dirs[0], device=device, dtype=args.dtype)
+    adapters = [first]
+    for d in dirs[1:]:
+        try:
+            adapters.append(load_adapter(d, sharer=first.sharer, receiver=first.receiver, device=device))
+        except AdapterError as exc:
+            raise AdapterError(
+                f"{d}: every adapter given to `lcf eval` must be for the pair of the first one "
+                f"({dirs[0]}: sharer {first.sharer.name}, receiver {first.receiver.name}); {exc}"
+            ) from exc
+    chosen = list(args.systems) if args.systems else [k for k in DEFAULT_SYSTEMS if k != "lora" or args.lora]
+    systems = build_systems(adapters, adapter_labels([str(d) for d in dirs]), chosen,
+                            text_tokens=args.text_tokens, lora=args.lora or [])
+    results = evaluate(systems, tasks, letter_scoring=args.letter, batch_size=args.batch_size,
+                       progress=not args.no_progress, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                       latency_runs=args.latency_runs)
+    out = write_report(results, args.out)
+    print(format_table(results))
+    print(f"report written to {out} (results.json, report.md, accuracy.png, size_vs_accuracy.png, gates.png)")
+    return 0
+
+
+def cmd_eval_xc(args) -> int:
+    import json
+
+    import torch
+
+    from omegaconf import OmegaConf
+    from lcf.eval.compose import resolve_adapter
+    from lcf.eval.crosscontext import build_xc_systems, evaluate_xc, format_xc_table, held_out_items
+    from lcf.runtime import load_adapter
+
+    if args.limit is not None and args.limit < 1:
+        raise LCFError(f"--limit must be >= 1, got {args.limit}")
+    torch.manual_seed(args.seed)
+    adapter = load_adapter(resolve_adapter(args.adapter), device=args.device)
+    data = OmegaConf.to_container(OmegaConf.from_dotlist(list(args.data))) if args.data else None
+    items, facts = held_out_items(adapter, data, limit=args.limit, seed=args.seed, data_root=args.data_root)
+    systems = build_xc_systems(adapter, args.systems, text_tokens=args.text_tokens,
+                               has_own=facts["has_own_context"], spans=args.spans)
+    results = evaluate_xc(systems, items, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                          latency_runs=args.latency_runs, seed=args.seed)
+    results["selection"] = facts
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_xc_table(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "report.md").write_text(
+        f"# lcf cross-context evaluation\n\n{table}\n\n{len(items)} held-out items of {facts['data']['type']}; "
+        f"EM / F1 in %, first line of a greedy answer; contains: the whole answer contains a gold answer; TTFT "
+        f"at batch 1, median of {args.latency_runs} runs; bytes sent from the sharer's side to the receiver's.\n")
+    print(table)
+    print(f"report written to {out} (results.json, report.md)")
+    return 0
+
+
+def _read_text(arg: str) -> str:
+    """``-`` for stdin, ``@FILE`` for a file's text, else the argument itself."""
+    if arg == "-":
+        return sys.stdin.read()
+    if arg.startswith("@"):
+        path = Path(arg[1:])
+        if not path.is_file():
+            raise LCFError(f"{path} does not exist (an @FILE argument names a text file to read)")
+        return path.read_text()
+    return arg
+
+
+def cmd_send(args) -> int:
+    from lcf.runtime import load_adapter
+
+    adapter = load_adapter(args.adapter, device=args.device)
+    data = adapter.send(_read_text(args.context), spans=args.spans).to_bytes(quantize=args.quantize)
+    if args.out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        Path(args.out).write_bytes(data)
+        print(f"latent message: {len(data)} bytes ({args.quantize}) written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_receive(args) -> int:
+    from lcf.runtime import load_adapter
+
+    data = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
+    adapter = load_adapter(args.adapter, device=args.device, with_sharer=False)  # the receiver side only
+    own = _read_text(args.own_context) if args.own_context else ""
+    print(adapter.receive(data, _read_text(args.question), own_context=own, max_new_tokens=args.max_new_tokens))
+    return 0
