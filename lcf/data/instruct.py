@@ -70,11 +70,20 @@ class InstructExample:
 
 
 # -- reading -------------------------------------------------------------------------------------
+#: The data root used when neither an argument nor ``$LCF_DATA_ROOT`` names one, if it exists (relative
+#: to the working directory): the same default as the shipped recipes' ``data_root``.
+FALLBACK_DATA_ROOT = "../shared/data"
+
+
 def default_data_root(data_root: str | os.PathLike | None = None) -> str | None:
-    """``data_root`` if given, else ``$LCF_DATA_ROOT``, else None."""
+    """``data_root`` if given, else ``$LCF_DATA_ROOT``, else :data:`FALLBACK_DATA_ROOT` when that folder
+    exists, else None."""
     if data_root is not None and str(data_root):
         return str(data_root)
-    return os.environ.get(DATA_ROOT_ENV) or None
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return env
+    return FALLBACK_DATA_ROOT if Path(FALLBACK_DATA_ROOT).is_dir() else None
 
 
 def resolve_data_file(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
@@ -87,7 +96,8 @@ def resolve_data_file(path: str | os.PathLike, data_root: str | os.PathLike | No
     if root is None:
         where = f"no data root is set, so the relative path was resolved against the working directory {os.getcwd()}"
     else:
-        origin = "argument data_root" if data_root is not None else f"env {DATA_ROOT_ENV}"
+        origin = ("argument data_root" if data_root is not None else f"env {DATA_ROOT_ENV}" if os.environ.get(
+            DATA_ROOT_ENV) else "the default for a checkout beside the shared data")
         where = f"data root {root!r} (from {origin})" + ("" if Path(root).expanduser().is_dir() else ", which does not exist")
     raise DataFileNotFoundError(
         f"data file {str(path)!r} not found at {str(full)!r}; {where}. Set the data root with the recipe key "
