@@ -10,15 +10,13 @@ hold no positions. Subclasses implement :meth:`Compressor.summarise_layer`.
 """
 from __future__ import annotations
 
-import functools
-import inspect
-import json
 from typing import Any
 
 import torch
 from torch import nn
 
-from lcf.errors import KVCacheError, LCFError, RecipeError
+from lcf.components import recorded_args, recording_init
+from lcf.errors import KVCacheError, RecipeError
 from lcf.models.kv import KVView
 from lcf.translators.base import PairShapes
 
@@ -33,7 +31,7 @@ class Compressor(nn.Module):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _record(cls.__dict__["__init__"])
+            cls.__init__ = recording_init(cls.__dict__["__init__"])
 
     def __init__(self, shapes: PairShapes):
         super().__init__()
@@ -47,14 +45,7 @@ class Compressor(nn.Module):
 
     @property
     def init_args(self) -> dict[str, Any]:
-        args = dict(self.__dict__.get("_lcf_init_args", {}))
-        for k, v in args.items():
-            try:
-                json.dumps(v)
-            except (TypeError, ValueError) as exc:
-                raise LCFError(f"{type(self).__name__}: argument {k}={v!r} is not JSON-serialisable; the compressor "
-                               f"cannot be exported") from exc
-        return args
+        return recorded_args(self)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -98,29 +89,3 @@ class Compressor(nn.Module):
             keys.append(sk)
             values.append(sv)
         return KVView(keys, values, self.summary_len, list(view.specs))
-
-
-def _record(init):
-    sig = inspect.signature(init)
-
-    @functools.wraps(init)
-    def wrapper(self, *args, **kwargs):
-        depth = self.__dict__.get("_lcf_init_depth", 0)
-        if depth == 0:
-            bound = sig.bind(self, *args, **kwargs)
-            bound.apply_defaults()
-            recorded: dict[str, Any] = {}
-            for name, value in list(bound.arguments.items())[1:]:
-                kind = sig.parameters[name].kind
-                if kind is inspect.Parameter.VAR_KEYWORD:
-                    recorded.update(value)
-                elif name != "shapes" and kind is not inspect.Parameter.VAR_POSITIONAL:
-                    recorded[name] = value
-            self.__dict__["_lcf_init_args"] = recorded
-        self.__dict__["_lcf_init_depth"] = depth + 1
-        try:
-            init(self, *args, **kwargs)
-        finally:
-            self.__dict__["_lcf_init_depth"] = depth
-
-    return wrapper

@@ -12,9 +12,6 @@ keyed by ``str(receiver_layer)``) and implement :meth:`Translator.delta` on flat
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +21,7 @@ import torch
 from torch import nn
 
 from lcf.align.layers import LayerMap
+from lcf.components import recorded_args, recording_init
 from lcf.errors import KVCacheError, LCFError, RecipeError
 from lcf.models.kv import KVView, LayerSpec, layer_specs
 
@@ -176,41 +174,6 @@ def _unflatten_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, hd // heads).transpose(1, 2)
 
 
-def _record_init(init):
-    """Wrap a subclass ``__init__``: record the outermost call's arguments and honour ``active_layers``."""
-    sig = inspect.signature(init)
-
-    @functools.wraps(init)
-    def wrapper(self, *args, **kwargs):
-        depth = self.__dict__.get("_lcf_init_depth", 0)
-        active = kwargs.pop(ACTIVE_LAYERS_ARG, None) if depth == 0 else None
-        if depth == 0:
-            bound = sig.bind(self, *args, **kwargs)
-            bound.apply_defaults()
-            recorded: dict[str, Any] = {}
-            for name, value in list(bound.arguments.items())[1:]:
-                kind = sig.parameters[name].kind
-                if kind is inspect.Parameter.VAR_KEYWORD:
-                    recorded.update(value)
-                elif kind is inspect.Parameter.VAR_POSITIONAL:
-                    if value:
-                        raise TypeError(f"{type(self).__name__}: pass translator options by keyword, not *args")
-                elif name != "shapes":
-                    recorded[name] = value
-            self.__dict__["_lcf_init_args"] = recorded
-        self.__dict__["_lcf_init_depth"] = depth + 1
-        try:
-            init(self, *args, **kwargs)
-        finally:
-            self.__dict__["_lcf_init_depth"] = depth
-        if depth == 0:
-            self._check_built()
-            if active is not None:
-                self.prune(keep=list(active))
-
-    return wrapper
-
-
 class Translator(nn.Module):
     """Base class: gated residual fusion of a sharer KVView into a receiver KVView.
 
@@ -222,7 +185,8 @@ class Translator(nn.Module):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _record_init(cls.__dict__["__init__"])
+            cls.__init__ = recording_init(cls.__dict__["__init__"], extra_kwarg=ACTIVE_LAYERS_ARG,
+                                          after=lambda self, active: self._after_init(active))
 
     def __init__(self, shapes: PairShapes):
         super().__init__()
@@ -255,20 +219,19 @@ class Translator(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement delta()")
 
     # -- bookkeeping -------------------------------------------------------------------------
+    def _after_init(self, active: Sequence[int] | None) -> None:
+        """Once the outermost ``__init__`` returns: every fused layer has a module; ``active_layers``
+        (the reserved keyword of pruned adapters) prunes the others."""
+        self._check_built()
+        if active is not None:
+            self.prune(keep=list(active))
+
     @property
     def init_args(self) -> dict[str, Any]:
         """Constructor arguments except ``shapes`` (JSON-safe), plus ``active_layers`` once pruned."""
-        args = dict(self.__dict__.get("_lcf_init_args", {}))
+        args = recorded_args(self)
         if self._active != set(self.shapes.fused_layers):
             args[ACTIVE_LAYERS_ARG] = self.active_layers
-        for k, v in args.items():
-            try:
-                json.dumps(v)
-            except (TypeError, ValueError) as exc:
-                raise LCFError(
-                    f"{type(self).__name__}: constructor argument {k}={v!r} is not JSON-serialisable, so the "
-                    f"translator cannot be exported; use plain numbers, strings, lists or dicts"
-                ) from exc
         return args
 
     @property
