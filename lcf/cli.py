@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--letter", action="store_true", help="score answer letters ' A', ' B', ... not option texts")
     p.add_argument("--data-root", default=None, help="benchmark files root (default $LCF_DATA_ROOT)")
     p.add_argument("--split", nargs="+", default=None, help="SPLIT for every task and/or TASK=SPLIT")
+    p.add_argument("--task-option", nargs="+", default=None, metavar="TASK.OPTION=VALUE",
+                   help="task arguments, e.g. mmlu_redux.all_rows=true arc_easy.hub_id=allenai/ai2_arc")
     p.add_argument("--seed", type=int, default=0, help="item sampling and torch seed")
     p.add_argument("--batch-size", type=int, default=8, help="items per forward pass")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget of QA tasks")

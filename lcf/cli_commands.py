@@ -13,14 +13,17 @@ def cmd_eval(args) -> int:
     import torch
 
     from lcf.eval.compose import build_systems, resolve_adapter
-    from lcf.eval.harness import adapter_labels, evaluate, format_table, parse_splits, write_report
+    from lcf.eval.harness import (adapter_labels, evaluate, format_table, parse_splits, parse_task_options,
+                                  write_report)
     from lcf.eval.tasks import load_task
     from lcf.runtime import AdapterError, load_adapter
 
     if args.limit is not None and args.limit < 1:
         raise LCFError(f"--limit must be >= 1 (items per task), got {args.limit}; leave it out to evaluate every item")
     splits = parse_splits(args.split, args.tasks)
-    tasks = [load_task(t, data_root=args.data_root, split=splits[t], limit=args.limit, seed=args.seed) for t in args.tasks]
+    options = parse_task_options(args.task_option, args.tasks)
+    tasks = [load_task(t, data_root=args.data_root, split=splits[t], limit=args.limit, seed=args.seed, **options[t])
+             for t in args.tasks]
     dirs = [resolve_adapter(a) for a in args.adapters]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     first = load_adapter(dirs[0], device=device, dtype=args.dtype)

@@ -12,7 +12,7 @@ from lcf.cli import main
 from lcf.communicator import Communicator
 from lcf.data.features import collate, pad_token_id
 from lcf.errors import LCFError
-from lcf.eval.harness import adapter_labels, evaluate, format_table, parse_splits, write_report
+from lcf.eval.harness import adapter_labels, evaluate, format_table, parse_splits, parse_task_options, write_report
 from lcf.eval.report import PLOTS
 from lcf.eval.systems import AdapterSystem, ReceiverAlone, SharerAlone, System, mismatch_partner
 from lcf.eval.tasks import load_task
@@ -250,3 +250,17 @@ def test_cli_eval_on_the_real_adapter(tmp_path, data_root, capsys):
     assert rc == 0 and "| quickstart (zero) |" in capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
     assert all(0 <= s["arc_easy"]["accuracy"] <= 1 for s in results["scores"].values())
+
+
+def test_parse_task_options():
+    opts = parse_task_options(["mmlu_redux.all_rows=true", "arc_easy.hub_id=allenai/ai2_arc", "arc_easy.hub_config=3"],
+                              ["mmlu_redux", "arc_easy"])
+    assert opts == {"mmlu_redux": {"all_rows": True}, "arc_easy": {"hub_id": "allenai/ai2_arc", "hub_config": "3"}}
+    assert parse_task_options(None, ["a"]) == {"a": {}}
+    with pytest.raises(LCFError, match="TASK.OPTION=VALUE"):
+        parse_task_options(["all_rows=true"], ["mmlu_redux"])
+    with pytest.raises(LCFError, match="not among the tasks"):
+        parse_task_options(["mmlu.all_rows=true"], ["mmlu_redux"])
+    with pytest.raises(LCFError, match="--limit"):
+        parse_task_options(["mmlu_redux.limit=3"], ["mmlu_redux"])
+

@@ -65,6 +65,31 @@ def parse_splits(items: Sequence[str] | None, tasks: Sequence[str]) -> dict[str,
     return out
 
 
+_FLAG_OPTIONS = {"data_root": "--data-root", "split": "--split (TASK=SPLIT)", "limit": "--limit", "seed": "--seed"}
+
+
+def parse_task_options(items: Sequence[str] | None, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Constructor options per task from ``["mmlu_redux.all_rows=true", "arc_easy.hub_id=allenai/ai2_arc"]``.
+    Values are read as YAML scalars (``true``, ``3``, ``0.5``; anything else, and ``hub_id`` /
+    ``hub_config``, stays a string)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {t: {} for t in tasks}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        task, dot, option = key.partition(".")
+        if not sep or not dot or not option:
+            raise LCFError(f"task option {item!r}: expected TASK.OPTION=VALUE, e.g. mmlu_redux.all_rows=true")
+        if task not in out:
+            raise LCFError(f"task option {item!r}: task {task!r} is not among the tasks {list(tasks)}")
+        if option in _FLAG_OPTIONS:
+            raise LCFError(f"task option {item!r}: set {option} with {_FLAG_OPTIONS[option]}, not as a task option")
+        parsed = yaml.safe_load(value) if value else ""
+        keep_text = option in ("hub_id", "hub_config") or not isinstance(parsed, (bool, int, float, str))
+        out[task][option] = value if keep_text else parsed
+    return out
+
+
 def adapter_labels(dirs: Sequence[str]) -> list[str]:
     """Report names of adapter folders: the folder name (its parent's when it is just ``adapter``),
     made unique with ``-2``, ``-3``, ..."""
