@@ -264,3 +264,13 @@ def test_parse_task_options():
     with pytest.raises(LCFError, match="--limit"):
         parse_task_options(["mmlu_redux.limit=3"], ["mmlu_redux"])
 
+
+def test_size_plot_labels_do_not_collide():
+    from lcf.eval.report import _spread_labels
+
+    pts = [(1e5, 27.0), (1.21e7, 27.0), (1.22e7, 27.0), (3e6, 26.7), (4e8, 27.0)]
+    ys = _spread_labels(pts, gap=0.3)
+    assert ys[0] == 27.0 and ys[4] == 27.0  # far apart on the log axis: untouched
+    near = sorted(ys[1:4])
+    assert all(b - a >= 0.3 * (1 - 1e-6) for a, b in zip(near, near[1:]))
+    assert all(y >= p[1] for y, p in zip(ys, pts))

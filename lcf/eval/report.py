@@ -116,26 +116,67 @@ def _pareto(points: list[tuple[float, float]]) -> list[int]:
     return sorted(keep, key=lambda i: points[i])
 
 
+def _is_control(results: dict[str, Any], name: str) -> bool:
+    return results["systems"][name].get("control", "none") not in ("none", None)
+
+
+def _spread_labels(pts: list[tuple[float, float]], gap: float) -> list[float]:
+    """Label heights: a label (drawn right of its point, about 1.2 decades wide) moves up until it is
+    ``gap`` away from the labels placed before it and from the other points under it."""
+    logs = [math.log10(max(x, 1.0)) for x, _ in pts]
+    order = sorted(range(len(pts)), key=lambda i: (pts[i][1], pts[i][0]))
+    placed: list[tuple[float, float]] = []  # (log10 x, label y)
+    out = [0.0] * len(pts)
+    for i in order:
+        y = pts[i][1]
+        moved = True
+        while moved:
+            moved = False
+            for j, (px, py) in enumerate(placed + [(logs[k], pts[k][1]) for k in range(len(pts)) if k != i]):
+                label = j < len(placed)
+                hit = abs(px - logs[i]) < 1.2 if label else 0.0 < px - logs[i] < 1.2
+                if hit and abs(py - y) < gap * (1 - 1e-6):
+                    y, moved = py + gap, True
+        out[i] = y
+        placed.append((logs[i], y))
+    return out
+
+
 def _plot_size(results: dict[str, Any], path: Path) -> None:
     plt = _plt()
     names = list(results["systems"])
-    pts = [(float(results["systems"][n].get("num_parameters") or 0), 100 * mean_score(results, n)) for n in names]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=40, zorder=3)
-    labels: dict[tuple[float, float], list[str]] = {}
-    for n, (x, y) in zip(names, pts):  # systems on the same spot share one label
-        labels.setdefault((x, round(y, 6)), []).append(n)
-    for (x, y), group in labels.items():
-        ax.annotate("\n".join(group), (x, y), textcoords="offset points", xytext=(5, 4), fontsize="small")
-    front = _pareto(pts)
-    ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color="tab:red", alpha=0.6,
-            label="Pareto frontier")
-    top = max((p[0] for p in pts), default=1.0)
-    ax.set_xscale("symlog", linthresh=max(1.0, 10 ** math.floor(math.log10(top) - 2)) if top > 0 else 1.0)
-    ax.set_xlabel("adapter parameters (0 = plain model)")
+    sizes = [float(results["systems"][n].get("num_parameters") or 0) for n in names]
+    smallest = min((x for x in sizes if x > 0), default=1e6)
+    plain_x = 10 ** (math.floor(math.log10(smallest)) - 1)  # where plain models (0 parameters) are drawn
+    pts = [(x if x > 0 else plain_x, 100 * mean_score(results, n)) for n, x in zip(names, sizes)]
+    control = [_is_control(results, n) for n in names]
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    ax.set_xscale("log")
+    for is_control, style in ((False, dict(color="tab:blue", label="system")),
+                              (True, dict(facecolors="none", edgecolors="grey", label="control (zero / mismatched)"))):
+        chosen = [p for p, c in zip(pts, control) if c == is_control]
+        if chosen:
+            ax.scatter([p[0] for p in chosen], [p[1] for p in chosen], s=40, zorder=3, **style)
+    ys = [p[1] for p in pts]
+    gap = 0.055 * max(max(ys) - min(ys), 1.0)
+    for n, (x, y), ly, c in zip(names, pts, _spread_labels(pts, gap), control):
+        ax.annotate(n, (x, y), xytext=(x * 1.25, ly), textcoords="data", fontsize="x-small", va="center",
+                    color="grey" if c else "black",
+                    arrowprops=dict(arrowstyle="-", color="lightgrey", lw=0.6) if abs(ly - y) > 1e-9 else None)
+    main = [i for i, c in enumerate(control) if not c]
+    front = [main[i] for i in _pareto([pts[i] for i in main])]
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "o", ms=11, mfc="none", mec="tab:red",
+            zorder=4, label="Pareto frontier (controls excluded)")
+    if len(front) > 1:
+        ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color="tab:red", alpha=0.5)
+    top = max(p[0] for p in pts) if pts else plain_x * 100
+    ticks = [plain_x] + [10 ** k for k in range(int(math.log10(plain_x)) + 1, int(math.ceil(math.log10(top))) + 1)]
+    ax.set_xticks(ticks, ["0"] + [f"$10^{{{int(round(math.log10(t)))}}}$" for t in ticks[1:]])
+    ax.set_xlim(plain_x / 2, top * 8)
+    ax.set_xlabel("adapter parameters (0 = plain model: receiver, sharer, text relay)")
     ax.set_ylabel("mean score over tasks (%)")
     ax.set_title("adapter size vs mean score")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small", loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -144,7 +185,8 @@ def _plot_size(results: dict[str, Any], path: Path) -> None:
 def _plot_gates(results: dict[str, Any], path: Path) -> None:
     plt = _plt()
     adapters = results.get("adapters", {})
-    fig, axes = plt.subplots(max(len(adapters), 1), 1, figsize=(9.0, 1.0 + 1.3 * max(len(adapters), 1)), squeeze=False)
+    rows = max(len(adapters), 1)
+    fig, axes = plt.subplots(rows, 1, figsize=(9.0, 1.0 + 1.6 * rows), squeeze=False, layout="constrained")
     if not adapters:
         axes[0][0].axis("off")
         axes[0][0].text(0.5, 0.5, "no adapter evaluated", ha="center", va="center")
@@ -162,7 +204,7 @@ def _plot_gates(results: dict[str, Any], path: Path) -> None:
     axes[-1][0].set_xlabel("receiver layer")
     if image is not None:
         fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.03, pad=0.02, label="sigmoid(gate logit)")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
