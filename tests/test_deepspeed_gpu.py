@@ -1,8 +1,8 @@
 """DeepSpeed on CUDA GPUs (marker `gpu`: skipped without CUDA; skipped without `pip install 'lcf[deepspeed]'`).
 
-- ZeRO-3 export: the same tiny recipe trained once unsharded (strategy auto) and once with ZeRO-3, same
-  seed; the ZeRO-3 adapter must equal that run's own gathered parameters exactly, and the unsharded
-  run's adapter in shapes and (within a float tolerance) values.
+- ZeRO-3 export: the same tiny recipe trained unsharded, with ZeRO-2 and with ZeRO-3, same seed; the
+  ZeRO-3 adapter must equal that run's own gathered parameters exactly, the ZeRO-2 run's within float
+  tolerance, and the unsharded run's in shapes and training loss.
 - The real pair with the shipped ZeRO-2 / ZeRO-3 recipes for a few steps: export, load through the
   runtime, and report step time and peak GPU memory (printed; run with `-s` to see them).
 - With 2+ GPUs: a 2-process ZeRO-2 run launched by `lcf train`, as a user would.
@@ -58,23 +58,28 @@ def test_zero3_export_gathers_full_parameters(tiny_pair, tmp_path, monkeypatch):
 
     path = recipe(tiny_pair, tmp_path / "in")
     common = [*ON_GPU, "trainer.precision=32-true", "trainer.max_steps=2", "trainer.checkpoint_every_n_steps=2"]
-    plain_run = train(path, [*common, "trainer.strategy=auto", f"output_dir={tmp_path / 'plain'}"])
-    plain = load_file(str(export(plain_run, tmp_path / "plain_adapter", which="last") / "adapter.safetensors"))
+    runs, adapters = {}, {}
+    for name, strategy in (("plain", "auto"), ("zero2", "{type: deepspeed, stage: 2}"),
+                           ("zero3", "{type: deepspeed, stage: 3}")):
+        if name == "zero3":
+            with_callback(monkeypatch, Gather())
+        runs[name] = train(path, [*common, f"trainer.strategy={strategy}", f"output_dir={tmp_path / name}"])
+        adapters[name] = export(runs[name], tmp_path / f"{name}_adapter", which="last")
+    assert is_zero_checkpoint(runs["zero3"] / "ckpt" / "last.ckpt")  # sharded: a directory, not a file
+    plain, zero2, zero3 = (load_file(str(adapters[n] / "adapter.safetensors")) for n in ("plain", "zero2", "zero3"))
 
-    with_callback(monkeypatch, Gather())
-    zero_run = train(path, [*common, "trainer.strategy={type: deepspeed, stage: 3}", f"output_dir={tmp_path / 'zero'}"])
-    assert is_zero_checkpoint(zero_run / "ckpt" / "last.ckpt")  # sharded: a directory, not a file
-    zero_dir = export(zero_run, tmp_path / "zero_adapter", which="last")
-    zero = load_file(str(zero_dir / "adapter.safetensors"))
-
-    assert {k: v.shape for k, v in zero.items()} == {k: v.shape for k, v in plain.items()}
-    assert all(v.numel() > 0 for v in zero.values())  # full tensors, not this rank's (empty) partitions
-    for key, value in zero.items():
+    assert {k: v.shape for k, v in zero3.items()} == {k: v.shape for k, v in plain.items()}
+    assert all(v.numel() > 0 for v in zero3.values())  # full tensors, not this rank's (empty) partitions
+    for key, value in zero3.items():
         assert torch.equal(value, Gather.state[key]), key  # exactly what the run trained
-        # same seed, data and init: the unsharded run agrees up to float summation order
-        torch.testing.assert_close(value, plain[key], rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
-    assert json.loads((zero_dir / "adapter_config.json").read_text())["training"]["global_step"] == 2
-    load_adapter(zero_dir)
+        # sharding parameters too (ZeRO-3) must not change training against sharding only optimizer states
+        torch.testing.assert_close(value, zero2[key], rtol=1e-5, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
+    # DeepSpeed's fp32 path and Lightning's plain one differ in the last digits (first loss 5.7721 vs
+    # 5.7731 on an H100), which Adam blows up for near-zero gradients: compare the losses, not weights.
+    losses = {n: json.loads((runs[n] / "summary.json").read_text())["metrics"]["train/loss"] for n in runs}
+    assert abs(losses["zero3"] - losses["plain"]) < 0.01 * abs(losses["plain"]), losses
+    assert json.loads((adapters["zero3"] / "adapter_config.json").read_text())["training"]["global_step"] == 2
+    load_adapter(adapters["zero3"])
 
 
 class StepTimer:

@@ -120,7 +120,7 @@ def test_plain_strategies_pass_through():
 
 
 def test_deepspeed_helpers_read_the_strategy_config():
-    from lcf.training.strategy import gathered, mark_zero3_leaves, offloads_optimizer, zero_stage
+    from lcf.training.strategy import gathered, offloads_optimizer, register_gate_parameters, zero_stage
 
     def fake(zero: dict):
         return type("DeepSpeedStrategy", (), {"config": {"zero_optimization": zero}})()
@@ -128,8 +128,24 @@ def test_deepspeed_helpers_read_the_strategy_config():
     assert zero_stage(fake({"stage": 3})) == 3 and zero_stage("ddp") is None
     assert offloads_optimizer(fake({"stage": 2, "offload_optimizer": {"device": "cpu"}}))
     assert not offloads_optimizer(fake({"stage": 3})) and not offloads_optimizer(object())
-    mark_zero3_leaves(torch.nn.Linear(2, 2), fake({"stage": 2}))  # not stage 3: nothing to do, no import
+    register_gate_parameters(torch.nn.Linear(2, 2), fake({"stage": 2}))  # not stage 3: nothing to do, no import
     assert "deepspeed" not in sys.modules
     params = list(torch.nn.Linear(2, 2).parameters())
     with gathered(params):  # plain (unpartitioned) parameters: a no-op
         assert params[0].shape == (2, 2)
+
+
+def test_zero3_gate_logits_are_external_parameters_of_the_gates():
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed: pip install 'lcf[deepspeed]'")
+    from lcf.training.strategy import register_gate_parameters
+    from lcf.translators.base import LayerGates
+
+    def fake(stage: int):
+        return type("DeepSpeedStrategy", (), {"config": {"zero_optimization": {"stage": stage}}})()
+
+    model = torch.nn.Module()
+    model.gates = LayerGates([0, 3, 5])
+    register_gate_parameters(model, fake(2))
+    assert not hasattr(model.gates, "_external_params")  # stage 2 does not partition parameters
+    register_gate_parameters(model, fake(3))
+    assert {id(p) for p in model.gates._external_params.values()} == {id(p) for p in model.gates.parameters()}

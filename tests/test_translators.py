@@ -350,3 +350,22 @@ def test_subclass_outside_the_package(tmp_path, monkeypatch):
     assert not torch.equal(out.keys[1], r_view.keys[1])
     with pytest.raises(RecipeError, match="scale"):
         translators.build({"type": "my_lowrank", "scale": "x"}, "translator", shapes=shapes)
+
+
+def test_gates_apply_to_edits_inside_the_module():
+    from lcf.translators.base import LayerGates
+
+    gates = LayerGates([0, 1])
+    with torch.no_grad():
+        gates.logits["1"].copy_(torch.tensor([-1.0, 2.0]))
+    gates.eval()
+    dk, dv = torch.ones(1, 3, 4), torch.full((1, 3, 4), 2.0)
+    gk, gv = gates(1, dk, dv)
+    assert torch.equal(gk, torch.zeros_like(dk)) and torch.equal(gv, dv)
+    gates.train()
+    gates.set_temperature(1.0)
+    dk.requires_grad_(True)
+    gk, gv = gates(0, dk, dv)
+    (gk.sum() + gv.sum()).backward()
+    assert gates.logits["0"].grad is not None and gates.logits["0"].grad.abs().sum() > 0
+    assert dk.grad is not None

@@ -9,7 +9,7 @@ import torch
 from lcf.communicator import Communicator
 from lcf.errors import LCFError
 from lcf.training.settings import TrainerSettings
-from lcf.training.strategy import gathered, mark_zero3_leaves, offloads_optimizer
+from lcf.training.strategy import gathered, offloads_optimizer, register_gate_parameters
 from lcf.translators.base import annealed_temperature
 
 
@@ -66,7 +66,7 @@ class LCFModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self._trainer is not None:
-            mark_zero3_leaves(self, self.trainer.strategy)
+            register_gate_parameters(self, self.trainer.strategy)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["lcf_settings"] = self.settings.to_dict()

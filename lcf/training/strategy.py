@@ -182,18 +182,21 @@ def offloads_optimizer(strategy: Any) -> bool:
     return bool(_zero_config(strategy).get("offload_optimizer"))
 
 
-def mark_zero3_leaves(module: Any, strategy: Any) -> None:
-    """Under ZeRO-3, gather every translator gate's parameters when the gate module runs.
-
-    ZeRO-3 fetches a module's *own* parameters in its forward hook; the gate logits live in a
-    ``ParameterDict`` child that is indexed, never called, so the gate module is made a ZeRO-3 leaf."""
+def register_gate_parameters(module: Any, strategy: Any) -> None:
+    """Under ZeRO-3, tell DeepSpeed that each translator gate module uses the logits of its
+    ``ParameterDict`` child, which is indexed, never called (ZeRO-3 gathers a module's own parameters
+    when the module runs, and these would stay partitioned). The gates run once per receiver layer,
+    so they must not be a ZeRO-3 "leaf" module: a leaf reduces all its gradients after every call."""
     if zero_stage(strategy) != 3:
         return
-    from deepspeed.utils import set_z3_leaf_modules
+    from deepspeed.runtime.zero import register_external_parameter
 
     from lcf.translators.base import LayerGates
 
-    set_z3_leaf_modules(module, [LayerGates])
+    for gates in module.modules():
+        if isinstance(gates, LayerGates):
+            for param in gates.parameters():
+                register_external_parameter(gates, param)
 
 
 @contextlib.contextmanager

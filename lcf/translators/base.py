@@ -136,8 +136,15 @@ class LayerGates(nn.Module):
             raise ValueError(f"gate temperature must be positive, got {t}")
         self.temperature.fill_(float(t))
 
-    def forward(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g_k, g_v) scalar gates of receiver layer ``layer``."""
+    def forward(
+        self, layer: int, dk: torch.Tensor | None = None, dv: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g_k, g_v), the scalar gates of receiver layer ``layer`` (a fresh Gumbel sample in training);
+        given the edits ``dk``, ``dv``: the gated edits ``(g_k * dk, g_v * dv)``.
+
+        Training must use the second form: the product happens inside this module, so ZeRO-3's
+        backward hooks see tensor inputs that need gradients and keep the logits gathered until their
+        gradients exist (with no such input, they release the logits too early)."""
         logit = self.logits[str(layer)]
         if self.training:
             eps = torch.finfo(logit.dtype).eps
@@ -145,7 +152,9 @@ class LayerGates(nn.Module):
             g = torch.sigmoid((logit + torch.log(u) - torch.log1p(-u)) / self.temperature.to(logit.dtype))
         else:
             g = (logit > 0).to(logit.dtype)
-        return g[0], g[1]
+        if dk is None or dv is None:
+            return g[0], g[1]
+        return g[0].to(dk.dtype) * dk, g[1].to(dv.dtype) * dv
 
     @torch.no_grad()
     def values(self) -> dict[int, tuple[float, float]]:
@@ -298,9 +307,12 @@ class Translator(nn.Module):
         align_mask = align_mask.bool()
         keys, values = list(receiver.keys), list(receiver.values)
         for t in self.active_layers:
-            g_k, g_v = self.gates(t)
-            if not self.training and not (g_k.item() or g_v.item()):
-                continue  # both gates closed: nothing to compute
+            open_k = open_v = True
+            if not self.training:
+                g_k, g_v = self.gates(t)
+                open_k, open_v = bool(g_k.item()), bool(g_v.item())
+                if not (open_k or open_v):
+                    continue  # both gates closed: nothing to compute
             s = self.shapes.sharer_layer(t)
             rk, rv = receiver.layer(t)
             sk, sv = sharer.layer(s)
@@ -323,11 +335,12 @@ class Translator(nn.Module):
                 flat_rv[bi, pi].to(dtype).unsqueeze(0),
             )
             heads = rk.shape[1]
-            if self.training or g_k.item():
-                edit = torch.zeros_like(flat_rk).index_put((bi, pi), (g_k * dk[0]).to(rk.dtype))
+            dk, dv = self.gates(t, dk[0], dv[0])
+            if open_k:
+                edit = torch.zeros_like(flat_rk).index_put((bi, pi), dk.to(rk.dtype))
                 keys[t] = rk + _unflatten_heads(edit, heads)
-            if self.training or g_v.item():
-                edit = torch.zeros_like(flat_rv).index_put((bi, pi), (g_v * dv[0]).to(rv.dtype))
+            if open_v:
+                edit = torch.zeros_like(flat_rv).index_put((bi, pi), dv.to(rv.dtype))
                 values[t] = rv + _unflatten_heads(edit, heads)
         return dataclasses.replace(receiver, keys=keys, values=values)
 
