@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -89,6 +90,26 @@ def test_resume_continues_from_last_checkpoint(tiny_pair, tmp_path):
     assert (run / "logs" / "resume_1" / "metrics.csv").exists()
     with pytest.raises(LCFError, match="no checkpoint"):
         train(recipe(tiny_pair, tmp_path / "other"), resume=True)
+
+
+def test_frozen_models_in_bfloat16(tiny_pair, tmp_path, monkeypatch):
+    import lcf.training.run as run_module
+
+    seen = {}
+    build = run_module.build_pair
+
+    def spy(recipe, *, dtype=None):
+        pair = build(recipe, dtype=dtype)
+        seen["dtypes"] = {next(m.model.parameters()).dtype for m in (pair.sharer, pair.receiver)}
+        return pair
+
+    monkeypatch.setattr(run_module, "build_pair", spy)
+    run = train(recipe(tiny_pair, tmp_path / "runs"), ["trainer.max_steps=2", "trainer.model_dtype=bfloat16"])
+    assert seen["dtypes"] == {torch.bfloat16}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and math.isfinite(summary["metrics"]["train/loss"])
+    adapter = load_adapter(export(run, tmp_path / "adapter"))  # fp32 translator, models loaded at the card's dtype
+    assert next(adapter.translator.parameters()).dtype == torch.float32
 
 
 def test_runtime_import_is_light(tmp_path):

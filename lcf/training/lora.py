@@ -90,7 +90,7 @@ def train_lora(recipe_path: str | Path, overrides=(), *, rank: int | None = None
     out = run_dir_of(recipe).with_name(f"{recipe.get('name') or 'run'}-lora")
     L.seed_everything(int(recipe.get("seed", 0)), workers=True, verbose=False)
     t0 = time.perf_counter()
-    pair = build_pair(recipe)
+    pair = build_pair(recipe, dtype=settings.model_dtype)
     target = build_translator(recipe, pair).num_parameters()
     receiver = pair.receiver.model
     rank = rank or matching_rank(receiver, target)

@@ -148,7 +148,7 @@ def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume:
         torch.set_num_threads(settings.threads)
     L.seed_everything(int(recipe.get("seed", 0)), workers=True, verbose=False)
     t0 = time.perf_counter()
-    pair = build_pair(recipe)
+    pair = build_pair(recipe, dtype=settings.model_dtype)
     translator = build_translator(recipe, pair)
     data = build_data(recipe)
     dm = InstructDataModule(data, pair.receiver.tokenizer, pair.sharer.tokenizer, pair.aligner,

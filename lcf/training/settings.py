@@ -36,6 +36,9 @@ class TrainerSettings:
     progress: Literal["rich", "tqdm", "none"] = "rich"
     threads: int | None = None  # torch CPU threads; default: torch's choice
     combine: Literal["sequential", "sum"] = "sequential"
+    # dtype of the frozen sharer and receiver (None: each model card's). bfloat16 with bf16-mixed on GPUs
+    # halves their memory and spares autocast re-casting every LLM weight at every step.
+    model_dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
     def __post_init__(self):
         problems = []
@@ -47,6 +50,8 @@ class TrainerSettings:
             problems.append(f"warmup_ratio must lie in [0, 1) (got {self.warmup_ratio})")
         if self.lr <= 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
+        if self.model_dtype not in (None, "float32", "bfloat16", "float16"):
+            problems.append(f"model_dtype must be float32, bfloat16, float16 or null (the card's), got {self.model_dtype!r}")
         from lcf.training.strategy import check_strategy
 
         check_strategy(self.strategy, self.accelerator)  # fails at validation time, not after loading models
