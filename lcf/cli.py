@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="message budgets of the text-to-text relay (one system each; default 50)")
     p.add_argument("--lora", nargs="+", default=None, metavar="RUN_DIR", help="`lcf train-lora` runs to compare")
     p.add_argument("--letter", action="store_true", help="score answer letters ' A', ' B', ... not option texts")
+    p.add_argument("--generate-letter", action="store_true",
+                   help="multiple choice by the letter a short greedy reply starts with (not by likelihood)")
     p.add_argument("--data-root", default=None, help="benchmark files root (default $LCF_DATA_ROOT)")
     p.add_argument("--split", nargs="+", default=None, help="SPLIT for every task and/or TASK=SPLIT")
     p.add_argument("--task-option", nargs="+", default=None, metavar="TASK.OPTION=VALUE",

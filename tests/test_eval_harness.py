@@ -197,6 +197,24 @@ def test_evaluate_writes_a_deterministic_report(adapter, task_root, tmp_path):
     rows = letters["predictions"]["receiver"]["arc_easy"]
     assert [len(r["scores"]) for r in rows] == [len(r["choices"]["text"]) for r in ARC_ROWS]
     assert rows[0]["scores"] != results["predictions"]["receiver"]["arc_easy"][0]["scores"]
+    generated = evaluate([ReceiverAlone(adapter)], tasks[:1], generate_letter=True, progress=False, latency_runs=0)
+    rows = generated["predictions"]["receiver"]["arc_easy"]
+    assert len(rows) == len(ARC_ROWS) and all(isinstance(r["text"], str) and -1 <= r["pred"] < 5 for r in rows)
+    assert generated["scores"]["receiver"]["arc_easy"]["accuracy"] == sum(r["correct"] for r in rows) / len(rows)
+    assert "greedy reply" in (write_report(generated, tmp_path / "gen") / "report.md").read_text()
+    with pytest.raises(LCFError, match="not both"):
+        evaluate([ReceiverAlone(adapter)], tasks[:1], letter_scoring=True, generate_letter=True, progress=False)
+
+
+def test_letter_of_reads_the_leading_label():
+    from lcf.eval.harness import letter_of
+
+    labels = ["A", "B", "C", "D"]
+    for reply, want in [("B", 1), (" (C) because", 2), ("D.", 3), ("A) water", 0), ("\nB, since", 1),
+                        ("E", -1), ("Answer: B", -1), ("Banana", -1), ("", -1), ("b", -1),
+                        ("The correct answer is C. mitochondria", 2), ("the answer is (D)", 3),
+                        ("The correct answer is", -1), ("The answer is E", -1)]:
+        assert letter_of(reply, labels) == want, reply
 
 
 def test_cli_eval_runs_and_reports(adapter_dir, task_root, tmp_path, capsys):

@@ -5,8 +5,9 @@
     write_report(results, "reports/quickstart")          # results.json, report.md, 3 PNG plots
 
 * multiple-choice tasks: the option with the highest sum log-likelihood is the prediction
-  (``letter_scoring=True`` scores the letters ``" A"``, ``" B"``, ... instead of the option texts);
-  score = accuracy.
+  (``letter_scoring=True`` scores the letters ``" A"``, ``" B"``, ... instead of the option texts;
+  ``generate_letter=True`` generates a short reply greedily and reads the letter it starts with, see
+  :func:`letter_of`); score = accuracy.
 * QA tasks (``em_f1``: SQuAD, HotpotQA): greedy generation, first non-empty line, SQuAD EM / F1.
 * GSM8K (``exact_match``): greedy generation, the last number of the answer against the gold number.
 
@@ -19,6 +20,7 @@ adapter costs).
 """
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +40,7 @@ __all__ = ["adapter_labels", "evaluate", "format_table", "measure_latency", "par
 
 #: Default new-token budget of generative tasks (by task name; others get ``"default"``).
 MAX_NEW_TOKENS: dict[str, int] = {"gsm8k": 256, "default": 32}
+GENERATED_LETTER_TOKENS = 12  # reply length read by generate_letter ("B", "(B) ...", "The answer is B")
 
 
 def primary_score(scores: dict[str, float]) -> float:
@@ -144,6 +147,30 @@ def _run_mc(system: System, task: Task, items: list[MCItem], letter_scoring: boo
     return {"accuracy": sum(r["correct"] for r in rows) / len(rows)}, rows
 
 
+_LETTER_REPLY = re.compile(r"\s*\(?([A-Z])(?:[).:,]|\s|$)")
+_ANSWER_IS = re.compile(r"answer is:?\s*\(?([A-Z])(?:[).:,]|\s|$)", re.IGNORECASE)
+
+
+def letter_of(reply: str, labels: Sequence[str]) -> int:
+    """Index of the option a generated reply names, or -1. The reply must start with one of ``labels``
+    (``B``, ``(B)``, ``B.``, ``B) text``, ...) or say "the answer is B" / "The correct answer is (B)".
+    Anything else counts as no answer. A reply opening with the article "A " reads as option A; the
+    prompts end with "Answer:", so replies usually open with a letter."""
+    m = _LETTER_REPLY.match(reply) or _ANSWER_IS.search(reply)
+    return labels.index(m.group(1)) if m and m.group(1) in labels else -1
+
+
+def _run_mc_generated(system: System, task: Task, items: list[MCItem], batch_size: int,
+                      on_batch: Callable[[int], None] | None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    texts = system.generate([task.prompt(it) for it in items], GENERATED_LETTER_TOKENS, batch_size=batch_size,
+                            on_batch=on_batch)
+    rows = []
+    for it, text in zip(items, texts):
+        pred = letter_of(text, list(it.labels))
+        rows.append({"id": it.id, "text": text, "pred": pred, "gold": it.answer, "correct": pred == it.answer})
+    return {"accuracy": sum(r["correct"] for r in rows) / len(rows)}, rows
+
+
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
@@ -185,9 +212,10 @@ def _progress(enabled: bool):
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
-def evaluate(systems: Sequence[System], tasks: Sequence[Task], *, letter_scoring: bool = False, batch_size: int = 8,
-             progress: bool = True, seed: int = 0, max_new_tokens: int | dict[str, int] | None = None,
-             latency_runs: int = 3, latency_tokens: int = 32) -> dict[str, Any]:
+def evaluate(systems: Sequence[System], tasks: Sequence[Task], *, letter_scoring: bool = False,
+             generate_letter: bool = False, batch_size: int = 8, progress: bool = True, seed: int = 0,
+             max_new_tokens: int | dict[str, int] | None = None, latency_runs: int = 3,
+             latency_tokens: int = 32) -> dict[str, Any]:
     """Score every system on the same items of every task; see the module docstring.
 
     max_new_tokens: generation budget of QA tasks (an int for all, or per task name; default
@@ -198,6 +226,9 @@ def evaluate(systems: Sequence[System], tasks: Sequence[Task], *, letter_scoring
     """
     if not systems or not tasks:
         raise LCFError(f"evaluate needs at least one system and one task (got {len(systems)} and {len(tasks)})")
+    if letter_scoring and generate_letter:
+        raise LCFError("multiple choice is scored either by letter likelihood (letter_scoring / --letter) or by the "
+                       "generated letter (generate_letter / --generate-letter), not both; pick one")
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise LCFError(f"system names must be unique, got {names}")
@@ -208,7 +239,8 @@ def evaluate(systems: Sequence[System], tasks: Sequence[Task], *, letter_scoring
         budgets.update(max_new_tokens)
     items = {t.name: t.items() for t in tasks}  # one sample per task, shared by every system
     results: dict[str, Any] = {
-        "config": {"letter_scoring": letter_scoring, "batch_size": batch_size, "seed": seed,
+        "config": {"letter_scoring": letter_scoring, "generate_letter": generate_letter,
+                   "generate_letter_tokens": GENERATED_LETTER_TOKENS, "batch_size": batch_size, "seed": seed,
                    "latency_runs": latency_runs, "latency_tokens": latency_tokens},
         "tasks": {t.name: {"kind": t.kind, "metric": t.metric, "n": len(items[t.name]), "split": t.split,
                            "source": t.source, "item_ids": [it.id for it in items[t.name]]} for t in tasks},
@@ -223,11 +255,14 @@ def evaluate(systems: Sequence[System], tasks: Sequence[Task], *, letter_scoring
             results["scores"][system.name], results["predictions"][system.name] = {}, {}
             for task in tasks:
                 its = items[task.name]
-                units = sum(len(it.choices) for it in its) if task.kind == "mc" else len(its)
+                by_options = task.kind == "mc" and not generate_letter
+                units = sum(len(it.choices) for it in its) if by_options else len(its)
                 tid = bar.add_task(f"{system.name} / {task.name}", total=units) if bar else None
                 advance = (lambda n, tid=tid: bar.advance(tid, n)) if bar else None
                 torch.manual_seed(seed)
-                if task.kind == "mc":
+                if task.kind == "mc" and generate_letter:
+                    scores, rows = _run_mc_generated(system, task, its, batch_size, advance)
+                elif task.kind == "mc":
                     scores, rows = _run_mc(system, task, its, letter_scoring, batch_size, advance)
                 else:
                     budget = budgets.get(task.name, budgets.get("default", MAX_NEW_TOKENS["default"]))

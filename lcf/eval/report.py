@@ -64,8 +64,11 @@ def _markdown(results: dict[str, Any]) -> str:
         "",
         format_table(results),
         "",
-        f"Multiple choice: argmax of the summed log-likelihood of each {'letter' if cfg['letter_scoring'] else 'option text'}"
-        " given the zero-shot prompt (accuracy). QA: greedy generation, SQuAD EM / F1 (first line); GSM8K: exact"
+        (f"Multiple choice: the letter a greedy reply (at most {cfg.get('generate_letter_tokens')} tokens) starts with; other "
+         "replies count as wrong (accuracy)." if cfg.get("generate_letter") else
+         f"Multiple choice: argmax of the summed log-likelihood of each {'letter' if cfg['letter_scoring'] else 'option text'}"
+         " given the zero-shot prompt (accuracy).")
+        + " QA: greedy generation, SQuAD EM / F1 (first line); GSM8K: exact"
         " match of the final number. Scores in %; every system sees the same items.",
         "Controls: `(zero)` fuses an all-zero sharer cache through the adapter; `(mismatched)` fuses the sharer"
         " cache of another item (alignment clipped to that prompt's length).",
