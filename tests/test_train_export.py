@@ -1,6 +1,8 @@
 """Train -> export -> runtime on tiny models, and the failure paths around them."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import subprocess
@@ -66,6 +68,11 @@ def test_train_export_load_generate(tiny_pair, tmp_path):
     assert "train/loss" in metrics and "train/lr" in metrics and "gates/r0_k" in metrics
     best = json.loads((export(run, tmp_path / "best") / "adapter_config.json").read_text())["training"]
     assert best["checkpoint"] != "last.ckpt" and best["global_step"] in (2, 4)  # the best validation loss
+    # the best checkpoint carries the validation loss of its own weights (logged at step - 1, 0-based)
+    vals = {int(r["step"]) + 1: float(r["val/loss"]) for r in csv.DictReader(io.StringIO(metrics)) if r.get("val/loss")}
+    assert sorted(vals) == [2, 4]
+    step, val = min(vals.items(), key=lambda kv: kv[1])
+    assert best["checkpoint"] == f"step{step}-val{val:.4f}.ckpt" and best["global_step"] == step
     out = export(run, tmp_path / "adapter", which="last")
     assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "adapter_config.json"]
     cfg = json.loads((out / "adapter_config.json").read_text())

@@ -84,12 +84,14 @@ def _loggers(settings: TrainerSettings, out: Path, version: str = "") -> list:
 def _callbacks(settings: TrainerSettings, out: Path) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-    ckpt = ModelCheckpoint(
-        dirpath=str(out / "ckpt"), filename="step{step}-val{val/loss:.4f}", auto_insert_metric_name=False,
-        monitor="val/loss", mode="min", save_top_k=1, save_last=True,
-        every_n_train_steps=settings.checkpoint_every_n_steps,
-    )
-    cbs = [ckpt]
+    # `last.ckpt` every checkpoint_every_n_steps (for --resume), and the best weights by validation loss,
+    # saved right after each validation so the name's loss belongs to those weights. (A step-triggered
+    # monitored checkpoint fires before that step's validation and would carry the previous loss.)
+    last = ModelCheckpoint(dirpath=str(out / "ckpt"), save_top_k=0, save_last=True,
+                           every_n_train_steps=settings.checkpoint_every_n_steps)
+    best = ModelCheckpoint(dirpath=str(out / "ckpt"), filename="step{step}-val{val/loss:.4f}",
+                           auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=1)
+    cbs = [last, best]  # the first is trainer.checkpoint_callback (its last_model_path names the last good one)
     if settings.progress == "rich":
         cbs.append(RichProgressBar(leave=True))
     del LearningRateMonitor  # the module logs train/lr itself
