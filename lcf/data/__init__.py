@@ -27,11 +27,13 @@ from lcf.data.crosscontext import (
     xc_features,
 )
 from lcf.data.spans import SPAN_SCHEMES, SpanError, split_spans, token_span_ids
+from lcf.data.task_data import EvalTaskData
 from lcf.data.xcdata import XCData
 from lcf.data.fact_transfer import FactTransferData
 from lcf.data.xc_qa import HotpotQAXCData, MuSiQueXCData, SQuADXCData
 
 __all__ = [
+    "EvalTaskData",
     "BATCH_KEYS",
     "SPAN_SCHEMES",
     "ContextTooLongError",

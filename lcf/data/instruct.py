@@ -261,11 +261,7 @@ class InstructData:
         receiver_template: str = "auto",
         sharer_template: str = "auto",
     ) -> None:
-        if (files is None or len(files) == 0) == (hub_id is None):
-            raise DataError(
-                "instruct_json: give exactly one of `files` (paths under the data root) or `hub_id` (a hub dataset); "
-                f"got files={files!r}, hub_id={hub_id!r}"
-            )
+        self._check_source(files, hub_id)
         if format not in FORMATS:
             raise DataError(f"instruct_json: format must be one of {', '.join(FORMATS)}, got {format!r}")
         for name, value, low in (("max_prompt_tokens", max_prompt_tokens, 1), ("max_response_tokens",
@@ -281,6 +277,14 @@ class InstructData:
         self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.receiver_template, self.sharer_template = receiver_template, sharer_template
+
+    @staticmethod
+    def _check_source(files: list[str] | None, hub_id: str | None) -> None:
+        if (files is None or len(files) == 0) == (hub_id is None):
+            raise DataError(
+                "instruct_json: give exactly one of `files` (paths under the data root) or `hub_id` (a hub dataset); "
+                f"got files={files!r}, hub_id={hub_id!r}"
+            )
 
     def __repr__(self) -> str:
         what = f"files={self.files!r}, data_root={self.data_root!r}" if self.files else f"hub_id={self.hub_id!r}"
