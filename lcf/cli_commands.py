@@ -40,8 +40,8 @@ def cmd_eval(args) -> int:
     systems = build_systems(adapters, adapter_labels([str(d) for d in dirs]), chosen,
                             text_tokens=args.text_tokens, lora=args.lora or [])
     results = evaluate(systems, tasks, letter_scoring=args.letter, generate_letter=args.generate_letter,
-                       batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                       latency_runs=args.latency_runs)
+                       batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
+                       max_new_tokens=args.max_new_tokens, latency_runs=args.latency_runs)
     out = write_report(results, args.out)
     print(format_table(results))
     print(f"report written to {out} (results.json, report.md, accuracy.png, size_vs_accuracy.png, gates.png)")

@@ -131,15 +131,12 @@ def _spread_labels(pts: list[tuple[float, float]], gap: float) -> list[float]:
     placed: list[tuple[float, float]] = []  # (log10 x, label y)
     out = [0.0] * len(pts)
     for i in order:
+        # heights this label must keep clear of: placed labels overlapping it, points under its text
+        blocked = [py for px, py in placed if abs(px - logs[i]) < 1.2]
+        blocked += [pts[k][1] for k in range(len(pts)) if k != i and 0.0 < logs[k] - logs[i] < 1.2]
         y = pts[i][1]
-        moved = True
-        while moved:
-            moved = False
-            for j, (px, py) in enumerate(placed + [(logs[k], pts[k][1]) for k in range(len(pts)) if k != i]):
-                label = j < len(placed)
-                hit = abs(px - logs[i]) < 1.2 if label else 0.0 < px - logs[i] < 1.2
-                if hit and abs(py - y) < gap * (1 - 1e-6):
-                    y, moved = py + gap, True
+        while any(abs(b - y) < gap * (1 - 1e-6) for b in blocked):
+            y = max(b for b in blocked if abs(b - y) < gap * (1 - 1e-6)) + gap
         out[i] = y
         placed.append((logs[i], y))
     return out
