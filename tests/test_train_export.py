@@ -119,6 +119,13 @@ def test_frozen_models_in_bfloat16(tiny_pair, tmp_path, monkeypatch):
     assert next(adapter.translator.parameters()).dtype == torch.float32
 
 
+def test_model_dtype_must_be_a_float_dtype():
+    from lcf.training.settings import TrainerSettings
+
+    with pytest.raises(ValueError, match="model_dtype must be float32, bfloat16, float16 or null"):
+        TrainerSettings(model_dtype="bf16")
+
+
 def test_runtime_import_is_light(tmp_path):
     code = "import sys, lcf.runtime; print(sorted(m for m in ('lightning', 'pytorch_lightning', 'deepspeed', 'omegaconf') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
