@@ -14,7 +14,7 @@ with keys ``prompt_ids, prompt_mask, align_index, align_mask`` (one per sharer, 
 Cross-context (LCF-X): a sharer with a *compressor* reads its own context; the compressor turns
 that cache into a short summary (``batch["sharer_span_ids"]`` says which span each sharer token
 belongs to) and the translator reads summary position 0 at every receiver prompt position, whatever
-``align_index`` says. A summary computed elsewhere (a latent message, see :mod:`lcf.messages`) is
+``align_index`` says. A summary computed elsewhere (a latent message, see :mod:`lcf.runtime.messages`) is
 passed as ``sharer_views=`` and the sharer is not run at all — it may even be absent (``None``).
 
 The frozen LLMs are deliberately *not* registered as submodules: ``state_dict()``, optimizers and

@@ -1,7 +1,7 @@
 """`lcf export RUN_OR_CKPT OUT_DIR`: a standalone adapter folder.
 
     OUT_DIR/adapter.safetensors     translator tensors only
-    OUT_DIR/adapter_config.json     everything needed to rebuild and check it (keys: lcf.runtime.KNOWN_KEYS)
+    OUT_DIR/adapter_config.json     everything needed to rebuild and check it (keys: lcf.runtime.format.KNOWN_KEYS)
 
 The folder is written to a temporary sibling and renamed into place, so a reader never sees half an
 adapter. Reading it needs only torch, transformers and safetensors (``lcf.runtime.load_adapter``).
@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 import lcf
 from lcf.errors import LCFError
 from lcf.models.fingerprint import fingerprint
-from lcf.runtime import COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from lcf.runtime.format import COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 
 TRANSLATOR_PREFIX = "communicator.translators.0."
 COMPRESSOR_STATE_PREFIX = "communicator.compressors.0."

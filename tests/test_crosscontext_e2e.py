@@ -16,7 +16,7 @@ from lcf.data.crosscontext import XCExample
 from lcf.errors import LCFError, RecipeError
 from lcf.eval.crosscontext import build_xc_systems, evaluate_xc, format_xc_table
 from lcf.export import export
-from lcf.messages import LatentMessage, MessageError
+from lcf.runtime.messages import LatentMessage, MessageError
 from lcf.runtime import AdapterError, load_adapter
 from lcf.training.run import train
 from tests.conftest import tiny_gemma3

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from lcf import cli
+from lcf.cli import choices as cli_choices
+from lcf.cli import app as cli
 from lcf.errors import LCFError
 from lcf.eval.baselines import RELAY_FORMAT, LoRAReceiver, TextRelay, find_lora
 from lcf.eval.compose import SYSTEM_KINDS, build_systems, resolve_adapter
@@ -29,7 +30,7 @@ def flat(scores: list[list[float]]) -> list[float]:
 
 
 def test_system_choices_of_the_cli_match_the_harness():
-    assert cli.SYSTEM_CHOICES == SYSTEM_KINDS
+    assert cli_choices.SYSTEM_CHOICES == SYSTEM_KINDS
 
 
 def test_text_relay_feeds_the_sharers_message_to_the_receiver(adapter, arc):  # noqa: F811

@@ -116,7 +116,7 @@ def _piece(text: str, span: torch.Tensor, token_id: int, tokenizer: Any) -> str:
 
 
 # -- encoding ------------------------------------------------------------------------------------
-def _encode(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode_with_offsets(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (ids (T,), offsets (T, 2), special (T,) bool) of ``text``."""
     if not getattr(tokenizer, "is_fast", False):
         raise AlignmentError(
@@ -215,8 +215,8 @@ def align_texts(
     r_specials, s_specials = (
         add_special_tokens if isinstance(add_special_tokens, tuple) else (add_special_tokens, add_special_tokens)
     )
-    r_ids, r_off, r_special = _encode(receiver_tokenizer, receiver_text, r_specials)
-    s_ids, s_off, s_special = _encode(sharer_tokenizer, sharer_text, s_specials)
+    r_ids, r_off, r_special = encode_with_offsets(receiver_tokenizer, receiver_text, r_specials)
+    s_ids, s_off, s_special = encode_with_offsets(sharer_tokenizer, sharer_text, s_specials)
     return _align_encoded(
         r_ids, r_off, r_special, s_ids, s_off, s_special, segs, len(receiver_text), len(sharer_text), pick,
         float(min_coverage), receiver_text, sharer_text,
@@ -276,7 +276,7 @@ def _align_encoded(
     )
 
 
-def _auto_special_tokens(tokenizer: Any, text: str) -> bool:
+def auto_special_tokens(tokenizer: Any, text: str) -> bool:
     """Add special tokens (BOS) unless the formatted text already starts with the BOS token."""
     bos = getattr(tokenizer, "bos_token", None)
     return not (bos and text.startswith(bos))
@@ -326,8 +326,8 @@ def align_messages(
     return align_texts(
         receiver_tokenizer, sharer_tokenizer, r_prompt.text, s_prompt.text, message_segments(r_prompt, s_prompt),
         add_special_tokens=(
-            _auto_special_tokens(receiver_tokenizer, r_prompt.text),
-            _auto_special_tokens(sharer_tokenizer, s_prompt.text),
+            auto_special_tokens(receiver_tokenizer, r_prompt.text),
+            auto_special_tokens(sharer_tokenizer, s_prompt.text),
         ),
         pick=pick, min_coverage=min_coverage,
     )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lcf.align.templates import TemplateName, format_messages, tokenizer_label
-from lcf.align.tokens import _auto_special_tokens, _encode
+from lcf.align.tokens import auto_special_tokens, encode_with_offsets
 from lcf.data.features import DROP_EMPTY, DROP_PROMPT, end_of_turn_text
 from lcf.data.rows import DataError
 from lcf.data.spans import check_scheme, token_span_ids
@@ -65,7 +65,7 @@ def receiver_message(question: str, receiver_context: str = "") -> str:
 
 def _encode_prompt(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]], list[bool]]:
     """Token ids, offsets and special flags of a formatted prompt (BOS added unless already there)."""
-    ids, offsets, special = _encode(tokenizer, text, _auto_special_tokens(tokenizer, text))
+    ids, offsets, special = encode_with_offsets(tokenizer, text, auto_special_tokens(tokenizer, text))
     return ids.tolist(), [(int(a), int(b)) for a, b in offsets], special.tolist()
 
 

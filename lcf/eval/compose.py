@@ -12,7 +12,7 @@ from typing import Any
 from lcf.errors import LCFError
 from lcf.eval.baselines import LoRAReceiver, TextRelay
 from lcf.eval.systems import AdapterSystem, ReceiverAlone, SharerAlone, System
-from lcf.runtime import CONFIG_NAME
+from lcf.runtime.format import CONFIG_NAME
 
 #: System families `lcf eval --systems` knows, in report order.
 SYSTEM_KINDS: tuple[str, ...] = ("receiver", "sharer", "text", "lora", "adapter", "zero", "mismatched")

@@ -26,7 +26,7 @@ from lcf.errors import LCFError
 from lcf.eval.harness import _elapsed_ms, _first_line
 from lcf.eval.metrics import squad_scores
 from lcf.eval.systems import PlainModel, mismatch_partner
-from lcf.messages import LatentMessage
+from lcf.runtime.messages import LatentMessage
 
 SUMMARY_REQUEST = "{context}\n\nRewrite the key facts of the text above briefly, keeping every name and number."
 XC_SYSTEMS: tuple[str, ...] = ("receiver", "own", "full", "text", "lcf-x", "int8", "zero", "mismatched")
@@ -132,9 +132,9 @@ class LatentXC(XCSystem):
             data = LatentMessage.from_view(view, a.compressor.sharer_layers, header, row).to_bytes(self.quantize)
             sent.append(len(data))
             views.append(a.read_message(data).to_view(a.compressor.shapes.sharer, device=a._device()))
-        from lcf.xcontext import _cat_views
+        from lcf.models.kv import cat_views
 
-        out = _cat_views(views)
+        out = cat_views(views)
         if self.control == "zero":
             out.keys, out.values = [torch.zeros_like(k) for k in out.keys], [torch.zeros_like(v) for v in out.values]
         return [it.receiver_context for it in items], out, sent

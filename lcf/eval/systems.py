@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 
 from lcf.align.templates import TemplateName, format_messages
-from lcf.align.tokens import _auto_special_tokens
+from lcf.align.tokens import auto_special_tokens
 from lcf.communicator import SharerTransform, positions_from_mask
 from lcf.data.features import collate_prompts, pad_token_id, prompt_features
 from lcf.errors import LCFError
@@ -192,7 +192,7 @@ class PlainModel(System):
     def prompt_ids(self, prompt: str) -> list[int]:
         """The prompt's token ids: template applied, BOS added unless the template wrote it."""
         text = format_messages(self.tokenizer, [{"role": "user", "content": prompt}], self.template).text
-        return list(self.tokenizer(text, add_special_tokens=_auto_special_tokens(self.tokenizer, text))["input_ids"])
+        return list(self.tokenizer(text, add_special_tokens=auto_special_tokens(self.tokenizer, text))["input_ids"])
 
     def _encode(self, prompts: Sequence[str]) -> list[Feature]:
         return [{"prompt_ids": self.prompt_ids(p)} for p in prompts]

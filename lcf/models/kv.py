@@ -12,6 +12,7 @@ gives the absolute position of a layer's first stored entry.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -187,3 +188,11 @@ def continue_logits(model, view: KVView, input_ids: torch.Tensor, attention_mask
         use_cache=True,
     )
     return out.logits
+
+
+def cat_views(views: Sequence[KVView]) -> KVView:
+    """Concatenate views of one model along the batch dimension (same layers and sequence length)."""
+    first = views[0]
+    return KVView([torch.cat([v.keys[i] for v in views]) for i in range(first.num_layers)],
+                  [torch.cat([v.values[i] for v in views]) for i in range(first.num_layers)], first.seq_len,
+                  first.specs)

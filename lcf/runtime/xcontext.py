@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from lcf.errors import LCFError
-from lcf.messages import LatentMessage, MessageError
+from lcf.models.kv import cat_views
+from lcf.runtime.format import WEIGHTS_NAME
+from lcf.runtime.messages import LatentMessage, MessageError
 
 
 class CrossContextMixin:
@@ -48,8 +50,6 @@ class CrossContextMixin:
         """Short sha256 of the adapter's weights file (messages name the adapter that made them)."""
         cached = self.__dict__.get("_weights_sha")
         if cached is None:
-            from lcf.runtime import WEIGHTS_NAME
-
             if self.folder is None:
                 raise LCFError("this adapter was not loaded from a folder, so it has no weights fingerprint")
             digest = hashlib.sha256()
@@ -146,18 +146,10 @@ class CrossContextMixin:
             raise LCFError(f"receive: {len(msgs)} messages for {len(questions)} questions")
         own = [own_context] * len(questions) if isinstance(own_context, str) else list(own_context)
         views = [self.read_message(m).to_view(self.compressor.shapes.sharer, device=self._device()) for m in msgs]
-        view = views[0] if len(views) == 1 else _cat_views(views)
+        view = views[0] if len(views) == 1 else cat_views(views)
         batch = {k: v.to(self._device()) for k, v in self.encode_questions(questions, own).items()}
         new = self.communicator.generate(batch, fuse=fuse, sharer_views=[view], max_new_tokens=max_new_tokens,
                                          pad_token_id=pad_token_id(self.receiver.tokenizer), **generate_kwargs)
         texts = [t.strip() for t in self.receiver.tokenizer.batch_decode(new, skip_special_tokens=True)]
         return texts[0] if single else texts
 
-
-def _cat_views(views: Sequence[Any]) -> Any:
-    from lcf.models.kv import KVView
-
-    first = views[0]
-    return KVView([torch.cat([v.keys[i] for v in views]) for i in range(first.num_layers)],
-                  [torch.cat([v.values[i] for v in views]) for i in range(first.num_layers)], first.seq_len,
-                  first.specs)

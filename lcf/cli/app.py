@@ -21,10 +21,7 @@ from pathlib import Path
 
 from lcf.errors import LCFError
 
-#: `lcf eval --systems` choices (kept here so that `lcf --help` needs no torch import)
-SYSTEM_CHOICES = ("receiver", "sharer", "text", "lora", "adapter", "zero", "mismatched")
-DEFAULT_SYSTEMS = SYSTEM_CHOICES
-XC_SYSTEM_CHOICES = ("receiver", "own", "full", "text", "lcf-x", "int8", "zero", "mismatched")
+from lcf.cli.choices import SYSTEM_CHOICES, XC_SYSTEM_CHOICES
 
 
 def _console():
@@ -101,7 +98,7 @@ def cmd_models_prepare(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from lcf.inspect import inspect_recipe
+    from lcf.cli.inspect import inspect_recipe
 
     inspect_recipe(args.recipe, args.overrides, text=args.text, console=_console())
     return 0
@@ -132,18 +129,18 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from lcf.demo import run_demo
+    from lcf.cli.demo import run_demo
 
     run_demo(args.recipe, args.overrides, skip_train=args.skip_train, console=_console())
     return 0
 
 
 def _lazy(name: str):
-    """A command implemented in lcf.cli_commands (imported only when that command runs)."""
+    """A command implemented in lcf.cli.commands (imported only when that command runs)."""
     def run(args) -> int:
-        from lcf import cli_commands
+        from lcf.cli import commands
 
-        return getattr(cli_commands, name)(args)
+        return getattr(commands, name)(args)
 
     return run
 

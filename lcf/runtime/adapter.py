@@ -7,14 +7,13 @@ Needs only torch, transformers and safetensors (no Lightning, DeepSpeed or Omega
     print(adapter.generate("Name three primary colours."))
 
 Cross-context adapters (with a compressor) read a context on the sharer's side and a question on
-the receiver's; the summary can travel between processes as a latent message (:mod:`lcf.messages`):
+the receiver's; the summary can travel between processes as a latent message (:mod:`lcf.runtime.messages`):
 
     msg = sender.send(context)                           # sender: load_adapter(path)
     answer = receiver.receive(msg, question)             # receiver: load_adapter(path, with_sharer=False)
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,59 +28,10 @@ from lcf.errors import LCFError
 from lcf.models.fingerprint import fingerprint
 from lcf.models.loading import LoadedModel, load_model
 from lcf.registry import compressors, token_aligners, translators
-from lcf.xcontext import CrossContextMixin
+from lcf.runtime.format import AdapterError, load_weights, read_config, split_state
+from lcf.runtime.xcontext import CrossContextMixin
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter.safetensors"
-COMPRESSOR_PREFIX = "compressor."
-KNOWN_KEYS = {
-    "format_version", "lcf_version", "translator", "compressor", "shapes", "layer_map", "token_alignment",
-    "templates", "sharer", "receiver", "dtype", "num_parameters", "size_bytes", "training",
-}
-
-
-class AdapterError(LCFError, ValueError):
-    """An adapter folder that cannot be loaded (missing, corrupted, or for other models)."""
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise AdapterError(f"{folder} is not an lcf adapter: {CONFIG_NAME} is missing (export one with `lcf export`)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{path} is not valid JSON ({exc}); re-export the adapter") from exc
-    if cfg.get("format_version") != FORMAT_VERSION:
-        raise AdapterError(f"{path}: format_version {cfg.get('format_version')!r} is not supported (expected {FORMAT_VERSION}); upgrade lcf")
-    unknown = sorted(set(cfg) - KNOWN_KEYS)
-    if unknown:
-        log.warning("%s: ignoring unknown keys %s (written by a newer lcf?)", path, unknown)
-    return cfg
-
-
-def load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = folder / WEIGHTS_NAME
-    if not path.is_file():
-        raise AdapterError(f"{path} is missing: the adapter folder is incomplete; re-export it")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise AdapterError(
-            f"{path} is truncated or corrupted ({type(exc).__name__}: {exc}); re-export or re-download the adapter"
-        ) from exc
-
-
-def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(translator tensors, compressor tensors) of an adapter file; compressor keys start with
-    :data:`COMPRESSOR_PREFIX`."""
-    comp = {k[len(COMPRESSOR_PREFIX):]: v for k, v in state.items() if k.startswith(COMPRESSOR_PREFIX)}
-    return {k: v for k, v in state.items() if not k.startswith(COMPRESSOR_PREFIX)}, comp
 
 
 def _strict_load(module, state: dict[str, torch.Tensor], what: str):
@@ -147,7 +97,7 @@ def check_fingerprint(role: str, expected: dict, lm: LoadedModel) -> None:
 @dataclass
 class Adapter(CrossContextMixin):
     """An exported adapter with its models. ``sharer`` is None when loaded with ``with_sharer=False``
-    (a receiving process of cross-context messages). Cross-context methods: :mod:`lcf.xcontext`."""
+    (a receiving process of cross-context messages). Cross-context methods: :mod:`lcf.runtime.xcontext`."""
 
     config: dict[str, Any]
     communicator: Communicator

@@ -1,11 +1,11 @@
-"""Implementations of the evaluation and cross-context commands of :mod:`lcf.cli`:
+"""Implementations of the evaluation and cross-context commands of :mod:`lcf.cli.app`:
 ``lcf eval``, ``lcf eval-xc``, ``lcf send`` and ``lcf receive``."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from lcf.cli import DEFAULT_SYSTEMS
+from lcf.cli.choices import DEFAULT_SYSTEMS
 from lcf.errors import LCFError
 
 

@@ -1,0 +1,7 @@
+"""Choice lists shared by the parser and the commands (here so that `lcf --help` needs no torch import)."""
+
+#: `lcf eval --systems` choices
+SYSTEM_CHOICES = ("receiver", "sharer", "text", "lora", "adapter", "zero", "mismatched")
+DEFAULT_SYSTEMS = SYSTEM_CHOICES
+#: `lcf eval-xc --systems` choices
+XC_SYSTEM_CHOICES = ("receiver", "own", "full", "text", "lcf-x", "int8", "zero", "mismatched")

@@ -1,0 +1,23 @@
+"""The inference runtime: what other code imports to use an exported adapter, without the training stack.
+
+Needs only torch, transformers and safetensors (no Lightning, DeepSpeed or OmegaConf)::
+
+    from lcf.runtime import load_adapter
+    adapter = load_adapter("checkpoints/quickstart/adapter")
+    print(adapter.generate("Name three primary colours."))
+
+- :mod:`lcf.runtime.format`    the adapter folder (file names, config keys, reading with clear errors)
+- :mod:`lcf.runtime.adapter`   :func:`load_adapter` and :class:`Adapter` (shared-context generation)
+- :mod:`lcf.runtime.xcontext`  cross-context ``send`` / ``receive`` (LCF-X)
+- :mod:`lcf.runtime.messages`  latent messages: the bytes that travel between a sender and a receiver
+"""
+from lcf.runtime.adapter import Adapter, build_compressor, build_translator, check_fingerprint, load_adapter
+from lcf.runtime.format import (COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, KNOWN_KEYS, WEIGHTS_NAME,
+                                AdapterError, load_weights, read_config, split_state)
+from lcf.runtime.messages import LatentMessage, MessageError
+
+__all__ = [
+    "Adapter", "AdapterError", "LatentMessage", "MessageError", "load_adapter", "read_config", "load_weights",
+    "split_state", "build_translator", "build_compressor", "check_fingerprint",
+    "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "COMPRESSOR_PREFIX", "KNOWN_KEYS",
+]

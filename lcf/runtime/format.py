@@ -1,0 +1,63 @@
+"""The adapter folder format: file names, the config's keys, and reading both files with clear errors."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lcf.errors import LCFError
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+COMPRESSOR_PREFIX = "compressor."
+KNOWN_KEYS = {
+    "format_version", "lcf_version", "translator", "compressor", "shapes", "layer_map", "token_alignment",
+    "templates", "sharer", "receiver", "dtype", "num_parameters", "size_bytes", "training",
+}
+
+
+class AdapterError(LCFError, ValueError):
+    """An adapter folder that cannot be loaded (missing, corrupted, or for other models)."""
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise AdapterError(f"{folder} is not an lcf adapter: {CONFIG_NAME} is missing (export one with `lcf export`)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{path} is not valid JSON ({exc}); re-export the adapter") from exc
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise AdapterError(f"{path}: format_version {cfg.get('format_version')!r} is not supported (expected {FORMAT_VERSION}); upgrade lcf")
+    unknown = sorted(set(cfg) - KNOWN_KEYS)
+    if unknown:
+        log.warning("%s: ignoring unknown keys %s (written by a newer lcf?)", path, unknown)
+    return cfg
+
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        raise AdapterError(f"{path} is missing: the adapter folder is incomplete; re-export it")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise AdapterError(
+            f"{path} is truncated or corrupted ({type(exc).__name__}: {exc}); re-export or re-download the adapter"
+        ) from exc
+
+
+def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(translator tensors, compressor tensors) of an adapter file; compressor keys start with
+    :data:`COMPRESSOR_PREFIX`."""
+    comp = {k[len(COMPRESSOR_PREFIX):]: v for k, v in state.items() if k.startswith(COMPRESSOR_PREFIX)}
+    return {k: v for k, v in state.items() if not k.startswith(COMPRESSOR_PREFIX)}, comp
