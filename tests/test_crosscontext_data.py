@@ -394,3 +394,42 @@ def test_real_tokenizers_span_ids(real_receiver_tokenizer, real_sharer_tokenizer
                 texts = [tok.decode(pieces[k]).strip() for k in range(3)]
                 assert texts == [REAL_CONTEXT[a:b] for a, b in split_spans(REAL_CONTEXT, "paragraph")]
         assert counts["paragraph"] == 3 and counts["sentence"] == 5 and counts["tokens"] > 5
+
+
+# -- fact_transfer with open values ----------------------------------------------------------------------
+def test_fact_transfer_open_values_unseen_in_training():
+    from lcf.data.fact_pools import is_val_value
+
+    data = FactTransferData(num_train=400, num_val=100, values="open", phrasing="varied", num_paragraphs=[1, 5],
+                            seed=2)
+    train, val = data.split_examples()
+    train_text = "\n".join(e.sharer_context + "\n" + e.question for e in train).lower()
+    for ex in val:
+        answer = ex.answers[0]
+        # the answer is in the answer paragraph only, and no training context holds it anywhere
+        assert answer in ex.sharer_context and answer.lower() not in ex.question.lower()
+        assert not re.search(rf"\b{re.escape(answer.lower())}\b", train_text), answer
+    asked = {e.question.split()[0] for e in val}
+    assert len(asked) >= 3  # several question phrasings
+    people = {len(split_spans(e.sharer_context, "paragraph")) for e in train}
+    assert people == {1, 2, 3, 4, 5}
+    # training answers come from the training part, validation answers from the validation part
+    attr_of = {"Which city": "city", "Where does": "city", "What city": "city", "In which": "city"}
+    for split, items in (("train", train), ("val", val)):
+        for e in items:
+            key = " ".join(e.question.split()[:2])
+            if key in attr_of:
+                assert is_val_value("city", e.answers[0], 2) == (split == "val"), (split, e.answers[0])
+
+
+def test_fact_transfer_open_values_deterministic_and_checked():
+    a = FactTransferData(num_train=30, num_val=10, values="open", num_paragraphs=2, seed=5)
+    assert a.examples() == FactTransferData(num_train=30, num_val=10, values="open", num_paragraphs=2, seed=5).examples()
+    for ex in a.examples():  # fixed phrasing: one statement form per attribute
+        assert len(split_spans(ex.sharer_context, "paragraph")) == 2
+    with pytest.raises(DataError, match="unknown attribute 'job' for values=closed"):
+        FactTransferData(attributes=["job"])
+    with pytest.raises(DataError, match=r"\[lo, hi\]"):
+        FactTransferData(num_paragraphs=[3, 2])
+    with pytest.raises(DataError, match="values must be one of closed, open"):
+        FactTransferData(values="free")

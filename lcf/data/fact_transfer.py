@@ -18,6 +18,13 @@ person's asked attribute; the answer is the short value::
 Attributes (closed vocabularies; ``attributes`` picks a subset): ``city`` (16 cities), ``colour``
 (12), ``pet`` (12), ``locker`` (a 2–3 digit number), ``code_word`` (an invented word).
 
+``values: open`` draws every value from large open pools (real and invented cities, colours, animals,
+jobs, numbers, invented code words; see :mod:`lcf.data.fact_pools`) split into disjoint training and
+validation parts, so a validation answer was never seen in training: only a message that carries
+the information in the context can pass. ``phrasing: varied`` states and asks each fact in one of
+several phrasings and shuffles the sentences of a paragraph. ``num_paragraphs: [lo, hi]`` draws the
+number of people of each world (a curriculum from one person to many).
+
 Guarantees: the answer string occurs in the answer paragraph only (never in another paragraph nor in
 the question, case-insensitively); training and validation use disjoint first names AND disjoint
 last names (split from the syllable pools by ``seed``), so no validation person was seen in
@@ -32,11 +39,13 @@ receiver must take the answer from the sharer and not echo its own context.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from itertools import product
 from typing import Literal
 
 from lcf.data.crosscontext import XCExample
+from lcf.data.fact_pools import OPEN_ATTRIBUTES, PHRASINGS, open_value, value_split
 from lcf.data.rows import DataError
 from lcf.data.xcdata import XCData
 from lcf.errors import suggest
@@ -105,7 +114,9 @@ class FactTransferData(XCData):
     """Synthetic cross-context facts (see the module docstring); needs no data files.
 
     num_train, num_val: examples generated for training / validation (disjoint people).
-    num_paragraphs: paragraphs (people) per context.
+    num_paragraphs: paragraphs (people) per context, or ``[lo, hi]``: drawn per example.
+    values: ``closed`` (the small lists) or ``open`` (open pools, validation values unseen in training).
+    phrasing: ``fixed`` (one phrasing per attribute) or ``varied``.
     attributes: the attributes questions may ask (default: all of ``city``, ``colour``, ``pet``,
         ``locker``, ``code_word``).
     receiver_context: ``none`` (question only) or ``half`` (the receiver also reads distractors).
@@ -121,9 +132,11 @@ class FactTransferData(XCData):
         self,
         num_train: int = 2000,
         num_val: int = 100,
-        num_paragraphs: int = 3,
+        num_paragraphs: int | list[int] = 3,
         attributes: list[str] | None = None,
         seed: int = 0,
+        values: Literal["closed", "open"] = "closed",
+        phrasing: Literal["fixed", "varied"] = "fixed",
         receiver_context: Literal["none", "half"] = "none",
         receiver_template: str = "auto",
         sharer_template: str = "auto",
@@ -134,20 +147,28 @@ class FactTransferData(XCData):
         max_response_tokens: int = 32,
         data_root: str | None = None,
     ) -> None:
+        people = list(num_paragraphs) if isinstance(num_paragraphs, (list, tuple)) else [num_paragraphs] * 2
+        if len(people) != 2 or people[0] > people[1]:
+            raise DataError(f"fact_transfer: num_paragraphs must be an int or [lo, hi] with lo <= hi, got "
+                            f"{num_paragraphs!r}")
         for key, value, low in (("num_train", num_train, 1), ("num_val", num_val, 0),
-                                ("num_paragraphs", num_paragraphs, 1)):
+                                ("num_paragraphs", people[0], 1), ("num_paragraphs", people[1], 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise DataError(f"fact_transfer: {key} must be an int >= {low}, got {value!r}")
-        attrs = list(ATTRIBUTES) if attributes is None else list(attributes)
+        for key, value, choices in (("values", values, ("closed", "open")), ("phrasing", phrasing, ("fixed", "varied"))):
+            if value not in choices:
+                raise DataError(f"fact_transfer: {key} must be one of {', '.join(choices)}, got {value!r}")
+        known = tuple(ATTRIBUTES) if values == "closed" else OPEN_ATTRIBUTES
+        attrs = list(known) if attributes is None else list(attributes)
         if not attrs:
-            raise DataError(f"fact_transfer: attributes is empty; pick at least one of {', '.join(ATTRIBUTES)}")
+            raise DataError(f"fact_transfer: attributes is empty; pick at least one of {', '.join(known)}")
         for a in attrs:
-            if a not in ATTRIBUTES:
-                raise DataError(f"fact_transfer: unknown attribute {a!r}.{suggest(str(a), ATTRIBUTES)} "
-                                f"Known attributes: {', '.join(ATTRIBUTES)}.")
-        for a in attrs:
+            if a not in known:
+                raise DataError(f"fact_transfer: unknown attribute {a!r} for values={values}.{suggest(str(a), known)} "
+                                f"Known attributes: {', '.join(known)}.")
+        for a in attrs if values == "closed" else ():
             vocab = ATTRIBUTES[a].vocabulary
-            if vocab and num_paragraphs > len(vocab):
+            if vocab and people[1] > len(vocab):
                 raise DataError(
                     f"fact_transfer: num_paragraphs={num_paragraphs} people need different values of {a!r}, which has "
                     f"only {len(vocab)}; use num_paragraphs <= {len(vocab)} or drop {a!r} from attributes"
@@ -158,11 +179,14 @@ class FactTransferData(XCData):
                          max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens,
                          receiver_context=receiver_context)
         self.num_train, self.num_val, self.num_paragraphs = num_train, num_val, num_paragraphs
+        self.people, self.values, self.phrasing = (people[0], people[1]), values, phrasing
         self.attributes = list(dict.fromkeys(attrs))
+        self._pools = value_split(seed) if values == "open" else None
 
     def __repr__(self) -> str:
         return (f"FactTransferData(num_train={self.num_train}, num_val={self.num_val}, "
                 f"num_paragraphs={self.num_paragraphs}, attributes={self.attributes}, seed={self.seed}, "
+                f"values={self.values!r}, phrasing={self.phrasing!r}, "
                 f"receiver_context={self.receiver_context!r}, spans={self.spans!r})")
 
     def read(self) -> list[XCExample]:
@@ -178,25 +202,43 @@ class FactTransferData(XCData):
         """``n`` examples of ``split`` (independent of the other split's size)."""
         firsts, lasts = name_pools(self.seed)[split]
         rng = random.Random(f"fact_transfer/{self.seed}/{split}")
-        return [self._example(rng, firsts, lasts, f"fact_transfer/{split}/{i}", f"fact_transfer:{split}")
+        return [self._example(rng, firsts, lasts, f"fact_transfer/{split}/{i}", f"fact_transfer:{split}", split)
                 for i in range(n)]
 
-    def _example(self, rng: random.Random, firsts: list[str], lasts: list[str], id: str, source: str) -> XCExample:
-        n = self.num_paragraphs
+    def _statement(self, attribute: str, rng: random.Random, question: bool = False) -> str:
+        if self.values == "closed" and self.phrasing == "fixed":
+            return ATTRIBUTES[attribute].question if question else ATTRIBUTES[attribute].statement
+        options = PHRASINGS[attribute][1 if question else 0]
+        return rng.choice(options) if self.phrasing == "varied" else options[0]
+
+    def _draw(self, attribute: str, split: str, rng: random.Random) -> str:
+        if self._pools is None:
+            return _value(attribute, rng)
+        return open_value(attribute, split, self._pools, self.seed, rng)
+
+    def _example(self, rng: random.Random, firsts: list[str], lasts: list[str], id: str, source: str,
+                 split: str = "train") -> XCExample:
+        n = self.num_paragraphs if isinstance(self.num_paragraphs, int) else rng.randint(*self.people)
+        all_attrs = list(ATTRIBUTES) if self.values == "closed" else list(OPEN_ATTRIBUTES)
         while True:  # resample the rare worlds where the answer string also occurs elsewhere
             names = [f"{f} {l}" for f, l in zip(rng.sample(firsts, n), rng.sample(lasts, n))]
             asked = rng.choice(self.attributes)
-            values = self._distinct_values(asked, n, rng)
+            values = self._distinct_values(asked, n, rng, lambda: self._draw(asked, split, rng))
             paragraphs = []
             for name, value in zip(names, values):
-                sentences = [ATTRIBUTES[asked].statement.format(name=name, value=value)]
-                others = [a for a in ATTRIBUTES if a != asked]
+                sentences = [self._statement(asked, rng).format(name=name, value=value)]
+                others = [a for a in all_attrs if a != asked]
                 if rng.random() < 0.5:
                     extra = rng.choice(others)
-                    sentences.append(ATTRIBUTES[extra].statement.format(name=name, value=_value(extra, rng)))
+                    sentences.append(self._statement(extra, rng).format(name=name,
+                                                                        value=self._draw(extra, split, rng)))
+                if self.values == "open":  # "a engineer" -> "an engineer"
+                    sentences = [re.sub(r"\ba ([aeiouAEIOU])", r"an \1", x) for x in sentences]
+                if self.phrasing == "varied":
+                    rng.shuffle(sentences)
                 paragraphs.append(" ".join(sentences))
             target = rng.randrange(n)
-            question = ATTRIBUTES[asked].question.format(name=names[target])
+            question = self._statement(asked, rng, question=True).format(name=names[target])
             answer = values[target]
             others_text = " ".join(p for i, p in enumerate(paragraphs) if i != target) + " " + question
             if answer.lower() in paragraphs[target].lower() and answer.lower() not in others_text.lower():
@@ -213,15 +255,14 @@ class FactTransferData(XCData):
             receiver_context="\n\n".join(paragraphs[i] for i in receiver_idx), source=source,
         )
 
-    @staticmethod
-    def _distinct_values(attribute: str, n: int, rng: random.Random) -> list[str]:
+    def _distinct_values(self, attribute: str, n: int, rng: random.Random, draw) -> list[str]:
         """``n`` different values of ``attribute``, none a substring of another (e.g. locker 41 and 417)."""
-        vocab = ATTRIBUTES[attribute].vocabulary
+        vocab = ATTRIBUTES[attribute].vocabulary if self.values == "closed" else ()
         if vocab:
             return rng.sample(vocab, n)
         out: list[str] = []
         while len(out) < n:
-            v = _value(attribute, rng)
+            v = draw()
             if not any(v.lower() in o.lower() or o.lower() in v.lower() for o in out):
                 out.append(v)
         return out
