@@ -160,8 +160,8 @@ class Communicator(nn.Module):
         for i, (translator, inp) in enumerate(zip(self.translators, self.sharer_inputs(batch))):
             s_view = given[i] if given[i] is not None else self.sharer_view(i, inp, sharer_transform)
             if self.compressor(i) is not None:
-                # a summary: every receiver prompt position reads its position 0
-                index, amask = torch.zeros_like(ids[:, :-1]), mask[:, :-1].bool()
+                # a summary: the compressor says what each receiver prompt position reads (one slot: position 0)
+                s_view, index, amask = self.compressor(i).read(s_view, base, mask[:, :-1].bool())
             else:
                 index, amask = inp.align_index[:, :-1], inp.align_mask[:, :-1].bool() & mask[:, :-1].bool()
             if self.combine == "sequential":

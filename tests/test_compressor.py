@@ -134,7 +134,12 @@ def test_missing_span_ids_and_bad_arguments():
     with pytest.raises(LCFError, match="2 compressors for 1 sharers"):
         Communicator(comm.receiver, comm.sharers, list(comm.translators), compressors=[None, None])
     assert SpanPool(shapes, spans="tokens", span_tokens=4).init_args == {"spans": "tokens", "span_tokens": 4,
-                                                                         "max_spans": 64}
+                                                                         "max_spans": 64, "slots": 1,
+                                                                         "slot_mode": "spans"}
+    with pytest.raises(RecipeError, match="slots"):
+        SpanPool(shapes, slots=0)
+    with pytest.raises(RecipeError, match="slot_mode must be one of spans, queries"):
+        SpanPool(shapes, slots=2, slot_mode="heads")
 
 
 def test_sliding_window_layers_summarise_what_they_store():
@@ -154,3 +159,75 @@ def test_sliding_window_layers_summarise_what_they_store():
     empty = KVView([k[:, :, :0] for k in view.keys], [v[:, :, :0] for v in view.values], 10, view.specs)
     zero = comp(empty, batch["sharer_span_ids"])
     assert torch.equal(zero.keys[2], torch.zeros(2, 1, 1, 8))
+
+
+# -- several summary slots ------------------------------------------------------------------------------
+def make_slots(slots, mode="spans", perturb=True):
+    receiver, sharer = tiny_llama(), tiny_gemma3(seed=10)
+    shapes = PairShapes.from_configs(sharer.config, receiver.config, NearestLayerMap()(3, 2))
+    tr = translators.build({"type": "lcf_lowrank", "rank": 8}, "translator", shapes=shapes)
+    comp = compressors.build({"type": "span_pool", "spans": "sentence", "slots": slots, "slot_mode": mode},
+                             "compressor", shapes=shapes)
+    if perturb:
+        with torch.no_grad():
+            for p in tr.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return Communicator(receiver, [sharer], [tr], compressors=[comp])
+
+
+def test_one_slot_keeps_the_exported_tensor_names():
+    names = set(make_xc().compressor(0).state_dict())
+    assert names == {f"{kind}.{s}" for kind in ("span_query", "summary_query") for s in (0, 2)}
+    assert make_slots(1).compressor(0).summary_len == 1
+
+
+def test_span_slots_hold_one_span_each_and_the_fresh_reader_takes_their_mean():
+    comm = make_slots(4, perturb=False).eval()
+    comp = comm.compressor(0)
+    batch = xc_batch()
+    view = prefill(comm.sharers[0], batch["sharer_prompt_ids"], attention_mask=batch["sharer_prompt_mask"])
+    out = comp(view, batch["sharer_span_ids"])
+    assert out.seq_len == 4 and out.keys[2].shape == (2, 1, 4, 8)
+    k, ids = view.keys[2], batch["sharer_span_ids"]
+    for row, spans in ((0, 3), (1, 2)):
+        for p in range(4):
+            want = k[row, :, ids[row] == p].mean(1) if p < spans else torch.zeros(1, 8)
+            assert torch.allclose(out.keys[2][row, :, p], want, atol=1e-5), (row, p)
+    # more spans than slots: the later ones merge into the last slot
+    two = make_slots(2, perturb=False).compressor(0)(view, ids)
+    assert torch.allclose(two.keys[2][0, :, 1], k[0, :, (ids[0] == 1) | (ids[0] == 2)].mean(1), atol=1e-5)
+    # the zero-initialised read query: every receiver position reads the mean of the present slots
+    base = comm.fused_prompt_cache(batch, fuse=False)
+    mask = batch["receiver_prompt_mask"][:, :-1].bool()
+    read, index, amask = comp.read(out, base, mask)
+    assert read.seq_len == base.seq_len and torch.equal(amask, mask) and torch.equal(index[0], torch.arange(5))
+    for row, spans in ((0, 3), (1, 2)):
+        want = out.keys[2][row, :, :spans].mean(1)
+        assert torch.allclose(read.keys[2][row, :, 3], want, atol=1e-5)
+    # an all-zero summary (the zero control) reads as zero
+    zero = KVView([torch.zeros_like(x) for x in out.keys], [torch.zeros_like(x) for x in out.values], 4, out.specs)
+    assert comp.read(zero, base, mask)[0].keys[2].abs().sum() == 0
+
+
+@pytest.mark.parametrize("mode", ["spans", "queries"])
+def test_slots_train_end_to_end_and_read_by_receiver_position(mode):
+    comm = make_slots(3, mode)
+    comm.train()
+    batch = xc_batch()
+    comm(batch)["loss"].backward()
+    comp = comm.compressor(0)
+    assert comp.read_query["2"].weight.grad.abs().sum() > 0
+    if mode == "queries":
+        assert comp.summary_query["2"].shape == (3, 1, 8) and comp.summary_query["2"].grad.abs().sum() > 0
+    with torch.no_grad():
+        comp.read_query["2"].weight.normal_()
+    comm.eval()
+    summary = comm.summaries(batch)[0]
+    assert summary.seq_len == 3
+    base = comm.fused_prompt_cache(batch, fuse=False)
+    read, _, _ = comp.read(summary, base, batch["receiver_prompt_mask"][:, :-1].bool())
+    # a trained reader makes different positions read different mixtures of the slots
+    assert not torch.allclose(read.keys[2][0, :, 2], read.keys[2][0, :, 4])
+    fused = comm.fused_prompt_cache(batch)
+    again = comm.fused_prompt_cache(batch, sharer_views=[summary])
+    assert all(torch.equal(x, y) for x, y in zip(again.keys, fused.keys))

@@ -70,6 +70,11 @@ class Compressor(nn.Module):
         each of those positions (``-1``: not part of the context — template, padding)."""
         raise NotImplementedError(f"{type(self).__name__} must implement summarise_layer()")
 
+    def read(self, summary: KVView, receiver: KVView, mask: torch.Tensor) -> tuple[KVView, torch.Tensor, torch.Tensor]:
+        """``(view, align_index, align_mask)`` the translator reads at the receiver prompt positions:
+        by default every real position (``mask``, ``(B, T)``) reads summary position 0."""
+        return summary, torch.zeros_like(mask, dtype=torch.long), mask.bool()
+
     # -- the whole cache -----------------------------------------------------------------------------
     def forward(self, view: KVView, span_ids: torch.Tensor) -> KVView:
         """The summary of every read sharer layer; ``span_ids`` is ``(B, view.seq_len)``."""

@@ -10,7 +10,14 @@ Per summarised sharer layer and KV head, two learned queries (``D`` numbers each
 
 Queries start at zero, i.e. as mean pooling. Nothing depends on the number of spans or on how they
 were cut, so a compressor trained on paragraphs runs on sentences or fixed token blocks too.
-``summary_heads`` > 1 learns several summary queries per head (``summary_len`` positions).
+
+``slots`` > 1 sends ``slots`` summary positions per layer and head instead of one (a richer message):
+``slot_mode="spans"`` gives each of the first ``slots`` spans its own slot (later spans merge into
+the last; unused slots are all zero), ``slot_mode="queries"`` learns ``slots`` summary queries. The
+receiver then *reads* the slots: each receiver prompt position attends over the present slots with a
+query projected from its own K/V (:meth:`SpanPool.read`), so the question's words can pick the slot
+of the person they name. The read projection starts at zero, i.e. as the mean of the present slots.
+With ``slots=1`` the module and its tensors are exactly those of the one-slot compressor.
 """
 from __future__ import annotations
 
@@ -22,8 +29,11 @@ from torch import nn
 from lcf.compressors.base import Compressor
 from lcf.data.spans import SPAN_SCHEMES
 from lcf.errors import RecipeError
+from lcf.models.kv import KVView
 from lcf.registry import compressors
 from lcf.translators.base import PairShapes
+
+SLOT_MODES = ("spans", "queries")
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -41,31 +51,56 @@ class SpanPool(Compressor):
     spans, span_tokens: how the context is cut into spans by default (``paragraph``, ``sentence`` or
         ``tokens`` of ``span_tokens`` tokens). Recorded in the adapter; any scheme works at run time.
     max_spans: spans beyond this many (per example) are merged into the last one (bounds memory).
+    slots: summary positions per layer and head (1: the paper's single pooled summary).
+    slot_mode: ``spans`` (one slot per span) or ``queries`` (``slots`` learned summary queries).
     """
 
-    def __init__(self, shapes: PairShapes, spans: str = "paragraph", span_tokens: int = 32, max_spans: int = 64):
+    def __init__(self, shapes: PairShapes, spans: str = "paragraph", span_tokens: int = 32, max_spans: int = 64,
+                 slots: int = 1, slot_mode: str = "spans"):
         super().__init__(shapes)
         if spans not in SPAN_SCHEMES:
             raise RecipeError(f"span_pool: spans must be one of {', '.join(SPAN_SCHEMES)}, got {spans!r}")
-        for name, value in (("span_tokens", span_tokens), ("max_spans", max_spans)):
+        for name, value in (("span_tokens", span_tokens), ("max_spans", max_spans), ("slots", slots)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RecipeError(f"span_pool: `{name}` must be an integer >= 1, got {value!r}")
+        if slot_mode not in SLOT_MODES:
+            raise RecipeError(f"span_pool: slot_mode must be one of {', '.join(SLOT_MODES)}, got {slot_mode!r}")
         self.spans, self.span_tokens, self.max_spans = spans, span_tokens, max_spans
+        self.slots, self.slot_mode = slots, slot_mode
+        self.summary_len = slots
         self.span_query = nn.ParameterDict()
         self.summary_query = nn.ParameterDict()
+        self.read_query = nn.ModuleDict()
+        gen = torch.Generator().manual_seed(0)
         for s in self.sharer_layers:
             spec = shapes.sharer[s]
             self.span_query[str(s)] = nn.Parameter(torch.zeros(spec.kv_heads, spec.head_dim))
-            self.summary_query[str(s)] = nn.Parameter(torch.zeros(spec.kv_heads, spec.head_dim))
+            if slots == 1:
+                self.summary_query[str(s)] = nn.Parameter(torch.zeros(spec.kv_heads, spec.head_dim))
+                continue
+            if slot_mode == "queries":  # distinct starting queries, or every slot would stay the same
+                q = torch.randn(slots, spec.kv_heads, spec.head_dim, generator=gen) * spec.head_dim ** -0.5
+                self.summary_query[str(s)] = nn.Parameter(q)
+            t = self.reader_layer(s)
+            r = shapes.receiver[t]
+            read = nn.Linear(2 * r.kv_heads * r.head_dim, spec.kv_heads * spec.head_dim)
+            nn.init.zeros_(read.weight)
+            nn.init.zeros_(read.bias)
+            self.read_query[str(s)] = read
+
+    def reader_layer(self, sharer_layer: int) -> int:
+        """The receiver layer whose K/V query the slots of ``sharer_layer``: the last one fused from it."""
+        return max(t for t, s in enumerate(self.shapes.layer_map.sharer_of) if s == sharer_layer)
 
     def summarise_layer(self, layer, keys, values, span_ids):
         b, h, n, d = keys.shape
         dtype = self.span_query[str(layer)].dtype
         k, v = keys.to(dtype), values.to(dtype)
-        span_ids = span_ids.clamp(max=self.max_spans - 1)
+        per_span = self.slots > 1 and self.slot_mode == "spans"
+        span_ids = span_ids.clamp(max=(self.slots if per_span else self.max_spans) - 1)
         p = int(span_ids.max().item()) + 1 if n and span_ids.numel() else 0
         if p <= 0:  # nothing of the context is stored: an all-zero summary
-            zero = k.new_zeros(b, h, 1, d)
+            zero = k.new_zeros(b, h, self.slots, d)
             return zero, zero
         member = span_ids.unsqueeze(1) == torch.arange(p, device=span_ids.device).view(1, p, 1)  # (B, P, N)
         scale = 1.0 / math.sqrt(d)
@@ -73,9 +108,46 @@ class SpanPool(Compressor):
         a = masked_softmax(scores.unsqueeze(2).expand(b, h, p, n), member.unsqueeze(1), dim=-1)  # (B, H, P, N)
         span_k = torch.einsum("bhpn,bhnd->bhpd", a, k)
         span_v = torch.einsum("bhpn,bhnd->bhpd", a, v)
+        if per_span:  # spans are the slots (absent spans are all zero); pad to `slots`
+            pad = (0, 0, 0, self.slots - p)
+            return (torch.nn.functional.pad(span_k, pad).to(keys.dtype),
+                    torch.nn.functional.pad(span_v, pad).to(values.dtype))
         present = member.any(-1)  # (B, P): spans with at least one stored position
-        scores2 = torch.einsum("bhpd,hd->bhp", span_k, self.summary_query[str(layer)]) * scale
-        a2 = masked_softmax(scores2, present.unsqueeze(1).expand(b, h, p), dim=-1)  # (B, H, P)
-        out_k = torch.einsum("bhp,bhpd->bhd", a2, span_k).unsqueeze(2)
-        out_v = torch.einsum("bhp,bhpd->bhd", a2, span_v).unsqueeze(2)
+        query = self.summary_query[str(layer)]
+        query = query.unsqueeze(0) if query.dim() == 2 else query  # (S, H, D)
+        scores2 = torch.einsum("bhpd,shd->bhsp", span_k, query) * scale
+        a2 = masked_softmax(scores2, present.view(b, 1, 1, p).expand(b, h, query.shape[0], p), dim=-1)  # (B,H,S,P)
+        out_k = torch.einsum("bhsp,bhpd->bhsd", a2, span_k)
+        out_v = torch.einsum("bhsp,bhpd->bhsd", a2, span_v)
         return out_k.to(keys.dtype), out_v.to(values.dtype)
+
+    def read(self, summary: KVView, receiver: KVView, mask: torch.Tensor) -> tuple[KVView, torch.Tensor, torch.Tensor]:
+        """What each receiver prompt position reads: one slot-attention row per position (slots > 1).
+
+        summary: ``(B, H, slots, D)`` per summarised layer; receiver: the receiver's prompt cache
+        (``T`` positions); mask: ``(B, T)`` real positions. Returns ``(view, align_index, align_mask)``
+        for the translator: a view of ``T`` rows per summarised layer and the identity alignment.
+        Slots that are all zero (absent spans, the zero control) are not read."""
+        if self.slots == 1:
+            return super().read(summary, receiver, mask)
+        b, t = mask.shape
+        keys, values = [], []
+        for i, spec in enumerate(summary.specs):
+            sk, sv = summary.keys[i], summary.values[i]
+            if i not in self.sharer_layers:
+                keys.append(sk[:, :, :0])
+                values.append(sv[:, :, :0])
+                continue
+            read = self.read_query[str(i)]
+            rk, rv = receiver.layer(self.reader_layer(i))
+            rows = torch.cat([rk, rv], dim=-1).transpose(1, 2).reshape(b, rk.shape[2], -1)  # (B, Tr, Hr*2Dr)
+            rows = torch.nn.functional.pad(rows, (0, 0, t - rows.shape[1], 0))  # a sliding layer keeps the last
+            q = read(rows.to(read.weight.dtype)).view(b, t, spec.kv_heads, spec.head_dim)
+            slot_k, slot_v = sk.to(q.dtype), sv.to(q.dtype)
+            present = (slot_k.abs().sum(-1) > 0).any(1)  # (B, S)
+            scores = torch.einsum("bthd,bhsd->bhts", q, slot_k) / math.sqrt(spec.head_dim)
+            a = masked_softmax(scores, present.view(b, 1, 1, -1).expand_as(scores), dim=-1)
+            keys.append(torch.einsum("bhts,bhsd->bhtd", a, slot_k).to(sk.dtype))
+            values.append(torch.einsum("bhts,bhsd->bhtd", a, slot_v).to(sv.dtype))
+        index = torch.arange(t, device=mask.device).expand(b, t)
+        return KVView(keys, values, t, list(summary.specs)), index, mask.bool()
