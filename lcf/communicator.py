@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lcf.errors import LCFError
-from lcf.models.kv import KVView, prefill
+from lcf.models.kv import KVView, cache_kwargs, prefill
 
 Combine = Literal["sequential", "sum"]
 SharerTransform = Callable[[int, KVView], KVView]
@@ -198,8 +198,8 @@ class Communicator(nn.Module):
         attn = torch.cat([p_mask, r_mask], dim=1)
         start = p_mask.long().sum(-1, keepdim=True) - 1
         pos = start + torch.arange(inp.shape[1], device=inp.device)
-        out = self.receiver(input_ids=inp, attention_mask=attn, past_key_values=view.to_cache(self.receiver),
-                            position_ids=pos, use_cache=True)
+        cache = cache_kwargs(self.receiver, view.to_cache(self.receiver))
+        out = self.receiver(input_ids=inp, attention_mask=attn, position_ids=pos, use_cache=True, **cache)
         return out.logits
 
     # -- inference ---------------------------------------------------------------------------
@@ -219,11 +219,16 @@ class Communicator(nn.Module):
                  sharer_transform: SharerTransform | None = None, sharer_views: Sequence[KVView | None] | None = None,
                  **generate_kwargs) -> torch.Tensor:
         """New token ids (B, <= max_new_tokens) for the prompts of ``batch``; greedy by default."""
-        view = self.fused_prompt_cache(batch, fuse=fuse, sharer_transform=sharer_transform, sharer_views=sharer_views)
-        ids, mask = batch["receiver_prompt_ids"], batch["receiver_prompt_mask"]
+        inputs = self.generation_inputs(batch, fuse=fuse, sharer_transform=sharer_transform, sharer_views=sharer_views)
         generate_kwargs.setdefault("do_sample", False)
-        out = self.receiver.generate(
-            input_ids=ids, attention_mask=mask, past_key_values=view.to_cache(self.receiver),
-            max_new_tokens=max_new_tokens, **generate_kwargs,
-        )
-        return out[:, ids.shape[1]:]
+        out = self.receiver.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+        return out[:, inputs["input_ids"].shape[1]:]
+
+    @torch.no_grad()
+    def generation_inputs(self, batch: dict, *, fuse: bool = True, sharer_transform: SharerTransform | None = None,
+                          sharer_views: Sequence[KVView | None] | None = None) -> dict:
+        """Keyword arguments for ``receiver.generate``: the prompt ids and mask, and a fresh transformers
+        cache holding the fused prompt (all tokens but the last; generate runs the last one)."""
+        view = self.fused_prompt_cache(batch, fuse=fuse, sharer_transform=sharer_transform, sharer_views=sharer_views)
+        return {"input_ids": batch["receiver_prompt_ids"], "attention_mask": batch["receiver_prompt_mask"],
+                **cache_kwargs(self.receiver, view.to_cache(self.receiver))}

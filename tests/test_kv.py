@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lcf.errors import KVCacheError
-from lcf.models.kv import continue_logits, extract_kv, layer_specs, prefill
+from lcf.models.kv import cache_kwarg, cache_kwargs, continue_logits, extract_kv, layer_specs, prefill
 from tests.conftest import tiny_gemma3, tiny_llama
 
 
@@ -98,6 +98,24 @@ def test_real_generate_continues_from_rebuilt_cache(real_sharer):
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         view = prefill(model, ids[:, :-1])
-        a = model.generate(ids, past_key_values=view.to_cache(model), max_new_tokens=5, do_sample=False)
+        a = model.generate(ids, **cache_kwargs(model, view.to_cache(model)), max_new_tokens=5, do_sample=False)
         b = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert torch.equal(a, b)
+
+
+def test_cache_keyword_follows_the_forward_signature():
+    class OldStyle(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return past_key_values
+
+    class NewStyle(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, use_cache=None):
+            return cache
+
+    assert cache_kwarg(OldStyle()) == "past_key_values"
+    assert cache_kwarg(NewStyle()) == "cache"
+    assert NewStyle()(**cache_kwargs(NewStyle(), "c")) == "c"
+    assert OldStyle()(**cache_kwargs(OldStyle(), "c")) == "c"
+    model = tiny_llama()
+    import inspect
+    assert cache_kwarg(model) in inspect.signature(type(model).forward).parameters

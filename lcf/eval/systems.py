@@ -38,7 +38,7 @@ from lcf.align.tokens import auto_special_tokens
 from lcf.communicator import SharerTransform, positions_from_mask
 from lcf.data.features import collate_prompts, pad_token_id, prompt_features
 from lcf.errors import LCFError
-from lcf.models.kv import KVView, prefill
+from lcf.models.kv import KVView, cache_kwargs, prefill
 from lcf.models.loading import LoadedModel
 
 Control = Literal["none", "zero", "mismatched"]
@@ -220,7 +220,7 @@ class PlainModel(System):
         inp, attn = torch.cat([p_ids[:, -1:], r_ids], 1), torch.cat([p_mask, r_mask], 1)
         pos = p_mask.sum(-1, keepdim=True) - 1 + torch.arange(inp.shape[1], device=inp.device)
         logits = self.lm.model(input_ids=inp, attention_mask=attn, position_ids=pos, use_cache=True,
-                               past_key_values=expand_view(view, item).to_cache(self.lm.model)).logits
+                               **cache_kwargs(self.lm.model, expand_view(view, item).to_cache(self.lm.model))).logits
         return row_log_likelihood(logits, r_ids, r_mask, options)
 
     def _generate(self, features: list[Feature], max_new_tokens: int, min_new_tokens: int) -> list[str]:

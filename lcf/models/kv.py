@@ -8,12 +8,17 @@ gives the absolute position of a layer's first stored entry.
     view = prefill(model, input_ids[:, :-1])            # no LM-head logits over the prompt
     view = view.replace(layer=3, keys=k3, values=v3)     # edit some layers
     cache = view.to_cache(model)                         # a cache the model continues from
-    out = model(input_ids[:, -1:], past_key_values=cache, position_ids=...)
+    out = model(input_ids[:, -1:], **cache_kwargs(model, cache), position_ids=...)
+
+transformers renamed the forward/generate argument ``past_key_values`` to ``cache`` (5.2x; the old
+name warns and goes away in 5.40): :func:`cache_kwargs` passes the cache under the name the
+installed version's forward signature declares.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -106,6 +111,28 @@ class KVView:
         return [tuple(k.shape) for k in self.keys]
 
 
+@lru_cache(maxsize=None)
+def _cache_arg_name(forward) -> str:
+    import inspect
+
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwarg(model) -> str:
+    """The keyword under which ``model``'s forward (and ``generate``) takes a cache: ``"cache"`` on
+    transformers versions whose forward declares it, else ``"past_key_values"``."""
+    return _cache_arg_name(getattr(type(model), "forward", None) or model.forward)
+
+
+def cache_kwargs(model, cache) -> dict[str, Any]:
+    """``{name: cache}`` with the name the installed transformers expects (see :func:`cache_kwarg`)."""
+    return {cache_kwarg(model): cache}
+
+
 def _config(model_or_config):
     return getattr(model_or_config, "config", model_or_config)
 
@@ -172,7 +199,8 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    decoder(model)(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True, **kwargs)
+    body = decoder(model)
+    body(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **cache_kwargs(body, cache), **kwargs)
     return extract_kv(cache, model.config, seq_len=input_ids.shape[1])
 
 
@@ -182,7 +210,7 @@ def continue_logits(model, view: KVView, input_ids: torch.Tensor, attention_mask
     pos = torch.arange(view.seq_len, view.seq_len + t, device=input_ids.device).expand(input_ids.shape[0], t)
     out = model(
         input_ids=input_ids,
-        past_key_values=view.to_cache(model),
+        **cache_kwargs(model, view.to_cache(model)),
         position_ids=pos,
         attention_mask=attention_mask,
         use_cache=True,
