@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lcf.errors import LCFError
+from lcf.models.capture import prefill_all_positions
 from lcf.models.kv import KVView, cache_kwargs, prefill
 
 Combine = Literal["sequential", "sum"]
@@ -128,7 +129,10 @@ class Communicator(nn.Module):
                            f"(a latent message) as sharer_views=, or load the adapter with its sharer")
         if inp.prompt_ids is None or inp.prompt_mask is None:
             raise LCFError(f"the batch has no prompt for sharer {i} (sharer_prompt_ids / sharer_prompt_mask)")
-        view = self._prefill(sharer, inp.prompt_ids, inp.prompt_mask)
+        if self.compressor(i) is None:
+            view = self._prefill(sharer, inp.prompt_ids, inp.prompt_mask)
+        else:  # a compressor reads every position, also those a sliding-window layer would evict
+            view = prefill_all_positions(sharer, inp.prompt_ids, inp.prompt_mask, positions_from_mask(inp.prompt_mask))
         if sharer_transform is not None:
             view = sharer_transform(i, view)
         compressor = self.compressor(i)

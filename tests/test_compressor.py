@@ -231,3 +231,58 @@ def test_slots_train_end_to_end_and_read_by_receiver_position(mode):
     fused = comm.fused_prompt_cache(batch)
     again = comm.fused_prompt_cache(batch, sharer_views=[summary])
     assert all(torch.equal(x, y) for x, y in zip(again.keys, fused.keys))
+
+
+# -- long sharer contexts: every position's K/V, sliding layers included ------------------------------------
+def reference_all_positions(model, ids, mask):
+    """A one-pass prefill into a cache that never evicts (every layer a plain growing layer)."""
+    from transformers import DynamicCache
+
+    from lcf.models.kv import cache_kwargs, decoder, layer_specs
+
+    cache = DynamicCache()
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    body = decoder(model)
+    with torch.no_grad():
+        body(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache_kwargs(body, cache))
+    return KVView([l.keys for l in cache.layers], [l.values for l in cache.layers], ids.shape[1],
+                  layer_specs(model.config))
+
+
+def test_chunked_capture_keeps_every_position_of_sliding_layers():
+    from lcf.models.capture import capture_chunk, prefill_all_positions
+
+    sharer = tiny_gemma3(seed=10)  # window 4: sliding layers store 3 positions
+    assert capture_chunk(sharer.config) == 3
+    batch = xc_batch(ts=10)
+    ids, mask = batch["sharer_prompt_ids"], batch["sharer_prompt_mask"]
+    ref = reference_all_positions(sharer, ids, mask)
+    plain = prefill(sharer, ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    assert plain.length(0) == 3  # what a plain prefill leaves a compressor
+    # the reference is a true sliding-window prefill: its last positions are what the plain prefill stores
+    assert torch.allclose(ref.keys[0][:, :, -3:], plain.keys[0], atol=1e-6)
+    for chunk in (1, 3):
+        got = prefill_all_positions(sharer, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), chunk=chunk)
+        for i in range(3):
+            assert got.length(i) == 10 and got.start(i) == 0
+            assert torch.allclose(got.keys[i], ref.keys[i], atol=1e-5), (chunk, i)
+            assert torch.allclose(got.values[i], ref.values[i], atol=1e-5), (chunk, i)
+    with pytest.raises(LCFError, match="chunk=4 must be between 1 and 3"):
+        prefill_all_positions(sharer, ids, mask, chunk=4)
+
+
+def test_communicator_summarises_spans_a_sliding_layer_evicted():
+    # sliding layer 1 is summarised (terminal map): before chunked capture it saw only the last 3 tokens
+    receiver, sharer = tiny_llama(), tiny_gemma3(seed=10)
+    shapes = PairShapes.from_configs(sharer.config, receiver.config, TerminalLayerMap()(3, 2))
+    tr = translators.build({"type": "lcf_lowrank", "rank": 8}, "translator", shapes=shapes)
+    comp = SpanPool(shapes)
+    comm = Communicator(receiver, [sharer], [tr], compressors=[comp]).eval()
+    batch = xc_batch()
+    got = comm.summaries(batch)[0]
+    ref = comp(reference_all_positions(sharer, batch["sharer_prompt_ids"], batch["sharer_prompt_mask"]),
+               batch["sharer_span_ids"])
+    for layer in (1, 2):
+        assert torch.allclose(got.keys[layer], ref.keys[layer], atol=1e-5)
+        assert torch.allclose(got.values[layer], ref.values[layer], atol=1e-5)
+    assert comp.context_limit(sharer.config) == 256  # the tiny model's max positions, not its window

@@ -136,7 +136,7 @@ def test_sharer_features_errors(rtok):
     with pytest.raises(ContextTooLongError) as err:
         sharer_features(rtok, CONTEXT, max_tokens=n - 1)
     msg = str(err.value)
-    assert f"{n} tokens" in msg and f"max_tokens={n - 1}" in msg and "sliding window" in msg and "shorter" in msg
+    assert f"{n} tokens" in msg and f"max_tokens={n - 1}" in msg and "maximum positions" in msg and "shorter" in msg
     with pytest.raises(SpanError, match="Did you mean"):
         sharer_features(rtok, CONTEXT, spans="sentences")
 

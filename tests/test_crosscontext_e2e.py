@@ -133,9 +133,10 @@ def test_recipe_mismatches_fail_before_training(tiny_pair, xc_pair, tmp_path):  
     instruct = recipe(xc_pair, tmp_path / "b", extra=XC)
     with pytest.raises(RecipeError, match="has data.type='instruct_json' and a compressor"):
         train(instruct)
-    narrow = xc_recipe(tiny_pair, tmp_path / "c")  # tiny sharer window 4: 3 positions kept
-    with pytest.raises(RecipeError, match=r"max_context_tokens=200 exceeds .* \(3 tokens"):
-        train(narrow)
+    long = xc_recipe(tiny_pair, tmp_path / "c")  # the tiny sharer has 256 positions (its window of 4 no longer limits)
+    long.write_text(long.read_text().replace("max_context_tokens: 200", "max_context_tokens: 300"))
+    with pytest.raises(RecipeError, match=r"max_context_tokens=300 exceeds .* \(256 tokens"):
+        train(long)
 
 
 def test_bad_contexts_and_wrong_adapter_kind(xc_adapter, tiny_pair, tmp_path):  # noqa: F811

@@ -6,7 +6,9 @@ arXiv 2605.22863). The translator then reads the summary in place of the token-a
 cache: every receiver position reads summary position 0 (see :meth:`lcf.communicator.Communicator`).
 
 Only the sharer layers the layer map reads are summarised; the other layers of the returned view
-hold no positions. Subclasses implement :meth:`Compressor.summarise_layer`.
+hold no positions. The communicator hands the compressor every position's K/V, on sliding-window
+layers too (:func:`lcf.models.capture.prefill_all_positions`), so contexts up to
+:data:`CONTEXT_LIMIT` tokens are summarised whole. Subclasses implement :meth:`Compressor.summarise_layer`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ from lcf.components import recorded_args, recording_init
 from lcf.errors import KVCacheError, RecipeError
 from lcf.models.kv import KVView
 from lcf.translators.base import PairShapes
+
+#: longest sharer prompt a compressor summarises (chunked capture keeps every position); longer
+#: contexts are refused (and counted by the evaluation), not truncated
+CONTEXT_LIMIT = 4096
 
 
 class Compressor(nn.Module):
@@ -51,11 +57,10 @@ class Compressor(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def context_limit(self, sharer_config: Any = None) -> int:
-        """Longest sharer prompt whose cache every summarised layer keeps whole: ``window - 1`` of the
-        summarised sliding-window layers, and the sharer's ``max_position_embeddings`` when its config is
-        given. Longer contexts would be summarised from their most recent tokens only."""
-        limits = [self.shapes.sharer[s].sliding_window - 1 for s in self.sharer_layers
-                  if self.shapes.sharer[s].sliding_window]
+        """Longest sharer prompt summarised whole: :data:`CONTEXT_LIMIT`, or the sharer's
+        ``max_position_embeddings`` when its config is given and that is smaller. Sliding-window layers
+        do not limit it: the sharer is prefilled in chunks and every chunk's K/V captured."""
+        limits = [CONTEXT_LIMIT]
         cfg = sharer_config.get_text_config() if hasattr(sharer_config, "get_text_config") else sharer_config
         if getattr(cfg, "max_position_embeddings", None):
             limits.append(int(cfg.max_position_embeddings))

@@ -17,7 +17,7 @@ The compressor's summary is broadcast to every receiver position, so the alignme
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lcf.align.templates import TemplateName, format_messages, tokenizer_label
@@ -47,7 +47,8 @@ class ContextTooLongError(CrossContextError):
 @dataclass
 class XCExample:
     """One cross-context example: the sharer reads ``sharer_context``; the receiver gets the question
-    (after ``receiver_context`` when that is not empty); any of ``answers`` is right."""
+    (after ``receiver_context`` when that is not empty); any of ``answers`` is right. ``distractors``:
+    wrong answers the context also holds (another person's value of the asked attribute), if known."""
 
     id: str
     sharer_context: str
@@ -55,6 +56,7 @@ class XCExample:
     answers: list[str]
     receiver_context: str = ""
     source: str = ""
+    distractors: list[str] = field(default_factory=list)
 
 
 def receiver_message(question: str, receiver_context: str = "") -> str:
@@ -94,9 +96,9 @@ def sharer_features(
     if max_tokens is not None and len(ids) > max_tokens:
         raise ContextTooLongError(
             f"the sharer prompt of this context has {len(ids)} tokens ({len(context)} characters) with "
-            f"{tokenizer_label(sharer_tokenizer)}, more than the limit max_tokens={max_tokens}. The limit keeps the "
-            f"context within what the sharer attends to in one pass (its sliding window, e.g. 512 tokens for "
-            f"Gemma-3, or its maximum positions). Use a shorter context or split it into several examples "
+            f"{tokenizer_label(sharer_tokenizer)}, more than the limit max_tokens={max_tokens}. The limit is the "
+            f"recipe's data.max_context_tokens or what the compressor summarises (4,096 tokens, or the sharer's "
+            f"maximum positions if fewer). Use a shorter context or split it into several examples "
             f"(or raise data.max_context_tokens if the sharer allows it)."
         )
     span_ids = token_span_ids(offsets, prompt.spans[0], prompt.text, spans, span_tokens, special=special)

@@ -253,6 +253,7 @@ class FactTransferData(XCData):
         return XCExample(
             id=id, sharer_context="\n\n".join(paragraphs[i] for i in sharer_idx), question=question, answers=[answer],
             receiver_context="\n\n".join(paragraphs[i] for i in receiver_idx), source=source,
+            distractors=[v for i, v in enumerate(values) if i != target],
         )
 
     def _distinct_values(self, attribute: str, n: int, rng: random.Random, draw) -> list[str]:

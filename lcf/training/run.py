@@ -168,8 +168,8 @@ def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume:
         limit, asked = compressor.context_limit(pair.sharer.model.config), getattr(data, "max_context_tokens", None)
         if asked is not None and asked > limit:
             raise RecipeError(
-                f"data.max_context_tokens={asked} exceeds what the sharer keeps of a context in the layers the "
-                f"compressor reads ({limit} tokens: its sliding window or maximum positions); set "
+                f"data.max_context_tokens={asked} exceeds what the compressor summarises ({limit} tokens: "
+                f"lcf.compressors.base.CONTEXT_LIMIT or the sharer's maximum positions); set "
                 f"data.max_context_tokens<={limit}"
             )
     comm = Communicator(pair.receiver.model, [pair.sharer.model], [translator], combine=settings.combine,
