@@ -286,3 +286,27 @@ def test_communicator_summarises_spans_a_sliding_layer_evicted():
         assert torch.allclose(got.keys[layer], ref.keys[layer], atol=1e-5)
         assert torch.allclose(got.values[layer], ref.values[layer], atol=1e-5)
     assert comp.context_limit(sharer.config) == 256  # the tiny model's max positions, not its window
+
+
+@pytest.mark.parametrize("quantize", ["none", "int4"])
+def test_slot_messages_travel_as_bytes(quantize):
+    from lcf.runtime.messages import LatentMessage
+
+    comm = make_slots(4).eval()
+    comp = comm.compressor(0)
+    with torch.no_grad():
+        comp.read_query["2"].weight.normal_()
+    batch = xc_batch()
+    summary = comm.summaries(batch)[0]
+    rows = [LatentMessage.from_bytes(LatentMessage.from_view(summary, comp.sharer_layers, {}, r).to_bytes(quantize))
+            for r in range(2)]
+    assert rows[0].keys[2].shape == (1, 4, 8)
+    from lcf.models.kv import cat_views
+
+    view = cat_views([m.to_view(comp.shapes.sharer) for m in rows])
+    fused = comm.fused_prompt_cache(batch)
+    again = comm.fused_prompt_cache(batch, sharer_views=[view])
+    tol = 0 if quantize == "none" else 0.5
+    assert all(torch.allclose(x, y, atol=tol) for x, y in zip(again.keys, fused.keys))
+    if quantize == "none":
+        assert all(torch.equal(x, y) for x, y in zip(again.keys, fused.keys))

@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter", help="exported cross-context adapter folder")
     p.add_argument("--context", required=True, help="the context: text, @FILE, or - for stdin")
     p.add_argument("--out", default="-", help="message file (default -: stdout, binary)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8: ~4x smaller message")
+    p.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
+                   help="int8: ~4x smaller message, int4: ~8x smaller")
     p.add_argument("--spans", choices=["paragraph", "sentence", "tokens"], default=None,
                    help="how to cut the context into spans (default: the scheme the adapter was trained with)")
     p.add_argument("--device", default=None)

@@ -4,4 +4,4 @@
 SYSTEM_CHOICES = ("receiver", "sharer", "text", "lora", "adapter", "zero", "mismatched")
 DEFAULT_SYSTEMS = SYSTEM_CHOICES
 #: `lcf eval-xc --systems` choices
-XC_SYSTEM_CHOICES = ("receiver", "own", "full", "text", "lcf-x", "int8", "zero", "mismatched")
+XC_SYSTEM_CHOICES = ("receiver", "own", "full", "text", "lcf-x", "int8", "int4", "zero", "mismatched")

@@ -8,10 +8,11 @@ Systems, all answering the same held-out items greedily (first line of the answe
 * ``text-N`` — the sharer reads the context and writes a message of at most N tokens that the
   receiver reads before the question (:data:`SUMMARY_REQUEST`);
 * ``lcf-x`` — the compressor's summary travels as a latent message (serialised and parsed back, as
-  between two processes); ``lcf-x int8`` quantises it; controls ``lcf-x (zero)`` (all-zero summary)
+  between two processes); ``lcf-x int8`` / ``lcf-x int4`` quantise it; controls ``lcf-x (zero)`` (all-zero summary)
   and ``lcf-x (mismatched)`` (another item's message) separate transfer from adaptation.
 
-Per system: EM, F1, batch-1 time to first token (everything between "the sharer gets the context"
+Per system: EM, F1, contains (the answer text contains a gold answer), other (it contains a wrong
+value the context also holds, e.g. another person's: items with ``distractors``), batch-1 time to first token (everything between "the sharer gets the context"
 and "the receiver's first answer token", message writing included) and bytes sent.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from lcf.eval.systems import PlainModel, mismatch_partner
 from lcf.runtime.messages import LatentMessage
 
 SUMMARY_REQUEST = "{context}\n\nRewrite the key facts of the text above briefly, keeping every name and number."
-XC_SYSTEMS: tuple[str, ...] = ("receiver", "own", "full", "text", "lcf-x", "int8", "zero", "mismatched")
+XC_SYSTEMS: tuple[str, ...] = ("receiver", "own", "full", "text", "lcf-x", "int8", "int4", "zero", "mismatched")
 
 
 class XCSystem:
@@ -101,7 +102,7 @@ class LatentXC(XCSystem):
     """LCF-X: each item's summary is serialised as a latent message, parsed back and fused.
 
     control: ``"none"``, ``"zero"`` (all-zero summary) or ``"mismatched"`` (the summary of another
-    item of the batch, :func:`~lcf.eval.systems.mismatch_partner`). quantize: ``"none"`` / ``"int8"``."""
+    item of the batch, :func:`~lcf.eval.systems.mismatch_partner`). quantize: ``"none"`` / ``"int8"`` / ``"int4"``."""
 
     def __init__(self, adapter: Any, control: str = "none", quantize: str = "none", spans: str | None = None):
         super().__init__(adapter)
@@ -110,7 +111,7 @@ class LatentXC(XCSystem):
             raise LCFError("LCF-X evaluation needs a cross-context adapter (exported with a compressor)")
         self.control, self.quantize = control, quantize
         self.partner_context: dict[str, str] = {}  # item id -> the context the mismatched control reads
-        suffix = " int8" if quantize == "int8" else ""
+        suffix = "" if quantize == "none" else f" {quantize}"
         self.name = "lcf-x" + suffix + ("" if control == "none" else f" ({control})") + (f" [{spans} spans]" if spans else "")
 
     def set_items(self, items: Sequence[Any]) -> None:
@@ -161,8 +162,8 @@ def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequen
             out += [TextMessage(adapter, n) for n in text_tokens]
         elif kind == "lcf-x":
             out.append(LatentXC(adapter, spans=spans))
-        elif kind == "int8":
-            out.append(LatentXC(adapter, quantize="int8", spans=spans))
+        elif kind in ("int8", "int4"):
+            out.append(LatentXC(adapter, quantize=kind, spans=spans))
         elif kind in ("zero", "mismatched"):
             out.append(LatentXC(adapter, control=kind, spans=spans))
     return out
@@ -200,6 +201,8 @@ def evaluate_xc(systems: Sequence[XCSystem], items: Sequence[Any], *, max_new_to
             scores["ttft_ms"] = statistics.median(runs)
         results["scores"][system.name] = scores
         scores["contains"] = contains_rate(texts, golds)
+        if any(it.distractors for it in items):  # binding: how often the answer is another person's value
+            scores["other"] = contains_rate(texts, [it.distractors or [""] for it in items])
         results["predictions"][system.name] = [
             {"id": it.id, "pred": p, "text": t, "gold": it.answers} | ({"message": m} if m is not None else {})
             for it, p, t, m in zip(items, preds, texts, messages)]
@@ -217,10 +220,13 @@ def contains_rate(texts: Sequence[str], golds: Sequence[Sequence[str]]) -> float
 
 
 def format_xc_table(results: dict) -> str:
-    lines = ["| system | EM | F1 | contains | TTFT ms | bytes sent |", "|---|---:|---:|---:|---:|---:|"]
+    other = any("other" in s for s in results["scores"].values())
+    lines = ["| system | EM | F1 | contains |" + (" other |" if other else "") + " TTFT ms | bytes sent |",
+             "|---|---:|---:|---:|" + ("---:|" if other else "") + "---:|---:|"]
     for name, s in results["scores"].items():
         ttft = f"{s['ttft_ms']:.1f}" if "ttft_ms" in s else "-"
-        lines.append(f"| {name} | {100 * s['em']:.1f} | {100 * s['f1']:.1f} | {100 * s['contains']:.1f} | {ttft} | "
+        cell = f" {100 * s['other']:.1f} |" if other and "other" in s else (" - |" if other else "")
+        lines.append(f"| {name} | {100 * s['em']:.1f} | {100 * s['f1']:.1f} | {100 * s['contains']:.1f} |{cell} {ttft} | "
                      f"{s['bytes_sent']:.0f} |")
     return "\n".join(lines)
 

@@ -10,7 +10,8 @@ the adapter, so a receiver refuses messages it cannot read correctly::
     print(adapter.receive(msg, "Which city does Ravel Doskin live in?"))
 
 ``quantize="int8"``: symmetric int8 per (layer, head) with a float32 scale each; about 4x smaller than
-fp32. Needs only torch and safetensors.
+fp32. ``quantize="int4"``: symmetric 4-bit per (layer, head, summary position), two values per byte,
+about 8x smaller than fp32. Needs only torch and safetensors.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from lcf.errors import LCFError
 
 MESSAGE_FORMAT = 1
 HEADER_KEY = "lcf_message"
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "int4")
 
 
 class MessageError(LCFError, ValueError):
@@ -49,7 +50,7 @@ class LatentMessage:
 
     # -- bytes ---------------------------------------------------------------------------------------
     def to_bytes(self, quantize: str = "none") -> bytes:
-        """safetensors bytes of the message; ``quantize``: ``"none"`` (float32) or ``"int8"``."""
+        """safetensors bytes of the message; ``quantize``: ``"none"`` (float32), ``"int8"`` or ``"int4"``."""
         from safetensors.torch import save
 
         if quantize not in QUANTIZATIONS:
@@ -62,6 +63,8 @@ class LatentMessage:
                     scale = t.abs().amax(dim=(1, 2), keepdim=True).clamp(min=1e-12) / 127.0  # per head
                     tensors[f"{kind}.{layer}"] = torch.round(t / scale).clamp(-127, 127).to(torch.int8)
                     tensors[f"{kind}.{layer}.scale"] = scale.reshape(-1).contiguous()
+                elif quantize == "int4":
+                    tensors[f"{kind}.{layer}"], tensors[f"{kind}.{layer}.scale"] = pack_int4(t)
                 else:
                     tensors[f"{kind}.{layer}"] = t
         header = dict(self.header) | {"format_version": MESSAGE_FORMAT, "quantization": quantize,
@@ -96,6 +99,8 @@ class LatentMessage:
                 t = tensors[name]
                 if header.get("quantization") == "int8":
                     t = t.to(torch.float32) * tensors[f"{name}.scale"].view(-1, 1, 1)
+                elif header.get("quantization") == "int4":
+                    t = unpack_int4(t, tensors[f"{name}.scale"])
                 table[int(layer)] = t
         return cls(keys, values, header)
 
@@ -142,6 +147,29 @@ class LatentMessage:
                                        f"{tuple(t.shape)}, the adapter expects {tuple(want)} (heads, length, dim)")
             if not bool(torch.isfinite(self.keys[layer]).all() and torch.isfinite(self.values[layer]).all()):
                 raise MessageError(f"the latent message holds NaN or infinite values in sharer layer {layer}")
+
+
+def pack_int4(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(H, L, D)`` float -> (uint8 ``(H, L, ceil(D / 2))``, two 4-bit codes per byte; float32 scales
+    ``(H, L)``). Codes are 1..15 (value / scale + 8, value / scale in -7..7); an odd ``D`` is padded
+    with code 0, which no value has, so :func:`unpack_int4` recovers ``D`` from the bytes alone."""
+    h, n, d = t.shape
+    scale = t.abs().amax(dim=2, keepdim=True).clamp(min=1e-12) / 7.0
+    codes = (torch.round(t / scale).clamp(-7, 7) + 8).to(torch.uint8)
+    if d % 2:
+        codes = torch.nn.functional.pad(codes, (0, 1), value=0)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous(), scale.reshape(h, n).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4` (float32 ``(H, L, D)``)."""
+    if packed.dtype != torch.uint8 or packed.dim() != 3 or tuple(scale.shape) != tuple(packed.shape[:2]):
+        raise MessageError(f"an int4 tensor must be uint8 (heads, length, bytes) with (heads, length) scales, got "
+                           f"{packed.dtype} {tuple(packed.shape)} and scales {tuple(scale.shape)}")
+    codes = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(*packed.shape[:2], -1)
+    if codes.numel() and bool((codes[..., -1] == 0).all()):  # odd D: drop the padding code
+        codes = codes[..., :-1]
+    return (codes.to(torch.float32) - 8) * scale.to(torch.float32).unsqueeze(-1)
 
 
 def _header(data: bytes) -> dict[str, Any]:
