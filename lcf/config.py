@@ -152,35 +152,58 @@ def _card_depth(spec: Any) -> int | None:
 
 
 def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[str, Any]:
-    """Check names, keys and argument types of every section; return the plain resolved dict."""
+    """Check names, keys and argument types of every section; return the plain resolved dict.
+
+    Every section is checked even after a failure: one problem is raised as is, several as one
+    :class:`RecipeError` listing them all (its ``problems`` attribute holds each message)."""
     data = to_dict(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    problems: list[LCFError] = []
+
+    def attempt(check, *args, **kwargs) -> None:
+        try:
+            check(*args, **kwargs)
+        except LCFError as exc:
+            problems.append(exc)
+
     allowed = PLAIN_KEYS | set(COMPONENT_SECTIONS) | set(_settings_sections())
     for key in data:
         if key not in allowed:
-            raise RecipeError(f"{origin}: unknown top-level key {key!r}.{suggest(key, allowed)} Allowed: {', '.join(sorted(allowed))}.")
+            problems.append(RecipeError(f"{origin}: unknown top-level key {key!r}.{suggest(key, allowed)} Allowed: {', '.join(sorted(allowed))}."))
     for role in ("sharer", "receiver"):
-        _check_model_spec(data.get(role), role)
+        attempt(_check_model_spec, data.get(role), role)
     for section, (kind, from_code) in COMPONENT_SECTIONS.items():
         spec = data.get(section)
         if spec is None:
             continue
         registry = get_registry(kind)
-        registry.check(spec, section, extra={name: None for name in from_code if _accepts(registry, spec, name)})
+        attempt(registry.check, spec, section, extra={name: None for name in from_code if _accepts(registry, spec, name)})
     for section, cls in _settings_sections().items():
         if data.get(section) is not None:
-            from lcf.registry import check_arguments
-
-            if not isinstance(data[section], dict):
-                raise RecipeError(f"{section}: expected a mapping of settings, got {data[section]!r}")
-            check_arguments(cls, data[section], section)
-            try:
-                cls(**data[section])
-            except RecipeError:
-                raise  # already names its key path (e.g. trainer.strategy.stage)
-            except (TypeError, ValueError) as exc:
-                raise RecipeError(f"{section}: {exc}") from exc
-    _check_layer_map_depths(data)
+            attempt(_check_settings, section, cls, data[section])
+    if not problems:  # depths are only meaningful once the models and the layer map are valid
+        attempt(_check_layer_map_depths, data)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        error = RecipeError(f"{origin}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+        error.problems = [str(p) for p in problems]
+        raise error
     return data
+
+
+def _check_settings(section: str, cls: type, values: Any) -> None:
+    from lcf.registry import check_arguments
+
+    if not isinstance(values, dict):
+        raise RecipeError(f"{section}: expected a mapping of settings, got {values!r}")
+    check_arguments(cls, values, section)
+    try:
+        cls(**values)
+    except RecipeError:
+        raise  # already names its key path (e.g. trainer.strategy.stage)
+    except (TypeError, ValueError) as exc:
+        msg = str(exc)  # settings classes may already name their section ("trainer: lr must be > 0")
+        raise RecipeError(msg if msg.startswith(f"{section}:") else f"{section}: {msg}") from exc
 
 
 def _accepts(registry, spec, name: str) -> bool:

@@ -3,8 +3,10 @@
     OUT_DIR/adapter.safetensors     translator tensors only
     OUT_DIR/adapter_config.json     everything needed to rebuild and check it (keys: lcf.runtime.format.KNOWN_KEYS)
 
-The folder is written to a temporary sibling and renamed into place, so a reader never sees half an
-adapter. Reading it needs only torch, transformers and safetensors (``lcf.runtime.load_adapter``).
+The folder is written to a temporary sibling and swapped into place under a lock, so a reader never sees
+half an adapter (:mod:`lcf.atomic_folder`). An existing adapter folder is replaced; a file, or a folder
+holding anything else, is refused unless ``overwrite=True`` (``lcf export --overwrite``). Reading it needs
+only torch, transformers and safetensors (``lcf.runtime.load_adapter``).
 
 A checkpoint is a Lightning ``.ckpt`` file or, from DeepSpeed runs, a ZeRO checkpoint *directory*
 (``ckpt/last.ckpt/`` with ``latest`` and ``checkpoint/`` inside): its shards are gathered into full fp32
@@ -15,8 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import tempfile
 import time
 from importlib import metadata
@@ -27,10 +27,13 @@ import torch
 from safetensors.torch import save_file
 
 import lcf
+from lcf.atomic_folder import check_target, publish_folder
 from lcf.errors import LCFError
 from lcf.models.fingerprint import fingerprint
 from lcf.runtime.format import COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 
+# what an adapter folder may hold; the first file marks it as one (anything else is the user's)
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md")
 TRANSLATOR_PREFIX = "communicator.translators.0."
 COMPRESSOR_STATE_PREFIX = "communicator.compressors.0."
 
@@ -65,32 +68,19 @@ def _state_bytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def write_adapter(out_dir: str | Path, translator, config: dict, compressor=None) -> Path:
+def write_adapter(out_dir: str | Path, translator, config: dict, compressor=None, *, overwrite: bool = False) -> Path:
     """Atomically write ``adapter.safetensors`` + ``adapter_config.json`` into ``out_dir`` (compressor
-    tensors, if any, under the ``compressor.`` prefix)."""
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    tensors, if any, under the ``compressor.`` prefix). An existing adapter there is replaced; a file or a
+    folder holding anything else is refused unless ``overwrite`` (see :mod:`lcf.atomic_folder`)."""
+    with publish_folder(out_dir, ADAPTER_FILES, overwrite=overwrite) as tmp:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in translator.state_dict().items()}
         if compressor is not None:
             tensors |= {COMPRESSOR_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in compressor.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lcf_format_version": str(FORMAT_VERSION)})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False))
-        for f in tmp.iterdir():  # mkdtemp makes private files; an adapter is meant to be shared
+        for f in tmp.iterdir():  # an adapter is meant to be shared
             f.chmod(0o644)
-        tmp.chmod(0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out_dir).resolve()
 
 
 def is_zero_checkpoint(path: Path) -> bool:
@@ -146,6 +136,15 @@ def _find_checkpoint(run_or_ckpt: Path, which: str) -> tuple[Path, Path]:
     return last, run_or_ckpt
 
 
+def _check_out_dir(out: Path, ckpt: Path, run: Path, overwrite: bool) -> None:
+    """Refuse an output path that is or holds the checkpoint, or one :func:`write_adapter` would refuse."""
+    out, ckpt = out.resolve(), ckpt.resolve()
+    if out == ckpt or out in ckpt.parents:
+        raise LCFError(f"export target {out} holds the checkpoint {ckpt}: replacing it would delete it; export "
+                       f"to another folder (e.g. {run / 'adapter'})")
+    check_target(out, ADAPTER_FILES, overwrite=overwrite)
+
+
 def _process_group():
     """torch.distributed when this process is one of several in an initialised job, else None."""
     import torch.distributed as dist
@@ -153,19 +152,19 @@ def _process_group():
     return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
 
 
-def export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best") -> Path:
+def export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best", overwrite: bool = False) -> Path:
     """Export the translator of a training run (or one checkpoint) as an adapter folder.
 
     In a distributed job every rank may call it: rank 0 writes, the others wait and get the same path
     (or an LCFError naming rank 0's failure)."""
     dist = _process_group()
     if dist is None:
-        return _export(run_or_ckpt, out_dir, which=which)
+        return _export(run_or_ckpt, out_dir, which=which, overwrite=overwrite)
     result: list[Any] = [None]
     failure: BaseException | None = None
     if dist.get_rank() == 0:
         try:
-            result[0] = str(_export(run_or_ckpt, out_dir, which=which))
+            result[0] = str(_export(run_or_ckpt, out_dir, which=which, overwrite=overwrite))
         except BaseException as exc:  # the other ranks must still be released
             failure, result[0] = exc, f"failed: {type(exc).__name__}: {exc}"
     dist.broadcast_object_list(result, src=0)  # the other ranks wait here for rank 0
@@ -176,12 +175,13 @@ def export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best")
     return Path(result[0])
 
 
-def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best") -> Path:
+def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best", overwrite: bool = False) -> Path:
     from lcf.config import load_recipe, validate_recipe
     from lcf.pair import build_pair
     from lcf.training.run import build_compressor, build_translator
 
     ckpt_path, run = _find_checkpoint(Path(run_or_ckpt), which)
+    _check_out_dir(Path(out_dir), ckpt_path, run, overwrite)  # before any model is loaded
     recipe_file = run / "recipe.yaml"
     if not recipe_file.exists():
         raise LCFError(f"{recipe_file} is missing: export needs the resolved recipe that training saved beside ckpt/")
@@ -205,4 +205,4 @@ def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best"
         training["summary"] = json.loads(summary_file.read_text())
     config = adapter_config(translator, translator_type=recipe["translator"]["type"], pair=pair, recipe=recipe,
                             training=training, compressor=compressor)
-    return write_adapter(out_dir, translator, config, compressor=compressor)
+    return write_adapter(out_dir, translator, config, compressor=compressor, overwrite=overwrite)

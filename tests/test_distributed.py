@@ -57,7 +57,7 @@ def test_ddp_two_processes_on_cpu(tiny_pair, tmp_path):  # noqa: F811
 
     records = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["rank"], r["world_size"], r["backend"], r["sampler"]) for r in records] == [
-        (0, 2, "gloo", "DistributedSampler"), (1, 2, "gloo", "DistributedSampler")]
+        (0, 2, "gloo", "EpochSampler"), (1, 2, "gloo", "EpochSampler")]
     train_index = records[0]["train_index"]
     assert records[1]["train_index"] == train_index and len(set(train_index)) == len(train_index) == 19
     orders = []

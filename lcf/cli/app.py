@@ -123,7 +123,7 @@ def cmd_train_lora(args) -> int:
 def cmd_export(args) -> int:
     from lcf.export import export
 
-    out = export(args.run, args.out, which=args.which)
+    out = export(args.run, args.out, which=args.which, overwrite=args.overwrite)
     print(f"adapter written to {out}")
     return 0
 
@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory (checkpoints/<name>) or a .ckpt file")
     p.add_argument("out", help="adapter folder to write")
     p.add_argument("--which", choices=["best", "last"], default="best", help="checkpoint of a run directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR even if it is a file or a folder that is not an lcf adapter (its contents are lost)")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("demo", help="train -> export -> runtime -> comparison table on the real pair")

@@ -1,11 +1,15 @@
 """Lightning DataModule over :class:`lcf.data.instruct.InstructData`.
 
 Features are built once in :meth:`InstructDataModule.setup`; batches are padded by
-:func:`lcf.data.instruct.collate`. In distributed runs (world size > 1) the training loader shards
-the examples itself with a ``DistributedSampler(drop_last=True)`` seeded by ``seed``: no example is
-seen twice in an epoch (Lightning's default sampler would pad the last shard by repeating examples);
-the at most ``world_size - 1`` examples left over by the even split are dropped, a different few each
-epoch. Validation keeps Lightning's sampler, which may count up to ``world_size - 1`` examples twice.
+:func:`lcf.data.instruct.collate`. The training loader is a :class:`lcf.data.sampling.ResumableLoader`
+over an :class:`lcf.data.sampling.EpochSampler` seeded by ``seed``: its position is saved in
+checkpoints, so ``lcf train --resume`` continues the interrupted epoch exactly where it stopped. In
+distributed runs (world size > 1) it shards the examples itself like ``DistributedSampler(drop_last=True)``:
+no example is seen twice in an epoch (Lightning's default sampler would pad the last shard by repeating
+examples); the at most ``world_size - 1`` examples left over by the even split are dropped, a different
+few each epoch. ``bucket_by_length`` (recipe ``data.bucket_by_length: true``) groups examples of similar
+receiver length into batches (less padding). Validation keeps Lightning's sampler, which may count up to
+``world_size - 1`` examples twice.
 """
 from __future__ import annotations
 
@@ -14,10 +18,11 @@ from typing import Any
 
 import lightning
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from lcf.data.features import collate, pad_token_id
 from lcf.data.instruct import InstructData
+from lcf.data.sampling import EpochSampler, ResumableLoader
 
 
 class InstructDataModule(lightning.LightningDataModule):
@@ -36,6 +41,7 @@ class InstructDataModule(lightning.LightningDataModule):
         batch_size: int,
         num_workers: int = 0,
         seed: int | None = None,
+        bucket_by_length: bool | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -44,6 +50,8 @@ class InstructDataModule(lightning.LightningDataModule):
         self.receiver_tokenizer, self.sharer_tokenizer, self.aligner = receiver_tokenizer, sharer_tokenizer, aligner
         self.batch_size, self.num_workers = batch_size, num_workers
         self.seed = data.seed if seed is None else seed
+        self.bucket_by_length = bool(getattr(data, "bucket_by_length", False) if bucket_by_length is None
+                                     else bucket_by_length)
         self.train_features: list[dict] = []
         self.val_features: list[dict] = []
         self._prepared = False
@@ -60,34 +68,41 @@ class InstructDataModule(lightning.LightningDataModule):
         )
         self._prepared = True
 
-    def _loader(self, features: list[dict], shuffle: bool, sampler: DistributedSampler | None = None) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle and sampler is None else None
-        return DataLoader(
-            features, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-            generator=generator, collate_fn=self._collate, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+    def _loader(self, features: list[dict], sampler: EpochSampler | None = None) -> DataLoader:
+        # the loader's own generator: creating an iterator then draws no number from torch's global RNG,
+        # which a resumed run restores from its checkpoint
+        cls = DataLoader if sampler is None else ResumableLoader
+        return cls(
+            features, batch_size=self.batch_size, shuffle=False, sampler=sampler,
+            generator=torch.Generator().manual_seed(self.seed), collate_fn=self._collate,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
         )
 
-    def _train_sampler(self) -> DistributedSampler | None:
-        """This rank's shard of the training set in a distributed run; None in a single process."""
+    def _train_sampler(self) -> EpochSampler:
+        """This rank's share of the training set (all of it in a single process), in a seeded order."""
         trainer = self.trainer
-        world = int(getattr(trainer, "world_size", 1) or 1)
-        if world <= 1:
-            return None
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        rank = int(getattr(trainer, "global_rank", 0) or 0) if world > 1 else 0
         if len(self.train_features) < world:
             raise ValueError(
                 f"InstructDataModule: {len(self.train_features)} training examples cannot be split over {world} "
                 f"processes; use more data (data.train_size / fewer data.val_size) or fewer devices"
             )
-        return DistributedSampler(self.train_features, num_replicas=world, rank=trainer.global_rank, shuffle=True,
-                                  seed=self.seed, drop_last=True)
+        lengths = [receiver_length(f) for f in self.train_features] if self.bucket_by_length else None
+        return EpochSampler(self.train_features, batch_size=self.batch_size, seed=self.seed, num_replicas=world,
+                            rank=rank, bucket_by_length=self.bucket_by_length, lengths=lengths)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (seeded); in a distributed run, this rank's disjoint shard."""
+        """Shuffled training batches (seeded, resumable); in a distributed run, this rank's disjoint shard."""
         self.setup("fit")
-        return self._loader(self.train_features, shuffle=True, sampler=self._train_sampler())
+        return self._loader(self.train_features, sampler=self._train_sampler())
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in a fixed order; an empty list when ``val_size`` is 0."""
         self.setup("validate")
-        return self._loader(self.val_features, shuffle=False) if self.val_features else []
+        return self._loader(self.val_features) if self.val_features else []
+
+
+def receiver_length(feature: dict) -> int:
+    """Receiver tokens of a training feature (prompt + response): the key of length bucketing."""
+    return len(feature["receiver_prompt_ids"]) + len(feature.get("response_ids", ()))

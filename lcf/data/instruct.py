@@ -96,13 +96,13 @@ def resolve_data_file(path: str | os.PathLike, data_root: str | os.PathLike | No
     if root is None:
         where = f"no data root is set, so the relative path was resolved against the working directory {os.getcwd()}"
     else:
-        origin = ("argument data_root" if data_root is not None else f"env {DATA_ROOT_ENV}" if os.environ.get(
+        origin = ("the data_root argument: --data-root or the recipe's data_root" if data_root is not None else f"env {DATA_ROOT_ENV}" if os.environ.get(
             DATA_ROOT_ENV) else "the default for a checkout beside the shared data")
         where = f"data root {root!r} (from {origin})" + ("" if Path(root).expanduser().is_dir() else ", which does not exist")
     raise DataFileNotFoundError(
-        f"data file {str(path)!r} not found at {str(full)!r}; {where}. Set the data root with the recipe key "
-        f"`data_root: /path/to/data` (or `data.data_root`) or the environment variable {DATA_ROOT_ENV}=/path/to/data, "
-        f"or give an absolute path."
+        f"data file {str(path)!r} not found at {str(full)!r}; {where}. Set the data root with --data-root DIR "
+        f"(lcf eval, lcf eval-xc), the recipe key `data_root: DIR` (or `data.data_root`; `lcf train RECIPE "
+        f"data_root=DIR`) or the environment variable {DATA_ROOT_ENV}=DIR, or give an absolute path."
     )
 
 
@@ -244,6 +244,8 @@ class InstructData:
     val_size: number of validation examples, held out first so they do not depend on train_size.
     seed: shuffling seed.
     receiver_template, sharer_template: ``auto`` / ``chat`` / ``plain`` (see ``lcf.align.templates``).
+    bucket_by_length: training batches of examples of similar receiver length (less padding); the
+        order stays seeded and resumable (``lcf.data.sampling``).
     """
 
     def __init__(
@@ -260,6 +262,7 @@ class InstructData:
         seed: int = 0,
         receiver_template: str = "auto",
         sharer_template: str = "auto",
+        bucket_by_length: bool = False,
     ) -> None:
         self._check_source(files, hub_id)
         if format not in FORMATS:
@@ -277,6 +280,7 @@ class InstructData:
         self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.receiver_template, self.sharer_template = receiver_template, sharer_template
+        self.bucket_by_length = bool(bucket_by_length)  # training batches of similar length (lcf.data.sampling)
 
     @staticmethod
     def _check_source(files: list[str] | None, hub_id: str | None) -> None:

@@ -72,6 +72,40 @@ def build_compressor(cfg: dict[str, Any], state: dict[str, torch.Tensor]):
     return _strict_load(compressor, state, spec["type"])
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # what load_adapter(dtype=...) accepts (or the torch dtypes, or None)
+
+
+def check_dtype(dtype: Any) -> None:
+    """Refuse a model dtype lcf cannot load the models in, naming the accepted ones."""
+    if dtype is None or dtype in DTYPES or dtype in tuple(getattr(torch, d) for d in DTYPES):
+        return
+    raise AdapterError(f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPES)} (or None for each model "
+                       f"card's dtype)")
+
+
+def check_device(device: Any) -> None:
+    """Refuse a device this machine does not have, before any model is loaded."""
+    kind = str(device).split(":")[0] if device is not None else None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise AdapterError(f"device={device!r}: no CUDA device is available here (torch {torch.__version__}); use "
+                           f"device='cpu' or None")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise AdapterError(f"device={device!r}: MPS is not available here; use device='cpu' or None")
+
+
+def check_finite_cache(i: int, view: Any) -> Any:
+    """A ``sharer_transform`` that refuses a sharer cache with NaN or infinite values (a model run in a
+    dtype whose range it overflows, e.g. float16 for some models), which would silently spoil answers."""
+    for layer, (k, v) in enumerate(zip(view.keys, view.values)):
+        if not (bool(torch.isfinite(k).all()) and bool(torch.isfinite(v).all())):
+            raise AdapterError(
+                f"sharer {i}'s KV cache holds NaN or infinite values (layer {layer}, dtype {str(k.dtype)[6:]}): the "
+                f"sharer overflows in this dtype. Load the adapter with dtype='float32' (or 'bfloat16' on hardware "
+                f"that supports it)"
+            )
+    return view
+
+
 def _as_loaded(model: Any, default: str, dtype) -> LoadedModel:
     if model is None:
         model = default
@@ -136,6 +170,7 @@ class Adapter(CrossContextMixin):
         batch = self.encode(prompts)
         device = next(self.translator.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
+        generate_kwargs.setdefault("sharer_transform", check_finite_cache)
         new = self.communicator.generate(batch, fuse=fuse, max_new_tokens=max_new_tokens,
                                          pad_token_id=pad_token_id(self.receiver.tokenizer), **generate_kwargs)
         texts = self.receiver.tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -148,6 +183,8 @@ def load_adapter(path: str | Path, *, sharer: Any = None, receiver: Any = None, 
     """Load an exported adapter. ``sharer``/``receiver``: a model spec (card name, local dir, hub id),
     a ``LoadedModel``, a ``(model, tokenizer)`` tuple, or None for the models named in the adapter.
     ``with_sharer=False`` skips the sharer (a process that only receives latent messages)."""
+    check_dtype(dtype)
+    check_device(device)
     folder = Path(path)
     cfg = read_config(folder)
     t_state, c_state = split_state(load_weights(folder))

@@ -20,6 +20,12 @@ KNOWN_KEYS = {
     "templates", "sharer", "receiver", "dtype", "num_parameters", "size_bytes", "training",
 }
 
+# keys the runtime reads, with their JSON types (nested keys joined by dots)
+REQUIRED_KEYS: dict[str, type] = {
+    "translator": dict, "translator.type": str, "shapes": dict, "sharer": dict, "sharer.name": str,
+    "receiver": dict, "receiver.name": str,
+}
+
 
 class AdapterError(LCFError, ValueError):
     """An adapter folder that cannot be loaded (missing, corrupted, or for other models)."""
@@ -33,12 +39,30 @@ def read_config(folder: Path) -> dict[str, Any]:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise AdapterError(f"{path} is not valid JSON ({exc}); re-export the adapter") from exc
+    if not isinstance(cfg, dict):
+        raise AdapterError(f"{path} must hold a JSON object, got {type(cfg).__name__}; re-export the adapter")
+    if "format_version" not in cfg:
+        raise AdapterError(f"{path} lacks the required key 'format_version': it was not written by `lcf export` "
+                           f"or was edited; re-export the adapter")
     if cfg.get("format_version") != FORMAT_VERSION:
         raise AdapterError(f"{path}: format_version {cfg.get('format_version')!r} is not supported (expected {FORMAT_VERSION}); upgrade lcf")
+    check_required(cfg, path)
     unknown = sorted(set(cfg) - KNOWN_KEYS)
     if unknown:
         log.warning("%s: ignoring unknown keys %s (written by a newer lcf?)", path, unknown)
     return cfg
+
+
+def check_required(cfg: dict[str, Any], path: Path) -> None:
+    """Refuse a config that lacks a key the runtime needs (each ``a.b`` names a nested key)."""
+    for key, kind in REQUIRED_KEYS.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None or not isinstance(node, kind):
+            got = "missing" if node is None else f"a {type(node).__name__}"
+            raise AdapterError(f"{path}: required key {key!r} is {got} (expected a {kind.__name__}); the config "
+                               f"is incomplete or was edited by hand: re-export the adapter with `lcf export`")
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 A message is the compressor's summary of a context — per summarised sharer layer, keys and values of
 shape ``(kv_heads, summary_len, head_dim)`` — serialised as safetensors bytes. The safetensors
 metadata carries a JSON header (key ``lcf_message``) that fingerprints the sharer, the receiver and
-the adapter, so a receiver refuses messages it cannot read correctly::
+the adapter, names the quantization (one of :data:`QUANTIZATIONS`) and holds a SHA-256 checksum of the
+tensor data, so a receiver refuses messages it cannot read correctly or that were altered::
 
     data = adapter.send("Ravel Doskin lives in Lisbon. ...").to_bytes(quantize="int8")   # sender process
     msg = LatentMessage.from_bytes(data)                                                 # receiver process
@@ -26,7 +27,8 @@ from lcf.errors import LCFError
 
 MESSAGE_FORMAT = 1
 HEADER_KEY = "lcf_message"
-QUANTIZATIONS = ("none", "int8", "int4")
+QUANTIZATIONS = ("none", "int8", "int4")  # the closed set of labels a message may carry; add new schemes here
+CHECKSUM = "sha256"
 
 
 class MessageError(LCFError, ValueError):
@@ -68,7 +70,7 @@ class LatentMessage:
                 else:
                     tensors[f"{kind}.{layer}"] = t
         header = dict(self.header) | {"format_version": MESSAGE_FORMAT, "quantization": quantize,
-                                      "layers": self.layers}
+                                      "layers": self.layers, "checksum": tensor_checksum(tensors)}
         return save(tensors, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
 
     @classmethod
@@ -90,6 +92,17 @@ class LatentMessage:
         if header.get("format_version") != MESSAGE_FORMAT:
             raise MessageError(f"latent message format {header.get('format_version')!r} is not supported (expected "
                                f"{MESSAGE_FORMAT}); upgrade lcf on the side that reads it")
+        if header.get("quantization") not in QUANTIZATIONS:
+            raise MessageError(f"the latent message's quantization {header.get('quantization')!r} is not one of "
+                               f"{', '.join(QUANTIZATIONS)}; it was corrupted, or written by a newer lcf (upgrade lcf "
+                               f"on the side that reads it)")
+        want, got = header.get("checksum"), tensor_checksum(tensors)
+        if want != got:
+            raise MessageError(
+                f"the latent message's tensor data do not match the checksum in its header ("
+                f"{'no checksum' if want is None else 'expected ' + str(want)[:23] + '...'}, got {got[:23]}...): "
+                f"it was altered or damaged on the way; send it again"
+            )
         keys, values = {}, {}
         for layer in header.get("layers", []):
             for kind, table in (("k", keys), ("v", values)):
@@ -170,6 +183,18 @@ def unpack_int4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     if codes.numel() and bool((codes[..., -1] == 0).all()):  # odd D: drop the padding code
         codes = codes[..., :-1]
     return (codes.to(torch.float32) - 8) * scale.to(torch.float32).unsqueeze(-1)
+
+
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """``sha256:HEX`` over every tensor's name, dtype, shape and bytes, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"{CHECKSUM}:{h.hexdigest()}"
 
 
 def _header(data: bytes) -> dict[str, Any]:

@@ -92,6 +92,9 @@ def _callbacks(settings: TrainerSettings, out: Path) -> list:
     best = ModelCheckpoint(dirpath=str(out / "ckpt"), filename="step{step}-val{val/loss:.4f}",
                            auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=1)
     cbs = [last, best]  # the first is trainer.checkpoint_callback (its last_model_path names the last good one)
+    from lcf.training.resume import RNGState
+
+    cbs.append(RNGState())  # RNG states in every checkpoint: --resume continues as the uninterrupted run
     if settings.progress == "rich":
         cbs.append(RichProgressBar(leave=True))
     del LearningRateMonitor  # the module logs train/lr itself
@@ -134,7 +137,29 @@ def make_trainer(settings: TrainerSettings, out: Path, *, resume: bool = False, 
         enable_model_summary=False,
     )
     kwargs.update(overrides)
-    return L.Trainer(**kwargs)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(**kwargs)
+    except MisconfigurationException as exc:  # e.g. accelerator=cuda on a machine without a GPU
+        raise LCFError(f"trainer: {exc} Set trainer.accelerator / trainer.devices to what this machine has "
+                       f"(e.g. trainer.accelerator=cpu, or auto).") from exc
+
+
+def _check_readable(ckpt: Path) -> None:
+    """Refuse a truncated or corrupted checkpoint file (a torch zip archive) before any model is loaded."""
+    if ckpt.is_dir():  # a DeepSpeed ZeRO checkpoint directory: DeepSpeed checks its own shards
+        return
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(ckpt) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        bad = f"{type(exc).__name__}: {exc}"
+    if bad:
+        raise LCFError(f"--resume: {ckpt} is truncated or corrupted ({bad}); copy another checkpoint of ckpt/ to "
+                       f"last.ckpt, or train again without --resume")
 
 
 def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume: bool = False) -> Path:
@@ -146,6 +171,8 @@ def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume:
     last = out / "ckpt" / "last.ckpt"
     if resume and not last.exists():
         raise LCFError(f"--resume: no checkpoint at {last}; train without --resume first")
+    if resume:
+        _check_readable(last)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     L.seed_everything(int(recipe.get("seed", 0)), workers=True, verbose=False)
