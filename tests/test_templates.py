@@ -158,3 +158,24 @@ def test_bad_messages(chat_tok, messages, match):
 def test_bad_response_type(chat_tok):
     with pytest.raises(TemplateError, match="response must be a string"):
         format_example(chat_tok, MESSAGES, None)  # type: ignore[arg-type]
+
+
+def test_raw_template_is_the_text_as_given(chat_tok, plain_tok):
+    from lcf.align.tokens import MaximalCoverageAligner
+    from lcf.data.features import featurize
+
+    msgs = [{"role": "user", "content": "Question: What is 2 + 2?\nAnswer:"}]
+    for tok in (chat_tok, plain_tok):  # with or without a chat template: no headers, no eos
+        prompt = format_messages(tok, msgs, "raw")
+        assert prompt.text == msgs[0]["content"] and prompt.spans == [(0, len(prompt.text))]
+        assert format_example(tok, msgs, " 4", "raw") == (prompt.text, prompt.text + " 4")
+    two = format_messages(plain_tok, [MESSAGES[0], MESSAGES[1], {"role": "assistant", "content": " 4"}], "raw",
+                          add_generation_prompt=False)
+    assert two.text == "You are a helpful assistant.\n\nWhat is 2 + 2? 4"
+    assert_spans_point_at_content(two, [*MESSAGES, {"role": "assistant", "content": " 4"}])
+    feats = featurize(msgs, " 4", chat_tok, plain_tok, MaximalCoverageAligner(), receiver_template="raw",
+                      sharer_template="raw")
+    assert chat_tok.decode(feats["response_ids"]) == " 4"  # the continuation alone: no end-of-turn or eos
+    assert all(feats["align_mask"])  # every receiver position is content, so every one is aligned
+    with pytest.raises(TemplateError, match="raw"):
+        format_messages(plain_tok, msgs, "raww")

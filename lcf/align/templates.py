@@ -18,6 +18,11 @@ Templates
 
     The generation prompt is one more block, ``"### Response:\\n"``, so a prompt ends with the
     response header and the response text follows it directly.
+``"raw"``
+    The text as given: no chat template, no headers, no end-of-sequence token. System and user
+    contents are joined by a blank line; an assistant content follows the text before it directly,
+    and the generation prompt adds nothing. This is lm-evaluation-harness's format: the prompt
+    ``"Question: {q}\\nAnswer:"`` and the response ``" {choice}"`` give ``"Question: {q}\\nAnswer: {choice}"``.
 ``"auto"``
     ``"chat"`` when ``tokenizer.chat_template`` is set, else ``"plain"``.
 """
@@ -29,8 +34,8 @@ from typing import Any, Literal
 
 from lcf.errors import LCFError, suggest
 
-TemplateName = Literal["auto", "chat", "plain"]
-TEMPLATES: tuple[str, ...] = ("auto", "chat", "plain")
+TemplateName = Literal["auto", "chat", "plain", "raw"]
+TEMPLATES: tuple[str, ...] = ("auto", "chat", "plain", "raw")
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 PLAIN_SEPARATOR = "\n\n"
@@ -77,7 +82,7 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def resolve_template(tokenizer: Any, template: str) -> Literal["chat", "plain"]:
+def resolve_template(tokenizer: Any, template: str) -> Literal["chat", "plain", "raw"]:
     """Turn ``"auto"`` into ``"chat"`` or ``"plain"``; check that the choice is usable."""
     if template not in TEMPLATES:
         raise TemplateError(
@@ -133,7 +138,20 @@ def format_messages(
     msgs = validate_messages(messages)
     if kind == "plain":
         return _format_plain(tokenizer, msgs, add_generation_prompt)
+    if kind == "raw":
+        return format_raw(msgs)
     return _format_chat(tokenizer, msgs, add_generation_prompt)
+
+
+def format_raw(messages: Sequence[Mapping[str, str]]) -> FormattedPrompt:
+    """The ``"raw"`` template: contents as given (see the module docstring); no generation prompt."""
+    text, spans = "", []
+    for i, msg in enumerate(messages):
+        if i and msg["role"] != "assistant":
+            text += PLAIN_SEPARATOR
+        spans.append((len(text), len(text) + len(msg["content"])))
+        text += msg["content"]
+    return FormattedPrompt(text, spans)
 
 
 def _format_plain(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> FormattedPrompt:

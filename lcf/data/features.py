@@ -51,7 +51,8 @@ def end_of_turn_text(tokenizer: Any, prompt_text: str, messages: Sequence[Mappin
 
     The end-of-turn is what the template renders after the assistant content (``"<|im_end|>"``
     for ChatML; trailing whitespace dropped, since generation stops at that token); the plain
-    template — or a chat template that adds nothing — ends with the tokenizer's eos token.
+    template — or a chat template that adds nothing — ends with the tokenizer's eos token; the raw
+    template adds nothing.
     """
     full = format_messages(tokenizer, [*messages, {"role": "assistant", "content": response}], template,
                            add_generation_prompt=False)
@@ -63,7 +64,7 @@ def end_of_turn_text(tokenizer: Any, prompt_text: str, messages: Sequence[Mappin
         )
     content_end = full.spans[-1][1]
     suffix = full.text[content_end:].rstrip()
-    if not suffix:
+    if not suffix and template != "raw":  # raw text ends where its content ends (lm-eval's continuations)
         suffix = getattr(tokenizer, "eos_token", None) or ""
     return full.text[len(prompt_text):content_end] + suffix
 
