@@ -52,3 +52,104 @@ def test_recipe_validates_and_names_the_wrong_key():
     validate_recipe(load_recipe(RECIPE), origin="arc_mc")
     with pytest.raises(RecipeError, match="data.files"):
         validate_recipe(load_recipe(RECIPE, ["data.files=[x]"]), origin="arc_mc")
+
+
+OBQA_ROWS = [{"id": f"o{i}", "question_stem": f"The sun is {i}", "answerKey": "A",
+              "choices": {"text": [f"hot {i}", "cold", "blue", "wet"], "label": ["A", "B", "C", "D"]}} for i in range(6)]
+SCIQ_ROWS = [{"question": f"What is {i}?", "distractor1": "a", "distractor2": "b", "distractor3": "c",
+              "correct_answer": f"gold {i}", "support": f"  Support {i}." if i % 2 else ""} for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def mix_root(tmp_path_factory) -> Path:
+    from tests.test_eval_harness import write_jsonl
+
+    root = tmp_path_factory.mktemp("mix")
+    write_jsonl(root / "arc/ARC-Easy-train.jsonl", ARC_ROWS)
+    write_jsonl(root / "openbookqa/openbookqa-main-train.jsonl", OBQA_ROWS)
+    write_jsonl(root / "sciq/sciq-train.jsonl", SCIQ_ROWS)
+    return root
+
+
+def test_cloze_format_is_lm_eval_context_and_continuation(mix_root):
+    rows = build(task="arc_easy", split="train", format="cloze", data_root=str(mix_root)).read()
+    assert rows[0].prompt() == "Question: What is 2 + 2?\nAnswer:" and rows[0].response == " 4"
+    assert rows[2].response == " park"  # numeric answer key "3"
+    obqa = build(task="openbookqa", split="train", format="cloze", data_root=str(mix_root)).read()
+    assert obqa[1].prompt() == "The sun is 1" and obqa[1].response == " hot 1"
+    sciq = build(task="sciq", format="cloze", data_root=str(mix_root)).read()  # its only split: train
+    assert sciq[1].prompt() == "Support 1.\nQuestion: What is 1?\nAnswer:" and sciq[1].response == " gold 1"
+    assert sciq[0].prompt() == "\nQuestion: What is 0?\nAnswer:"  # empty support, as lm-eval renders it
+    item = load_task("sciq", data_root=str(mix_root)).all_items()[3]
+    assert item.choices == ["a", "b", "c", "gold 3"] and item.answer == 3  # lm-eval's option order
+    with pytest.raises(DataError, match="cloze"):
+        build(task="arc_easy", format="cloze", answer="letter")
+    with pytest.raises(DataError, match="multiple-choice"):
+        build(task="squad", format="cloze", data_root=str(task_root_of(mix_root))).read()
+
+
+def task_root_of(mix_root: Path) -> Path:
+    from tests.test_eval_harness import write_jsonl
+
+    write_jsonl(mix_root / "squad/squad_v1.1_dev_sample_dev.jsonl", SQUAD_ROWS)
+    return mix_root
+
+
+def test_weighted_mixture_repeats_rows_and_keeps_validation_apart(mix_root, monkeypatch):
+    import lcf.data.task_data as td
+
+    monkeypatch.setattr(td, "_build", lambda ex, *a, **k: {"source": ex.source, "index": ex.index})
+    tasks = [{"name": "arc_easy", "split": "train", "weight": 2}, {"name": "openbookqa", "split": "train"},
+             {"name": "sciq", "weight": 0.5}]
+    data = build(tasks=tasks, format="cloze", data_root=str(mix_root), val_size=3, seed=1)
+    train, val = data.prepare(None, None, None)
+    key = lambda f: (f["source"], f["index"])  # noqa: E731
+    assert len(val) == len({key(f) for f in val}) == 3
+    assert not {key(f) for f in val} & {key(f) for f in train}  # no validation row is trained on
+    counts = {}
+    for f in [*train, *val]:
+        counts.setdefault(f["source"], []).append(f["index"])
+    arc_rows = [key(f) for f in [*train, *val] if f["source"] == "arc_easy:train"]
+    # ARC rows twice (a row drawn into validation counts once there and is dropped from training)
+    assert len(set(arc_rows)) == len(ARC_ROWS) and len([f for f in train if f["source"] == "arc_easy:train"]) >= 5
+    assert sorted(set(counts["openbookqa:train"])) == list(range(len(OBQA_ROWS)))
+    assert 1 <= len(set(counts["sciq:train"])) < len(SCIQ_ROWS)  # about half of SciQ
+    same = build(tasks=tasks, format="cloze", data_root=str(mix_root), val_size=3, seed=1).prepare(None, None, None)
+    assert [key(f) for f in same[0]] == [key(f) for f in train]  # seeded
+    capped = build(tasks=tasks, format="cloze", data_root=str(mix_root), val_size=3, seed=1, train_size=4)
+    assert len(capped.prepare(None, None, None)[0]) == 4
+    # one task with weight 1 keeps instruct_json's order (recipes that used `task:` are unchanged)
+    single = build(task="arc_easy", split="train", data_root=str(mix_root), val_size=2, seed=3)
+    single.read()
+    import random
+
+    order = list(range(len(ARC_ROWS)))
+    random.Random(3).shuffle(order)
+    assert single.weighted_order(len(ARC_ROWS)) == order
+
+
+def test_mixture_arguments_are_checked(mix_root):
+    with pytest.raises(DataError, match="exactly one of `task`"):
+        build(task="arc_easy", tasks=[{"name": "sciq"}])
+    with pytest.raises(DataError, match="exactly one of `task`"):
+        build()
+    with pytest.raises(DataError, match="weight must be a positive"):
+        build(tasks=[{"name": "sciq", "weight": 0}])
+    with pytest.raises(DataError, match="unknown key 'wieght'"):
+        build(tasks=[{"name": "sciq", "wieght": 2}])
+    with pytest.raises(DataError, match="inside its entry"):
+        build(tasks=[{"name": "sciq"}], split="train")
+
+
+def test_science_recipe_validates():
+    from lcf.config import load_recipe, validate_recipe
+    from lcf.errors import RecipeError
+
+    recipe = RECIPE.parent / "science_mc.yaml"
+    data = validate_recipe(load_recipe(recipe), origin="science_mc")
+    assert [t["name"] for t in data["data"]["tasks"]] == ["arc_easy", "arc_challenge", "openbookqa", "sciq"]
+    assert data["data"]["receiver_template"] == data["data"]["sharer_template"] == "raw"
+    with pytest.raises(RecipeError, match="gate_sparsity"):
+        validate_recipe(load_recipe(recipe, ["trainer.gate_sparsity=-1"]), origin="science_mc")
+    with pytest.raises(RecipeError, match="gate_target_open"):
+        validate_recipe(load_recipe(recipe, ["trainer.gate_target_open=1.5"]), origin="science_mc")

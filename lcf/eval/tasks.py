@@ -11,9 +11,10 @@ the benchmark's hub dataset instead, which needs the optional ``datasets`` packa
 
 | task | kind | metric | splits (default first) |
 |---|---|---|---|
-| arc_easy | mc | accuracy | validation, test |
-| arc_challenge | mc | accuracy | validation |
-| openbookqa | mc | accuracy | validation |
+| arc_easy | mc | accuracy | validation, test, train |
+| arc_challenge | mc | accuracy | validation, train |
+| openbookqa | mc | accuracy | validation, train |
+| sciq | mc | accuracy | train (support paragraph + question, as lm-eval's ``sciq``) |
 | mmlu | mc | accuracy | validation, test, dev |
 | mmlu_redux | mc | accuracy | test (``error_type == "ok"`` rows unless ``all_rows=True``) |
 | squad | qa | em_f1 | validation |
@@ -50,6 +51,7 @@ class MCItem:
     labels: list[str]
     answer: int
     subject: str = ""
+    context: str = ""  # a passage that goes before the question (SciQ's support)
 
 
 @dataclass
@@ -215,9 +217,16 @@ class Task:
         """The zero-shot user message for ``item``."""
         if isinstance(item, MCItem):
             lines = [item.question.strip(), *(f"{l}. {c}" for l, c in zip(item.labels, item.choices)), "Answer:"]
+            if item.context.strip():
+                lines.insert(0, item.context.strip() + "\n")
             return "\n".join(lines)
         head = f"{item.context.strip()}\n\n" if item.context.strip() else ""
         return f"{head}Question: {item.question.strip()}\nAnswer with a short phrase."
+
+    def cloze_prompt(self, item: MCItem) -> str:
+        """lm-evaluation-harness's context for ``item`` (raw text, no options listed): ARC's
+        ``"Question: {q}\nAnswer:"``; tasks whose lm-eval prompt differs override it."""
+        return f"Question: {item.question}\nAnswer:"
 
     def option_texts(self, item: MCItem) -> list[str]:
         """Continuations scored by log-likelihood: ``" " + choice``."""
@@ -233,7 +242,8 @@ class ArcEasy(Task):
     """AI2 ARC, easy set (HF ``allenai/ai2_arc`` schema); numeric labels "1".."4" become letters."""
 
     name = "arc_easy"
-    splits = {"validation": "arc/ARC-Easy-validation.jsonl", "test": "arc/ARC-Easy-test.jsonl"}
+    splits = {"validation": "arc/ARC-Easy-validation.jsonl", "test": "arc/ARC-Easy-test.jsonl",
+              "train": "arc/ARC-Easy-train.jsonl"}
     hub_configs = {"allenai/ai2_arc": "ARC-Easy", "ai2_arc": "ARC-Easy"}
     question_key: ClassVar[str] = "question"
 
@@ -250,7 +260,7 @@ class ArcChallenge(ArcEasy):
     """AI2 ARC, challenge set."""
 
     name = "arc_challenge"
-    splits = {"validation": "arc/ARC-Challenge-validation.jsonl"}
+    splits = {"validation": "arc/ARC-Challenge-validation.jsonl", "train": "arc/ARC-Challenge-train.jsonl"}
     hub_configs = {"allenai/ai2_arc": "ARC-Challenge", "ai2_arc": "ARC-Challenge"}
 
 
@@ -259,9 +269,35 @@ class OpenBookQA(ArcEasy):
     """OpenBookQA main (HF ``allenai/openbookqa`` schema: ``question_stem``, choices, answerKey)."""
 
     name = "openbookqa"
-    splits = {"validation": "openbookqa/openbookqa-main-validation.jsonl"}
+    splits = {"validation": "openbookqa/openbookqa-main-validation.jsonl",
+              "train": "openbookqa/openbookqa-main-train.jsonl"}
     hub_configs = {"allenai/openbookqa": "main", "openbookqa": "main"}
     question_key = "question_stem"
+
+    def cloze_prompt(self, item: MCItem) -> str:
+        """lm-eval's ``openbookqa`` context: the question stem alone."""
+        return item.question
+
+
+@tasks.register("sciq")
+class SciQ(Task):
+    """SciQ (HF ``allenai/sciq`` schema: question, distractor1-3, correct_answer, support). As in
+    lm-eval's ``sciq`` task, the options are ``[distractor1, distractor2, distractor3, correct_answer]``
+    (gold last) and the cloze prompt puts the support paragraph before the question."""
+
+    name = "sciq"
+    splits = {"train": "sciq/sciq-train.jsonl"}
+    default_split = "train"
+
+    def parse(self, row: Row, where: str, index: int) -> MCItem:
+        options = [_get(row, k, where) for k in ("distractor1", "distractor2", "distractor3", "correct_answer")]
+        item = _mc(where, self._id(row, index), _get(row, "question", where), options, 3)
+        item.context = str(row.get("support") or "")
+        return item
+
+    def cloze_prompt(self, item: MCItem) -> str:
+        """lm-eval's ``sciq`` context: ``"{support}\nQuestion: {question}\nAnswer:"``."""
+        return f"{item.context.lstrip()}\nQuestion: {item.question}\nAnswer:"
 
 
 @tasks.register("mmlu")
