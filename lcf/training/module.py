@@ -32,10 +32,27 @@ class LCFModule(L.LightningModule):
             tr.gates.set_temperature(t)
         return t
 
+    def gate_parameters(self) -> list[torch.nn.Parameter]:
+        """The gate logits of every translator (their own optimizer group and the sparsity penalty)."""
+        return [p for tr in self.communicator.translators for p in tr.gates.parameters() if p.requires_grad]
+
+    def open_fraction(self) -> torch.Tensor | None:
+        """Mean gate probability sigmoid(logit) over all gates (differentiable), or None without gates."""
+        params = self.gate_parameters()
+        if not params:
+            return None
+        return torch.sigmoid(torch.cat([p.flatten() for p in params])).mean()
+
     def training_step(self, batch, batch_idx):
         temperature = self._anneal()
         out = self.communicator(batch)
         loss = out["loss"]
+        s = self.settings
+        if s.gate_sparsity > 0 and (open_frac := self.open_fraction()) is not None:
+            penalty = s.gate_sparsity * (open_frac - s.gate_target_open) ** 2
+            self.log("train/lm_loss", loss.detach(), batch_size=batch["response_ids"].shape[0])
+            self.log("train/gate_penalty", penalty.detach(), batch_size=batch["response_ids"].shape[0])
+            loss = loss + penalty.to(loss.dtype)
         if not torch.isfinite(loss):
             where = f"epoch {self.current_epoch}, batch {batch_idx}, global step {self.global_step}"
             callback = self.trainer.checkpoint_callback if self._trainer is not None else None
@@ -50,6 +67,10 @@ class LCFModule(L.LightningModule):
         if self._trainer is not None and self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         if self.global_step % max(self.settings.log_every_n_steps, 1) == 0:
+            with gathered(self.gate_parameters()):
+                open_frac = self.open_fraction()
+            if open_frac is not None:
+                self.log("gates/mean_open", open_frac.detach(), batch_size=bs)
             for i, tr in enumerate(self.communicator.translators):
                 with gathered(tr.gates.parameters()):  # ZeRO-3 partitions the gate logits between steps
                     gate_values = tr.gate_values()
@@ -75,10 +96,13 @@ class LCFModule(L.LightningModule):
     def configure_optimizers(self):
         s = self.settings
         # translators and compressors: the frozen LLMs are not submodules of the communicator
-        params = [p for p in self.communicator.parameters() if p.requires_grad]
+        gate_ids = {id(p) for p in self.gate_parameters()} if s.gate_lr is not None else set()
+        params = [p for p in self.communicator.parameters() if p.requires_grad and id(p) not in gate_ids]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if gate_ids:  # gates learn at their own rate, without weight decay (which would pull them shut)
+            groups.append({"params": self.gate_parameters(), "weight_decay": 0.0, "lr": s.gate_lr})
         if self._trainer is not None and offloads_optimizer(self.trainer.strategy):
             from deepspeed.ops.adam import DeepSpeedCPUAdam  # DeepSpeed refuses torch's AdamW with CPU offload
 

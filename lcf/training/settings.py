@@ -22,6 +22,12 @@ class TrainerSettings:
     gate_temperature_start: float = 1.0
     gate_temperature_end: float = 0.001
     gate_anneal_steps: int | None = None  # default: max_steps
+    # Gates that learn: their own learning rate (None: lr; a scalar logit moves about lr per Adam step),
+    # and a penalty gate_sparsity * (mean sigmoid(logit) - gate_target_open)^2 on the fraction of open
+    # gates (0: off), which pushes that fraction towards the target while the loss picks the layers.
+    gate_lr: float | None = None
+    gate_sparsity: float = 0.0
+    gate_target_open: float = 0.33
     val_every_n_steps: int = 50
     limit_val_batches: int | None = None
     checkpoint_every_n_steps: int = 50
@@ -50,6 +56,12 @@ class TrainerSettings:
             problems.append(f"warmup_ratio must lie in [0, 1) (got {self.warmup_ratio})")
         if self.lr <= 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
+        if self.gate_lr is not None and not self.gate_lr > 0:
+            problems.append(f"gate_lr must be > 0 or null (the same as lr), got {self.gate_lr}")
+        if not self.gate_sparsity >= 0:
+            problems.append(f"gate_sparsity must be >= 0 (0 turns the penalty off), got {self.gate_sparsity}")
+        if not 0 <= self.gate_target_open <= 1:
+            problems.append(f"gate_target_open must be a fraction in [0, 1], got {self.gate_target_open}")
         if self.model_dtype not in (None, "float32", "bfloat16", "float16"):
             problems.append(f"model_dtype must be float32, bfloat16, float16 or null (the card's), got {self.model_dtype!r}")
         from lcf.training.strategy import check_strategy
