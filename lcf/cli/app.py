@@ -128,6 +128,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_prune(args) -> int:
+    from lcf.prune import prune_adapter
+
+    out = prune_adapter(args.adapter, args.out, keep=args.keep, threshold=args.threshold)
+    import json
+
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    info = cfg["training"]["pruned"]
+    print(f"pruned adapter written to {out}: kept {len(info['kept'])} of {len(info['layers_before'])} layers "
+          f"{info['kept']}, {info['size_bytes_before']} -> {cfg['size_bytes']} bytes")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from lcf.cli.demo import run_demo
 
@@ -193,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT_DIR even if it is a file or a folder that is not an lcf adapter (its contents are lost)")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("prune", help="a smaller adapter keeping the layers with the highest learned gates")
+    p.add_argument("adapter", help="adapter folder (from lcf export)")
+    p.add_argument("out", help="pruned adapter folder to write")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keep", type=int, help="keep the N layers with the highest gate values")
+    which.add_argument("--threshold", type=float, help="keep every layer whose gate value is >= T")
+    p.set_defaults(fn=cmd_prune)
 
     p = sub.add_parser("demo", help="train -> export -> runtime -> comparison table on the real pair")
     p.add_argument("recipe", nargs="?", default="recipes/quickstart.yaml")
