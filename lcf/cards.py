@@ -1,6 +1,7 @@
 """Model and pair cards: YAML files in ``registry/`` that hold every model fact the code needs.
 
-Search path: the built-in ``registry/`` folder of the lcf checkout, then every folder listed in the
+Search path: the built-in ``registry/`` folder of the lcf checkout (or its copy in an installed wheel,
+see :mod:`lcf.shipped`), then every folder listed in the
 ``LCF_REGISTRY_PATH`` environment variable (``os.pathsep``-separated). Later folders win, so a user
 can shadow a built-in card. Layout: ``<root>/models/<name>.yaml`` and ``<root>/pairs/<name>.yaml``.
 """
@@ -16,8 +17,9 @@ from typing import Any
 import yaml
 
 from lcf.errors import RecipeError, RegistryError, suggest
+from lcf.shipped import shipped_dir
 
-BUILTIN_REGISTRY = Path(__file__).resolve().parent.parent / "registry"
+BUILTIN_REGISTRY = shipped_dir("registry") or Path(__file__).resolve().parent.parent / "registry"
 SOURCE_KINDS = ("hub", "local", "pip_gguf")
 
 

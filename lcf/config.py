@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lcf import cards
+from lcf.shipped import find_recipe
 from lcf.errors import LCFError, RecipeError, RegistryError, suggest
 from lcf.registry import get_registry
 
@@ -66,7 +67,7 @@ def _load_file(path: Path, stack: tuple[Path, ...]) -> DictConfig:
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose a recipe file with its defaults and CLI overrides; interpolations resolved."""
-    cfg = _load_file(Path(path), ())
+    cfg = _load_file(find_recipe(path), ())  # a shipped recipe's name works from any directory
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise RecipeError(f"overrides must look like key=value (e.g. translator.rank=64), got {bad}")
