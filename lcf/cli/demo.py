@@ -3,7 +3,8 @@
 Runs ``recipes/quickstart.yaml`` (or the recipe given), exports the adapter, loads it in the light
 runtime, answers a few questions with and without the sharer's cache, and prints a table of the
 receiver alone vs receiver + adapter on the held-out validation split (response-token loss and
-perplexity, computed on identical tokens).
+perplexity, computed on identical tokens), next to the adapter's controls (an all-zero sharer cache,
+another example's sharer cache).
 """
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ QUESTIONS = (
 
 
 @torch.no_grad()
-def response_loss(communicator, batches, *, fuse: bool) -> dict[str, float]:
+def response_loss(communicator, batches, *, fuse: bool, sharer_transform=None) -> dict[str, float]:
     """Token-weighted response cross-entropy and perplexity over ``batches``."""
     total, tokens = 0.0, 0
     for batch in batches:
-        out = communicator(batch, fuse=fuse)
+        out = communicator(batch, fuse=fuse, sharer_transform=sharer_transform)
         total += float(out["loss_sum"])
         tokens += int(out["tokens"])
     loss = total / max(tokens, 1)
@@ -34,16 +35,55 @@ def response_loss(communicator, batches, *, fuse: bool) -> dict[str, float]:
 
 
 def compare_on_validation(adapter, val_features: list[dict], batch_size: int = 8) -> dict[str, dict[str, float]]:
-    from lcf.data.instruct import collate
-    from lcf.data.features import pad_token_id
+    """Receiver alone, receiver + adapter, and the two controls on the same response tokens: the adapter
+    fed an all-zero sharer cache, and fed the sharer cache of another example (its own alignment clipped
+    to that prompt). A gain that survives the controls is adaptation, not what the sharer read."""
+    from lcf.data.features import collate, pad_token_id
+    from lcf.eval.systems import mismatch_partner, zero_sharer_cache
 
     r_pad, s_pad = pad_token_id(adapter.receiver.tokenizer), pad_token_id(adapter.sharer.tokenizer)
-    batches = [collate(val_features[i:i + batch_size], r_pad, s_pad) for i in range(0, len(val_features), batch_size)]
+
+    def batches(features):
+        return [collate(features[i:i + batch_size], r_pad, s_pad) for i in range(0, len(features), batch_size)]
+
+    own = batches(val_features)
+    prompts = [str(f["sharer_prompt_ids"]) for f in val_features]
     comm = adapter.communicator.eval()
-    return {
-        "receiver alone": response_loss(comm, batches, fuse=False),
-        "receiver + adapter": response_loss(comm, batches, fuse=True),
+    scores = {
+        "receiver alone": response_loss(comm, own, fuse=False),
+        "receiver + adapter": response_loss(comm, own, fuse=True),
+        "control: zero sharer cache": response_loss(comm, own, fuse=True, sharer_transform=zero_sharer_cache),
     }
+    if len(set(prompts)) > 1:
+        other = batches([mismatched(f, val_features[mismatch_partner(prompts, i)]) for i, f in enumerate(val_features)])
+        scores["control: another example's cache"] = response_loss(comm, other, fuse=True)
+    return scores
+
+
+def mismatched(own: dict, other: dict) -> dict:
+    """``own`` reading ``other``'s sharer prompt: its alignment clipped to that prompt's length."""
+    last = len(other["sharer_prompt_ids"]) - 1
+    return own | {"sharer_prompt_ids": list(other["sharer_prompt_ids"]),
+                  "align_index": [min(s, last) if m else 0 for s, m in zip(own["align_index"], own["align_mask"])]}
+
+
+def control_note(scores: dict[str, dict[str, float]]) -> str:
+    """What the controls say about the adapter's gain, in one or two sentences."""
+    alone, fused = scores["receiver alone"]["loss"], scores["receiver + adapter"]["loss"]
+    controls = [v["loss"] for k, v in scores.items() if k.startswith("control")]
+    gain = alone - fused
+    if gain <= 0:
+        return f"The adapter does not lower the receiver's loss here ({alone:.4f} -> {fused:.4f})."
+    kept = alone - min(controls) if controls else 0.0
+    if kept <= 0:
+        return (f"The adapter lowers the loss by {gain:.4f} nats and neither control beats the receiver alone: "
+                f"the gain needs this prompt's sharer cache.")
+    if kept >= gain:
+        return (f"The adapter lowers the loss by {gain:.4f} nats, but a control does as well ({kept:.4f}): the gain "
+                f"is adaptation of the receiver to the data, not information from the sharer's cache.")
+    return (f"The adapter lowers the loss by {gain:.4f} nats; fed a control cache it still lowers it by {kept:.4f} "
+            f"({100 * kept / gain:.0f}% of the gain): that part is adaptation to the data. {gain - kept:.4f} nats "
+            f"depend on this prompt's sharer cache.")
 
 
 def run_demo(recipe: str = "recipes/quickstart.yaml", overrides=(), *, adapter_dir: str | None = None,
@@ -88,6 +128,7 @@ def run_demo(recipe: str = "recipes/quickstart.yaml", overrides=(), *, adapter_d
     for name, s in scores.items():
         table.add_row(name, f"{s['loss']:.4f}", f"{s['ppl']:.2f}", str(s["tokens"]))
     con.print(table)
+    con.print(control_note(scores))
     a = adapter.config
     con.print(f"translator {a['translator']['type']} {a['translator']['args']}: {a['num_parameters']:,} parameters, "
               f"{a['size_bytes'] / 1e6:.2f} MB; training took {train_s / 60:.1f} min")

@@ -82,7 +82,9 @@ def _loggers(settings: TrainerSettings, out: Path, version: str = "") -> list:
 
 
 def _callbacks(settings: TrainerSettings, out: Path) -> list:
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from lcf.training.progress import StepProgressBar
 
     # `last.ckpt` every checkpoint_every_n_steps (for --resume), and the best weights by validation loss,
     # saved right after each validation so the name's loss belongs to those weights. (A step-triggered
@@ -96,7 +98,7 @@ def _callbacks(settings: TrainerSettings, out: Path) -> list:
 
     cbs.append(RNGState())  # RNG states in every checkpoint: --resume continues as the uninterrupted run
     if settings.progress == "rich":
-        cbs.append(RichProgressBar(leave=True))
+        cbs.append(StepProgressBar())  # counts steps: Lightning's own bar says "Epoch 0/-2" under max_steps
     del LearningRateMonitor  # the module logs train/lr itself
     return cbs
 
