@@ -24,6 +24,7 @@ from lcf.align.layers import LayerMap
 from lcf.components import recorded_args, recording_init
 from lcf.errors import KVCacheError, LCFError, RecipeError
 from lcf.models.kv import KVView, LayerSpec, layer_specs
+from lcf.translators.stacked import fuse_stacked
 
 #: Reserved keyword accepted by every translator constructor: the receiver layers kept by :meth:`prune`.
 ACTIVE_LAYERS_ARG = "active_layers"
@@ -137,23 +138,35 @@ class LayerGates(nn.Module):
         self.temperature.fill_(float(t))
 
     def forward(
-        self, layer: int, dk: torch.Tensor | None = None, dv: torch.Tensor | None = None
+        self, layer: int | Sequence[int], dk: torch.Tensor | None = None, dv: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(g_k, g_v), the scalar gates of receiver layer ``layer`` (a fresh Gumbel sample in training);
         given the edits ``dk``, ``dv``: the gated edits ``(g_k * dk, g_v * dv)``.
 
+        ``layer`` may be a list of G layers (the stacked path): gates of shape (G,) each, and edits
+        ``(G, ...)`` gated row by row. One uniform draw serves all G layers, in the order the per-layer
+        calls would draw them, so both paths sample the same gates from the same random state.
+
         Training must use the second form: the product happens inside this module, so ZeRO-3's
         backward hooks see tensor inputs that need gradients and keep the logits gathered until their
         gradients exist (with no such input, they release the logits too early)."""
-        logit = self.logits[str(layer)]
+        if isinstance(layer, int):
+            logit = self.logits[str(layer)]
+        else:
+            logit = torch.stack([self.logits[str(t)] for t in layer])  # (G, 2): draws in per-layer order
         if self.training:
             eps = torch.finfo(logit.dtype).eps
             u = torch.rand_like(logit).clamp(eps, 1 - eps)
             g = torch.sigmoid((logit + torch.log(u) - torch.log1p(-u)) / self.temperature.to(logit.dtype))
         else:
             g = (logit > 0).to(logit.dtype)
+        if not isinstance(layer, int):
+            g = g.t()  # (2, G)
         if dk is None or dv is None:
             return g[0], g[1]
+        if not isinstance(layer, int):  # (G,) gates against (G, ...) edits
+            return (g[0].to(dk.dtype).view(-1, *(1,) * (dk.dim() - 1)) * dk,
+                    g[1].to(dv.dtype).view(-1, *(1,) * (dv.dim() - 1)) * dv)
         return g[0].to(dk.dtype) * dk, g[1].to(dv.dtype) * dv
 
     @torch.no_grad()
@@ -209,6 +222,8 @@ class Translator(nn.Module):
         self.gates = LayerGates(shapes.fused_layers)
         self.layers = nn.ModuleDict()
         self._active: set[int] = set(shapes.fused_layers)
+        #: fuse all layers in stacked batches (False: the per-layer reference path); not exported
+        self.stacked = True
 
     def _check_built(self) -> None:
         missing = [t for t in self._active if str(t) not in self.layers]
@@ -226,6 +241,13 @@ class Translator(nn.Module):
 
         sk/sv: aligned sharer rows (B, N, Hs*Ds); rk/rv: receiver rows (B, N, Hr*Dr)."""
         raise NotImplementedError(f"{type(self).__name__} must implement delta()")
+
+    def delta_stacked(
+        self, layers: Sequence[int], sk: torch.Tensor, sv: torch.Tensor, rk: torch.Tensor, rv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`delta` of G layers at once: inputs ``(G, M, .)`` (row g belongs to ``layers[g]``),
+        edits ``(G, M, Hr*Dr)``. Optional: a translator without it always runs the per-layer path."""
+        raise NotImplementedError(f"{type(self).__name__} has no stacked path; use fuse_per_layer()")
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _after_init(self, active: Sequence[int] | None) -> None:
@@ -302,7 +324,18 @@ class Translator(nn.Module):
 
         ``align_index[b, p]`` is the sharer position aligned with receiver position ``p``; positions with
         ``align_mask`` False, or whose sharer position the sharer layer no longer stores (sliding
-        window), keep the receiver value. Layers not edited are passed through as the same tensors."""
+        window), keep the receiver value. Layers not edited are passed through as the same tensors.
+
+        Runs the stacked path (:mod:`lcf.translators.stacked`) when :attr:`stacked` is True and the
+        class implements :meth:`delta_stacked`, else :meth:`fuse_per_layer`, the reference."""
+        if self.stacked and type(self).delta_stacked is not Translator.delta_stacked:
+            self._check_views(sharer, receiver, align_index, align_mask)
+            return fuse_stacked(self, sharer, receiver, align_index, align_mask)
+        return self.fuse_per_layer(sharer, receiver, align_index, align_mask)
+
+    def fuse_per_layer(self, sharer: KVView, receiver: KVView, align_index: torch.Tensor,
+                       align_mask: torch.Tensor) -> KVView:
+        """:meth:`fuse` one layer at a time: the reference the stacked path is tested against."""
         self._check_views(sharer, receiver, align_index, align_mask)
         align_mask = align_mask.bool()
         keys, values = list(receiver.keys), list(receiver.values)

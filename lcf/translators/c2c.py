@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lcf.registry import translators
+from lcf.translators import stacked
 from lcf.translators.base import FeedForward, PairShapes, Translator, check_dropout, check_int
 
 
@@ -78,3 +79,14 @@ class C2CProjector(Translator):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         fuser = self.layers[str(layer)]
         return fuser.key(sk, rk), fuser.value(sv, rv)
+
+    def delta_stacked(self, layers, sk, sv, rk, rv):
+        # the K and V stacks of every layer as one stack of 2G: [key stacks ; value stacks]
+        st = [self.layers[str(t)].key for t in layers] + [self.layers[str(t)].value for t in layers]
+        x = torch.cat([torch.cat([sk, rk], dim=-1), torch.cat([sv, rv], dim=-1)])
+        h = stacked.feed_forward([m.trunk for m in st], stacked.linear([m.inp for m in st], x))
+        proj = stacked.linear([m.proj for m in st], stacked.feed_forward([m.proj_block for m in st], h))
+        weight = torch.sigmoid(stacked.linear([m.weight for m in st], stacked.feed_forward([m.weight_block for m in st], h)))
+        g2, n, _ = proj.shape
+        d = (proj.view(g2, n, st[0].heads, st[0].head_dim) * weight.unsqueeze(-1)).flatten(2)
+        return d[: g2 // 2], d[g2 // 2:]

@@ -14,6 +14,7 @@ from torch import nn
 
 from lcf.errors import RecipeError
 from lcf.registry import translators
+from lcf.translators import stacked
 from lcf.translators.base import PairShapes, Translator
 
 
@@ -63,3 +64,13 @@ class GatedFusion(Translator):
         self, layer: int, sk: torch.Tensor, sv: torch.Tensor, rk: torch.Tensor, rv: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.layers[str(layer)](sk, sv)
+
+    def delta_stacked(self, layers, sk, sv, rk, rv):
+        mods = [self.layers[str(t)] for t in layers]
+        # K and V maps of every layer as one stack of 2G: [key maps ; value maps]
+        out = stacked.linear([m.key for m in mods] + [m.value for m in mods], torch.cat([sk, sv]))
+        logits = torch.stack([m.head_logits for m in mods])  # (G, 2, Hr)
+        gates = torch.sigmoid(torch.cat([logits[:, 0], logits[:, 1]]))  # (2G, Hr)
+        g2, n, _ = out.shape
+        d = (out.view(g2, n, mods[0].heads, mods[0].head_dim) * gates[:, None, :, None]).flatten(2)
+        return d[: g2 // 2], d[g2 // 2:]

@@ -21,6 +21,7 @@ from torch import nn
 
 from lcf.errors import RecipeError
 from lcf.registry import translators
+from lcf.translators import stacked
 from lcf.translators.base import FeedForward, PairShapes, Translator, check_dropout, check_int
 
 
@@ -84,3 +85,17 @@ class LowRankJointKV(Translator):
         self, layer: int, sk: torch.Tensor, sv: torch.Tensor, rk: torch.Tensor, rv: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.layers[str(layer)](sk, sv, rk, rv)
+
+    def delta_stacked(self, layers, sk, sv, rk, rv):
+        mods = [self.layers[str(t)] for t in layers]
+        heads, head_dim, half = mods[0].heads, mods[0].head_dim, mods[0].half
+        z = stacked.linear([m.down for m in mods], torch.cat([sk, sv, rk, rv], dim=-1))
+        for i in range(self.mlp_blocks):
+            z = stacked.feed_forward([m.mlp[i] for m in mods], z)
+        a = torch.sigmoid(stacked.linear([m.gate for m in mods], z))  # (G, M, 2*Hr)
+        # K and V up-projections as one stack of 2G: [up_k of every layer ; up_v of every layer]
+        up = stacked.linear([m.up_k for m in mods] + [m.up_v for m in mods], torch.cat([z[..., :half], z[..., half:]]))
+        g, n, _ = z.shape
+        gates = torch.cat([a[..., :heads], a[..., heads:]])  # (2G, M, Hr)
+        d = (up.view(2 * g, n, heads, head_dim) * gates.unsqueeze(-1)).flatten(2)
+        return d[:g], d[g:]
