@@ -1,0 +1,116 @@
+"""Paired comparisons of systems evaluated on the same items, from one or more ``results.json``.
+
+    python -m lcf.eval.paired reports/base/results.json reports/lcf/results.json \\
+        --pairs "science_mc:receiver" "science_mc:science_mc (mismatched)" --metric acc_norm
+
+Reports written by separate ``lcf eval`` runs combine when they scored the same items (same task,
+split, ``--limit`` and ``--seed``): predictions are joined by task and item id, and only items every
+compared system has are used. For each pair ``A:B`` it prints ``A - B`` in points with a paired
+bootstrap 95% interval (items resampled with replacement, the same resample for both systems), and for
+each fused system the "follows the sharer" count: on items where receiver and sharer alone pick
+different options, how often the fused system picks the sharer's option, the receiver's, or another.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lcf.errors import LCFError
+
+CORRECT_KEY = {"acc": ("correct", "pred"), "acc_norm": ("correct_norm", "pred_norm"), "accuracy": ("correct", "pred")}
+
+
+def load_predictions(paths: Sequence[str | Path]) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
+    """system -> (task, item id) -> prediction row, merged over the given results files (later files win)."""
+    out: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for system, tasks in (data.get("predictions") or {}).items():
+            rows = out.setdefault(system, {})
+            for task, preds in tasks.items():
+                for row in preds:
+                    rows[(task, str(row["id"]))] = row
+    if not out:
+        raise LCFError(f"no predictions in {list(map(str, paths))}: give results.json files written by `lcf eval`")
+    return out
+
+
+def _field(row: dict[str, Any], metric: str, which: int) -> Any:
+    key = CORRECT_KEY.get(metric, CORRECT_KEY["acc"])[which]
+    if key not in row:  # chat-format reports have one metric only
+        key = CORRECT_KEY["acc"][which]
+    return row[key]
+
+
+def paired_difference(preds: dict[str, dict], a: str, b: str, *, metric: str = "acc_norm", task: str | None = None,
+                      resamples: int = 4000, seed: int = 0) -> dict[str, Any]:
+    """``a - b`` in points over the items both systems have (optionally one task), with a paired
+    bootstrap 95% interval."""
+    for name in (a, b):
+        if name not in preds:
+            raise LCFError(f"system {name!r} is not in the results; known: {sorted(preds)}")
+    keys = sorted(k for k in preds[a] if k in preds[b] and (task is None or k[0] == task))
+    if not keys:
+        raise LCFError(f"systems {a!r} and {b!r} share no item{'' if task is None else f' of task {task!r}'}: "
+                       f"evaluate them on the same tasks, --limit and --seed")
+    diff = [int(bool(_field(preds[a][k], metric, 0))) - int(bool(_field(preds[b][k], metric, 0))) for k in keys]
+    n = len(diff)
+    rng = random.Random(seed)
+    stats = sorted(sum(diff[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    lo, hi = stats[int(0.025 * resamples)], stats[min(int(0.975 * resamples), resamples - 1)]
+    acc = lambda s: 100 * sum(bool(_field(preds[s][k], metric, 0)) for k in keys) / n  # noqa: E731
+    return {"a": a, "b": b, "n": n, "a_score": acc(a), "b_score": acc(b), "diff": 100 * sum(diff) / n,
+            "low": 100 * lo, "high": 100 * hi}
+
+
+def follows_sharer(preds: dict[str, dict], fused: str, *, receiver: str = "receiver", sharer: str = "sharer",
+                   metric: str = "acc_norm", task: str | None = None) -> dict[str, Any]:
+    """On items where receiver and sharer alone disagree: how often ``fused`` picks the sharer's option,
+    the receiver's, or a third one, and how often the sharer was right there."""
+    keys = [k for k in preds[fused] if k in preds[receiver] and k in preds[sharer] and (task is None or k[0] == task)]
+    pick = {s: {k: _field(preds[s][k], metric, 1) for k in keys} for s in (fused, receiver, sharer)}
+    split = [k for k in keys if pick[receiver][k] != pick[sharer][k]]
+    out = {"system": fused, "disagree": len(split), "sharer": 0, "receiver": 0, "other": 0, "sharer_right": 0,
+           "follows_sharer_when_right": 0}
+    for k in split:
+        p = pick[fused][k]
+        out["sharer" if p == pick[sharer][k] else "receiver" if p == pick[receiver][k] else "other"] += 1
+        if bool(_field(preds[sharer][k], metric, 0)):
+            out["sharer_right"] += 1
+            out["follows_sharer_when_right"] += int(p == pick[sharer][k])
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lcf.eval.paired", description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="+", help="results.json files of `lcf eval` runs on the same items")
+    ap.add_argument("--pairs", nargs="*", default=[], metavar="A:B", help="system pairs to compare (A - B)")
+    ap.add_argument("--follow", nargs="*", default=[], metavar="SYSTEM", help="fused systems for the follows-the-sharer count")
+    ap.add_argument("--metric", default="acc_norm", choices=sorted(CORRECT_KEY))
+    ap.add_argument("--task", default=None, help="one task only (default: every item of every task)")
+    ap.add_argument("--resamples", type=int, default=4000)
+    args = ap.parse_args(argv)
+    preds = load_predictions(args.results)
+    if args.pairs:
+        print(f"| A - B ({args.metric}) | n | A | B | A - B [95% interval] |\n|---|---:|---:|---:|---|")
+    for pair in args.pairs:
+        a, sep, b = pair.rpartition(":")
+        if not sep:
+            raise LCFError(f"--pairs entries look like 'SYSTEM_A:SYSTEM_B', got {pair!r}")
+        d = paired_difference(preds, a, b, metric=args.metric, task=args.task, resamples=args.resamples)
+        print(f"| {a} - {b} | {d['n']} | {d['a_score']:.1f} | {d['b_score']:.1f} | "
+              f"{d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}] |")
+    for system in args.follow:
+        f = follows_sharer(preds, system, metric=args.metric, task=args.task)
+        print(f"{system}: on {f['disagree']} items where receiver and sharer disagree it picks the sharer's option "
+              f"{f['sharer']}, the receiver's {f['receiver']}, another {f['other']}; where the sharer is right "
+              f"({f['sharer_right']}) it follows it {f['follows_sharer_when_right']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

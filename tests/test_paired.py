@@ -1,0 +1,54 @@
+"""Paired bootstrap differences and the follows-the-sharer count over `lcf eval` results files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lcf.errors import LCFError
+from lcf.eval.paired import follows_sharer, load_predictions, main, paired_difference
+
+
+def rows(picks, golds):
+    return [{"id": f"q{i}", "pred": p, "pred_norm": p, "gold": g, "correct": p == g, "correct_norm": p == g}
+            for i, (p, g) in enumerate(zip(picks, golds))]
+
+
+GOLD = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+
+
+@pytest.fixture
+def two_reports(tmp_path):
+    base = {"predictions": {"receiver": {"arc_easy": rows([1, 1, 0, 0, 0, 0, 0, 0, 1, 1], GOLD)},
+                            "sharer": {"arc_easy": rows([0, 1, 2, 3, 1, 0, 0, 0, 1, 1], GOLD)}}}
+    fused = {"predictions": {"lcf": {"arc_easy": rows([0, 1, 2, 0, 0, 0, 3, 0, 1, 1], GOLD)}}}
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps(fused))
+    return [tmp_path / "a.json", tmp_path / "b.json"]
+
+
+def test_paired_difference_and_interval(two_reports):
+    preds = load_predictions(two_reports)
+    d = paired_difference(preds, "lcf", "receiver", resamples=2000)
+    assert d["n"] == 10 and d["a_score"] == 50.0 and d["b_score"] == 30.0 and d["diff"] == pytest.approx(20.0)
+    assert d["low"] <= d["diff"] <= d["high"] and d["high"] - d["low"] > 0
+    same = paired_difference(preds, "receiver", "receiver")
+    assert same["diff"] == same["low"] == same["high"] == 0.0  # a system against itself: no spread
+    with pytest.raises(LCFError, match="not in the results"):
+        paired_difference(preds, "lcf", "lora")
+
+
+def test_follows_sharer(two_reports):
+    f = follows_sharer(load_predictions(two_reports), "lcf")
+    # receiver and sharer disagree on q0, q2, q3, q4; lcf takes the sharer's pick on q0, q2 and the
+    # receiver's on q3, q4; the sharer is right on q0, q2, q3
+    assert (f["disagree"], f["sharer"], f["receiver"], f["other"]) == (4, 2, 2, 0)
+    assert (f["sharer_right"], f["follows_sharer_when_right"]) == (3, 2)
+
+
+def test_cli_prints_a_table(two_reports, capsys):
+    assert main([*map(str, two_reports), "--pairs", "lcf:receiver", "--follow", "lcf", "--resamples", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "| lcf - receiver | 10 | 50.0 | 30.0 | +20.0 [" in out and "picks the sharer's option 2" in out
+    with pytest.raises(LCFError, match="SYSTEM_A:SYSTEM_B"):
+        main([str(two_reports[0]), "--pairs", "receiver"])
