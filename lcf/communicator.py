@@ -76,6 +76,8 @@ class Communicator(nn.Module):
         # keyed by sharer index: sharers without a compressor have no entry
         self.compressors = nn.ModuleDict({str(i): c for i, c in enumerate(compressors) if c is not None})
         self.combine = combine
+        #: on CUDA, run the sharers' prompt prefills on side streams alongside the receiver's (no effect elsewhere)
+        self.overlap_prefills = True
         # plain attributes: not parameters of this module (see the module docstring)
         self.__dict__["receiver"] = receiver
         self.__dict__["sharers"] = list(sharers)
@@ -121,15 +123,49 @@ class Communicator(nn.Module):
     def _prefill(self, model, ids: torch.Tensor, mask: torch.Tensor) -> KVView:
         return prefill(model, ids, attention_mask=mask, position_ids=positions_from_mask(mask))
 
-    def sharer_view(self, i: int, inp: SharerInputs, sharer_transform: SharerTransform | None = None) -> KVView:
-        """What translator ``i`` reads: sharer ``i``'s prompt cache, or its summary when it has a compressor."""
+    def _side_stream_prefills(self, batch: dict, given: list) -> tuple[dict[int, KVView], list]:
+        """On CUDA (when :attr:`overlap_prefills`): the prompt prefills of the token-aligned sharers queued on
+        side streams before the receiver's prefill is queued, so the independent prefills run together.
+        Returns ``({sharer index: view}, streams)``; nothing on other devices."""
+        ids = batch["receiver_prompt_ids"]
+        if not (self.overlap_prefills and ids.is_cuda):
+            return {}, []
+        main = torch.cuda.current_stream(ids.device)
+        views, streams = {}, []
+        for i, inp in enumerate(self.sharer_inputs(batch)):
+            if given[i] is not None or self.sharers[i] is None or self.compressor(i) is not None or inp.prompt_ids is None:
+                continue
+            stream = torch.cuda.Stream(ids.device)
+            stream.wait_stream(main)  # the batch's tensors are ready
+            with torch.cuda.stream(stream):
+                views[i] = self._prefill(self.sharers[i], inp.prompt_ids, inp.prompt_mask)
+            streams.append(stream)
+        return views, streams
+
+    @staticmethod
+    def _join_side_streams(views: dict[int, KVView], streams: list) -> None:
+        if not streams:
+            return
+        main = torch.cuda.current_stream()
+        for stream in streams:
+            main.wait_stream(stream)
+        for view in views.values():  # made on a side stream, used (and freed) on the main one
+            for t in (*view.keys, *view.values):
+                t.record_stream(main)
+
+    def sharer_view(self, i: int, inp: SharerInputs, sharer_transform: SharerTransform | None = None,
+                    prefilled: KVView | None = None) -> KVView:
+        """What translator ``i`` reads: sharer ``i``'s prompt cache, or its summary when it has a compressor.
+        ``prefilled``: that prompt cache, already computed (see :meth:`_side_stream_prefills`)."""
         sharer = self.sharers[i]
         if sharer is None:
             raise LCFError(f"sharer {i} is not loaded, so its cache cannot be computed here; pass its summary "
                            f"(a latent message) as sharer_views=, or load the adapter with its sharer")
         if inp.prompt_ids is None or inp.prompt_mask is None:
             raise LCFError(f"the batch has no prompt for sharer {i} (sharer_prompt_ids / sharer_prompt_mask)")
-        if self.compressor(i) is None:
+        if prefilled is not None:
+            view = prefilled
+        elif self.compressor(i) is None:
             view = self._prefill(sharer, inp.prompt_ids, inp.prompt_mask)
         else:  # a compressor reads every position, also those a sliding-window layer would evict
             view = prefill_all_positions(sharer, inp.prompt_ids, inp.prompt_mask, positions_from_mask(inp.prompt_mask))
@@ -153,16 +189,18 @@ class Communicator(nn.Module):
         ids, mask = batch["receiver_prompt_ids"], batch["receiver_prompt_mask"]
         if ids.shape[1] < 2:
             raise LCFError("receiver prompts need at least 2 tokens (all but the last are fused)")
+        given = list(sharer_views) if sharer_views is not None else [None] * len(self.sharers)
+        if fuse and len(given) != len(self.sharers):
+            raise LCFError(f"sharer_views: {len(given)} entries for {len(self.sharers)} sharers")
+        early, streams = self._side_stream_prefills(batch, given) if fuse else ({}, [])
         base = self._prefill(self.receiver, ids[:, :-1], mask[:, :-1])
+        self._join_side_streams(early, streams)
         if not fuse:
             return base
         view = base
         deltas = []
-        given = list(sharer_views) if sharer_views is not None else [None] * len(self.sharers)
-        if len(given) != len(self.sharers):
-            raise LCFError(f"sharer_views: {len(given)} entries for {len(self.sharers)} sharers")
         for i, (translator, inp) in enumerate(zip(self.translators, self.sharer_inputs(batch))):
-            s_view = given[i] if given[i] is not None else self.sharer_view(i, inp, sharer_transform)
+            s_view = given[i] if given[i] is not None else self.sharer_view(i, inp, sharer_transform, early.get(i))
             if self.compressor(i) is not None:
                 # a summary: the compressor says what each receiver prompt position reads (one slot: position 0)
                 s_view, index, amask = self.compressor(i).read(s_view, base, mask[:, :-1].bool())
