@@ -224,3 +224,16 @@ def test_cli_eval_xc_reports_and_rejects_bad_input(xc_adapter_dir, tmp_path, cap
     assert main(["eval-xc", str(xc_adapter_dir), "--out", str(out), "--data", "type=instruct_json",
                  "files=[x.json]"]) == 2
     assert "not a cross-context dataset" in capsys.readouterr().err
+
+
+def test_open_value_check_scores_binding(xc_adapter, tmp_path):
+    from lcf.eval.xc_open import report, run
+
+    results = run(xc_adapter, people=[2], items=3, slot_sweep=[2], sweep_people=2, batch_size=3)
+    res = results["people"]["2"]
+    assert res["selection"]["data"]["values"] == "open" and res["n"] == 3
+    assert list(res["scores"]) == ["receiver alone", "lcf-x", "lcf-x int8", "lcf-x int4", "lcf-x (zero)",
+                                   "lcf-x (mismatched)"]
+    assert all(0 <= s["other"] <= 1 for s in res["scores"].values())  # two people: one distractor each
+    assert results["sweep"] == {}  # a one-slot adapter has no slot sweep
+    assert "| lcf-x int4 |" in report(results, 2) and "other" in report(results, 2)
