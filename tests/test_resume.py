@@ -110,3 +110,30 @@ def test_loader_state_resumes_mid_epoch(bucket):
     dl3.load_state_dict(state | {"batch_size": 8})  # other data settings: the epoch restarts (with a warning)
     s3.set_epoch(2)
     assert len(list(dl3)) == 6
+
+
+def test_recipe_switch_bucket_by_length_reaches_the_training_loader(tmp_path):
+    import json
+
+    from lcf.config import load_recipe, validate_recipe
+    from lcf.data.datamodule import InstructDataModule, receiver_length
+    from lcf.registry import token_aligners
+    from lcf.training.run import build_data
+    from tests.tiny_tokenizers import tiny_receiver_tokenizer, tiny_sharer_tokenizer
+
+    rows = [{"instruction": "word " * (1 + i % 9), "input": "", "output": "ok " * (1 + i % 5)} for i in range(40)]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (tmp_path / "r.yaml").write_text(
+        "sharer: gemma3-270m\nreceiver: smollm2-135m-instruct\ntranslator: {type: lcf_lowrank, rank: 8}\n"
+        f"data: {{type: instruct_json, files: [d.json], data_root: {tmp_path}, val_size: 0, bucket_by_length: true}}\n")
+    recipe = validate_recipe(load_recipe(tmp_path / "r.yaml"))
+    aligner = token_aligners.build({"type": "maximal_coverage"}, "token_alignment")
+    dm = InstructDataModule(build_data(recipe), tiny_receiver_tokenizer(), tiny_sharer_tokenizer(), aligner, batch_size=4)
+    loader = dm.train_dataloader()
+    assert isinstance(loader, ResumableLoader) and loader.sampler.bucket_by_length
+    lengths = [receiver_length(f) for f in dm.train_features]
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in loader.batch_sampler]
+    plain = EpochSampler(dm.train_features, batch_size=4, seed=dm.seed).order(0)
+    plain_spread = [max(lengths[i] for i in plain[j:j + 4]) - min(lengths[i] for i in plain[j:j + 4])
+                    for j in range(0, 40, 4)]
+    assert len(spread) == 10 and sum(spread) < sum(plain_spread) / 2  # batches of similar lengths
