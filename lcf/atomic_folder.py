@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from lcf.errors import LCFError
+
+log = logging.getLogger(__name__)
 
 
 class FolderExistsError(LCFError, FileExistsError):
@@ -93,7 +96,10 @@ def _locked(folder: Path) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. ENOLCK on some network file systems: still atomic, just not serialised
+            log.warning("cannot lock %s (%s); concurrent writers of this folder are not serialised", folder, exc)
         yield
     finally:
         os.close(fd)  # releases the lock
