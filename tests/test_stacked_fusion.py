@@ -80,3 +80,49 @@ def test_stacked_gate_draws_match_per_layer_draws():
     gk, gv = gates([0, 2, 5])
     torch.testing.assert_close(gk, torch.stack([r[0] for r in ref]))
     torch.testing.assert_close(gv, torch.stack([r[1] for r in ref]))
+
+
+@pytest.mark.parametrize("slots,slot_mode", [(1, "spans"), (3, "spans"), (2, "queries")])
+@pytest.mark.parametrize("ts", [3, 10])  # 3: both read layers stack into one group; 10: the sliding one stores less
+def test_span_pool_stacked_equals_per_layer(slots, slot_mode, ts):
+    from lcf.align.layers import NearestLayerMap
+    from lcf.models.kv import KVView, prefill
+    from lcf.registry import compressors
+    from lcf.translators.base import PairShapes
+    from tests.conftest import tiny_gemma3, tiny_llama
+
+    receiver, sharer = tiny_llama(), tiny_gemma3(seed=10)
+    shapes = PairShapes.from_configs(sharer.config, receiver.config, NearestLayerMap()(3, 2))
+    comp = compressors.build({"type": "span_pool", "slots": slots, "slot_mode": slot_mode}, "compressor",
+                             shapes=shapes).train()
+    with torch.no_grad():
+        for p in comp.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        view = prefill(sharer, torch.randint(3, 131, (2, ts), generator=g))
+    view = KVView([k.clone().requires_grad_() for k in view.keys], [v.clone() for v in view.values],
+                  view.seq_len, view.specs)
+    span_ids = torch.tensor([[0, 0, 1, 1, 1, 2, 2, 3, 3, -1][:ts], [-1, -1, 0, 0, 0, 0, 1, 1, 1, 1][:ts]])
+    stored = {view.length(i) for i in comp.sharer_layers}
+    assert len(stored) == (1 if ts == 3 else 2)
+    results = {}
+    for path in ("per_layer", "stacked"):
+        comp.stacked = path == "stacked"
+        comp.zero_grad(set_to_none=True)
+        for k in view.keys:
+            k.grad = None
+        out = comp(view, span_ids)
+        w = torch.Generator().manual_seed(5)
+        loss = sum((x * torch.randn(x.shape, generator=w)).sum() for x in (*out.keys, *out.values))
+        loss.backward()
+        results[path] = (out, {n: p.grad.clone() for n, p in comp.named_parameters() if p.grad is not None},
+                         [k.grad.clone() for k in view.keys])
+    (ref, ref_g, ref_in), (got, got_g, got_in) = results["per_layer"], results["stacked"]
+    for a, b in zip((*got.keys, *got.values), (*ref.keys, *ref.values)):
+        torch.testing.assert_close(a, b, **TOL)
+    assert set(got_g) == set(ref_g) and got_g
+    for name in ref_g:
+        torch.testing.assert_close(got_g[name], ref_g[name], **TOL)
+    for a, b in zip(got_in, ref_in):
+        torch.testing.assert_close(a, b, **TOL)

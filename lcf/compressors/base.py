@@ -48,6 +48,8 @@ class Compressor(nn.Module):
         self.shapes = shapes
         #: sharer layers the layer map reads: the only ones summarised
         self.sharer_layers: list[int] = sorted({s for s in shapes.layer_map.sharer_of if s is not None})
+        #: summarise all layers in stacked batches (False: layer by layer, the reference); not exported
+        self.stacked = True
 
     @property
     def init_args(self) -> dict[str, Any]:
@@ -75,6 +77,13 @@ class Compressor(nn.Module):
         each of those positions (``-1``: not part of the context — template, padding)."""
         raise NotImplementedError(f"{type(self).__name__} must implement summarise_layer()")
 
+    def summarise_layers(self, layers: list[int], keys: torch.Tensor, values: torch.Tensor,
+                         span_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`summarise_layer` of G layers at once (the stacked path): keys/values ``(G, B, H, L, D)``
+        of layers that store the same positions; returns ``(G, B, H, summary_len, D)``. Optional: a
+        compressor without it always summarises layer by layer."""
+        raise NotImplementedError(f"{type(self).__name__} has no stacked path")
+
     def read(self, summary: KVView, receiver: KVView, mask: torch.Tensor) -> tuple[KVView, torch.Tensor, torch.Tensor]:
         """``(view, align_index, align_mask)`` the translator reads at the receiver prompt positions:
         by default every real position (``mask``, ``(B, T)``) reads summary position 0."""
@@ -90,6 +99,19 @@ class Compressor(nn.Module):
         if tuple(span_ids.shape) != (view.batch_size, view.seq_len):
             raise KVCacheError(f"{type(self).__name__}: span_ids {tuple(span_ids.shape)} must be (batch, sharer "
                                f"tokens) = ({view.batch_size}, {view.seq_len})")
+        if self.stacked and type(self).summarise_layers is not Compressor.summarise_layers:
+            keys = [k[:, :, :0] for k in view.keys]
+            values = [v[:, :, :0] for v in view.values]
+            groups: dict[tuple, list[int]] = {}  # layers whose stacked K/V have one shape and one start
+            for i in self.sharer_layers:
+                groups.setdefault((tuple(view.keys[i].shape), view.start(i), view.keys[i].dtype), []).append(i)
+            for layers in groups.values():
+                sk, sv = self.summarise_layers(layers, torch.stack([view.keys[i] for i in layers]),
+                                               torch.stack([view.values[i] for i in layers]),
+                                               span_ids[:, view.start(layers[0]):])
+                for i, k, v in zip(layers, sk.unbind(0), sv.unbind(0)):
+                    keys[i], values[i] = k, v
+            return KVView(keys, values, self.summary_len, list(view.specs))
         keys, values = [], []
         for i, (k, v) in enumerate(zip(view.keys, view.values)):
             if i in self.sharer_layers:

@@ -121,6 +121,37 @@ class SpanPool(Compressor):
         out_v = torch.einsum("bhsp,bhpd->bhsd", a2, span_v)
         return out_k.to(keys.dtype), out_v.to(values.dtype)
 
+    def summarise_layers(self, layers, keys, values, span_ids):
+        """:meth:`summarise_layer` of G layers at once: the same operators with a leading layer dimension."""
+        g, b, h, n, d = keys.shape
+        dtype = self.span_query[str(layers[0])].dtype
+        k, v = keys.to(dtype), values.to(dtype)
+        per_span = self.slots > 1 and self.slot_mode == "spans"
+        span_ids = span_ids.clamp(max=(self.slots if per_span else self.max_spans) - 1)
+        p = int(span_ids.max().item()) + 1 if n and span_ids.numel() else 0
+        if p <= 0:
+            zero = k.new_zeros(g, b, h, self.slots, d)
+            return zero, zero
+        member = span_ids.unsqueeze(1) == torch.arange(p, device=span_ids.device).view(1, p, 1)  # (B, P, N)
+        scale = 1.0 / math.sqrt(d)
+        span_q = torch.stack([self.span_query[str(i)] for i in layers])  # (G, H, D)
+        scores = torch.einsum("gbhnd,ghd->gbhn", k, span_q) * scale
+        a = masked_softmax(scores.unsqueeze(3).expand(g, b, h, p, n), member.view(1, b, 1, p, n), dim=-1)
+        span_k = torch.einsum("gbhpn,gbhnd->gbhpd", a, k)
+        span_v = torch.einsum("gbhpn,gbhnd->gbhpd", a, v)
+        if per_span:
+            pad = (0, 0, 0, self.slots - p)
+            return (torch.nn.functional.pad(span_k, pad).to(keys.dtype),
+                    torch.nn.functional.pad(span_v, pad).to(values.dtype))
+        present = member.any(-1)  # (B, P)
+        query = torch.stack([self.summary_query[str(i)] for i in layers])
+        query = query.unsqueeze(1) if query.dim() == 3 else query  # (G, S, H, D)
+        scores2 = torch.einsum("gbhpd,gshd->gbhsp", span_k, query) * scale
+        a2 = masked_softmax(scores2, present.view(1, b, 1, 1, p).expand(g, b, h, query.shape[1], p), dim=-1)
+        out_k = torch.einsum("gbhsp,gbhpd->gbhsd", a2, span_k)
+        out_v = torch.einsum("gbhsp,gbhpd->gbhsd", a2, span_v)
+        return out_k.to(keys.dtype), out_v.to(values.dtype)
+
     def read(self, summary: KVView, receiver: KVView, mask: torch.Tensor) -> tuple[KVView, torch.Tensor, torch.Tensor]:
         """What each receiver prompt position reads: one slot-attention row per position (slots > 1).
 
