@@ -51,12 +51,12 @@ def test_crosscontext_recipe_send_receive_on_the_real_pair(tmp_path, real_receiv
     send = textwrap.dedent(f"""
         from lcf.runtime import load_adapter
         adapter = load_adapter({str(out)!r})
-        assert adapter.max_context_tokens() == 4096  # chunked capture: the sliding window no longer limits it
+        assert adapter.max_context_tokens() == 8192  # chunked capture: the sliding window no longer limits it
         adapter.send("Lisbon is far. " * 200)  # ~1,000 tokens: more than the 511 a sliding layer keeps
         try:
-            adapter.send("Lisbon is far. " * 1200)
+            adapter.send("Lisbon is far. " * 2500)  # ~10,000 tokens
         except Exception as exc:
-            print("LONG", type(exc).__name__, "4096" in str(exc))
+            print("LONG", type(exc).__name__, "8192" in str(exc))
         open({str(msg)!r}, "wb").write(adapter.send("Ravel Doskin lives in Lisbon.").to_bytes(quantize="int8"))
     """)
     receive = textwrap.dedent(f"""

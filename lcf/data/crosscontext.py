@@ -97,7 +97,7 @@ def sharer_features(
         raise ContextTooLongError(
             f"the sharer prompt of this context has {len(ids)} tokens ({len(context)} characters) with "
             f"{tokenizer_label(sharer_tokenizer)}, more than the limit max_tokens={max_tokens}. The limit is the "
-            f"recipe's data.max_context_tokens or what the compressor summarises (4,096 tokens, or the sharer's "
+            f"recipe's data.max_context_tokens or what the compressor summarises (8,192 tokens, or the sharer's "
             f"maximum positions if fewer). Use a shorter context or split it into several examples "
             f"(or raise data.max_context_tokens if the sharer allows it)."
         )
