@@ -61,7 +61,10 @@ def main(argv: list[str]) -> None:
     run_dir = run.train(recipe, overrides)
     adapter = export(run_dir, out / "adapter", which="last")  # every rank calls it; rank 0 writes
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    print(json.dumps({"rank": rank, "run": str(run_dir), "adapter": str(adapter)}), flush=True)
+    # one write() per line: print() may write the text and its newline separately, and the two ranks' lines
+    # then interleave on the shared pipe
+    sys.stdout.write(json.dumps({"rank": rank, "run": str(run_dir), "adapter": str(adapter)}) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
