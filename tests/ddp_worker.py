@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,10 +62,10 @@ def main(argv: list[str]) -> None:
     run_dir = run.train(recipe, overrides)
     adapter = export(run_dir, out / "adapter", which="last")  # every rank calls it; rank 0 writes
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    # one write() per line: print() may write the text and its newline separately, and the two ranks' lines
-    # then interleave on the shared pipe
-    sys.stdout.write(json.dumps({"rank": rank, "run": str(run_dir), "adapter": str(adapter)}) + "\n")
+    # the line in one write() of its own (under PIPE_BUF, so atomic): flushed together with earlier buffered
+    # output it could exceed PIPE_BUF, be split, and interleave with the other rank's line on the shared pipe
     sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (json.dumps({"rank": rank, "run": str(run_dir), "adapter": str(adapter)}) + "\n").encode())
 
 
 if __name__ == "__main__":
