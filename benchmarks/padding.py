@@ -46,7 +46,8 @@ def main(argv: list[str]) -> None:
     overrides = [a for a in argv if "=" in a]
     recipe = validate_recipe(load_recipe(recipe_path, overrides), origin=recipe_path)
     trainer = recipe.get("trainer") or {}
-    bs, steps, seed = int(trainer.get("batch_size", 4)), int(trainer.get("max_steps", 200)), int(recipe["data"].get("seed", 0))
+    bs, steps = int(trainer.get("batch_size", 4)), int(trainer.get("max_steps", 200))
+    seed = int(recipe["data"].get("seed", 0))
     rtok, stok = load_tokenizer(recipe["receiver"]), load_tokenizer(recipe["sharer"])
     aligner = token_aligners.build(recipe.get("token_alignment") or {"type": "maximal_coverage"}, "token_alignment")
     train, _ = build_data(recipe).prepare(rtok, stok, aligner)

@@ -128,7 +128,8 @@ def test_recipe_switch_bucket_by_length_reaches_the_training_loader(tmp_path):
         f"data: {{type: instruct_json, files: [d.json], data_root: {tmp_path}, val_size: 0, bucket_by_length: true}}\n")
     recipe = validate_recipe(load_recipe(tmp_path / "r.yaml"))
     aligner = token_aligners.build({"type": "maximal_coverage"}, "token_alignment")
-    dm = InstructDataModule(build_data(recipe), tiny_receiver_tokenizer(), tiny_sharer_tokenizer(), aligner, batch_size=4)
+    dm = InstructDataModule(build_data(recipe), tiny_receiver_tokenizer(), tiny_sharer_tokenizer(), aligner,
+                            batch_size=4)
     loader = dm.train_dataloader()
     assert isinstance(loader, ResumableLoader) and loader.sampler.bucket_by_length
     lengths = [receiver_length(f) for f in dm.train_features]

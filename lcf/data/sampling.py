@@ -32,13 +32,15 @@ class EpochSampler(DistributedSampler):
     sort key of example ``i`` (needed with ``bucket_by_length``)."""
 
     def __init__(self, dataset: Sequence, *, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 bucket_by_length: bool = False, lengths: Sequence[int] | None = None, bucket_batches: int = 16) -> None:
+                 bucket_by_length: bool = False, lengths: Sequence[int] | None = None,
+                 bucket_batches: int = 16) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         if bucket_by_length and (lengths is None or len(lengths) != len(dataset)):
             raise ValueError(f"EpochSampler: bucket_by_length needs one length per example ({len(dataset)}), got "
                              f"{None if lengths is None else len(lengths)}")
         if batch_size < 1 or bucket_batches < 1:
-            raise ValueError(f"EpochSampler: batch_size and bucket_batches must be >= 1, got {batch_size}, {bucket_batches}")
+            raise ValueError(f"EpochSampler: batch_size and bucket_batches must be >= 1, got {batch_size}, "
+                             f"{bucket_batches}")
         self.batch_size, self.bucket_by_length, self.bucket_batches = batch_size, bucket_by_length, bucket_batches
         self.lengths = list(lengths) if lengths is not None else None
         self._skip: tuple[int, int] | None = None  # (epoch, examples to skip) set by a resume

@@ -26,7 +26,8 @@ class RNGState(L.Callback):
 
             kind, keys, pos, has_gauss, gauss = np.random.get_state()
             # plain types and tensors only: checkpoints are read with torch.load(weights_only=True)
-            state["numpy"] = (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+            state["numpy"] = (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                              float(gauss))
         except ImportError:
             pass
         return state
