@@ -26,6 +26,7 @@ from lcf import cards
 from lcf.shipped import find_recipe
 from lcf.errors import LCFError, RecipeError, RegistryError, suggest
 from lcf.registry import get_registry
+from lcf.several import check_sharers
 
 # section -> (registry kind, constructor arguments supplied by code rather than the recipe)
 COMPONENT_SECTIONS: dict[str, tuple[str, frozenset[str]]] = {
@@ -37,7 +38,8 @@ COMPONENT_SECTIONS: dict[str, tuple[str, frozenset[str]]] = {
 }
 # plain sections validated by a dataclass (registered by the modules that own them)
 SETTINGS_SECTIONS: dict[str, str] = {"trainer": "lcf.training.settings:TrainerSettings"}  # section -> "module:Class"
-PLAIN_KEYS = {"defaults", "imports", "name", "description", "seed", "data_root", "output_dir", "pair", "sharer", "receiver"}
+PLAIN_KEYS = {"defaults", "imports", "name", "description", "seed", "data_root", "output_dir", "pair", "sharer", "receiver",
+              "sharers"}  # sharers: a list of sharers, each with its sections (lcf.several)
 
 
 def _load_file(path: Path, stack: tuple[Path, ...]) -> DictConfig:
@@ -71,14 +73,24 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise RecipeError(f"overrides must look like key=value (e.g. translator.rank=64), got {bad}")
+    # keys into lists (`sharers.1.translator.rank=32`, `sharers[1]...`) are set one by one: a dotlist merge
+    # would build a mapping {"1": ...} that cannot merge into the list
+    into_list = [o for o in overrides if _indexes_a_list(o.partition("=")[0])]
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in overrides if o not in into_list]))
+        for o in into_list:
+            key = o.partition("=")[0]
+            OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={o.partition('=')[2]}"]).value, merge=True)
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         raise RecipeError(f"{path}: {exc}") from exc
     cfg = apply_pair_card(cfg)
     import_user_modules(cfg.get("imports"))
     return cfg
+
+
+def _indexes_a_list(key: str) -> bool:
+    return "[" in key or any(part.isdigit() for part in key.split("."))
 
 
 def import_user_modules(modules) -> None:
@@ -104,8 +116,8 @@ def apply_pair_card(cfg: DictConfig) -> DictConfig:
     except RegistryError as exc:
         raise RecipeError(f"pair: {exc}") from exc
     base = OmegaConf.create(
-        {"sharer": card.sharer, "receiver": card.receiver, "layer_map": card.layer_map,
-         "token_alignment": card.token_alignment}
+        {"sharer": None if cfg.get("sharers") else card.sharer,  # a `sharers:` list replaces the card's sharer
+         "receiver": card.receiver, "layer_map": card.layer_map, "token_alignment": card.token_alignment}
     )
     return OmegaConf.merge(base, cfg)
 
@@ -170,7 +182,7 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
     for key in data:
         if key not in allowed:
             problems.append(RecipeError(f"{origin}: unknown top-level key {key!r}.{suggest(key, allowed)} Allowed: {', '.join(sorted(allowed))}."))
-    for role in ("sharer", "receiver"):
+    for role in ("receiver",) if data.get("sharers") else ("sharer", "receiver"):
         attempt(_check_model_spec, data.get(role), role)
     for section, (kind, from_code) in COMPONENT_SECTIONS.items():
         spec = data.get(section)
@@ -183,6 +195,9 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
             attempt(_check_settings, section, cls, data[section])
     if not problems:  # depths are only meaningful once the models and the layer map are valid
         attempt(_check_layer_map_depths, data)
+    attempt(check_sharers, data, check_model=_check_model_spec, check_depths=_check_layer_map_depths,
+            check_component=lambda kind, spec, path: get_registry(kind).check(
+                spec, path, extra={"shapes": None} if _accepts(get_registry(kind), spec, "shapes") else None))
     if len(problems) == 1:
         raise problems[0]
     if problems:

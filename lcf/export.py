@@ -30,7 +30,8 @@ import lcf
 from lcf.atomic_folder import check_target, publish_folder
 from lcf.errors import LCFError
 from lcf.models.fingerprint import fingerprint
-from lcf.runtime.format import COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from lcf.export_card import CARD_NAME, adapter_card, gate_summary
+from lcf.runtime.format import COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, SHARERS_PREFIX, WEIGHTS_NAME
 
 # what an adapter folder may hold; the first file marks it as one (anything else is the user's)
 ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md")
@@ -68,16 +69,51 @@ def _state_bytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
+def several_sharers_config(config: dict, recipe: dict, pairs: list, translators: list) -> dict:
+    """``config`` (sharer 0's, so one-sharer readers find their keys) plus ``sharers``: every sharer's
+    translator, shapes, layer map, token alignment, template and identity, and the summed size."""
+    from lcf.several import sharer_entries
+
+    entries = []
+    for e, pair, tr in zip(sharer_entries(recipe), pairs, translators):
+        entries.append({
+            "translator": {"type": e["translator"]["type"], "args": tr.init_args}, "shapes": tr.shapes.to_dict(),
+            "layer_map": {"spec": e["layer_map"], "sharer_of": pair.layer_map.to_list()},
+            "token_alignment": e["token_alignment"], "templates": {"sharer": e["sharer_template"]},
+            "sharer": model_identity(pair.sharer), "num_parameters": tr.num_parameters(),
+            "tensor_prefix": f"{SHARERS_PREFIX}{len(entries)}.",
+        })
+    extra = translators[1:]
+    return config | {
+        "sharers": entries, "combine": (recipe.get("trainer") or {}).get("combine", "sequential"),
+        "num_parameters": config["num_parameters"] + sum(t.num_parameters() for t in extra),
+        "size_bytes": config["size_bytes"] + sum(_state_bytes(t) for t in extra),
+    }
+
+
+def adapter_tensors(translators, compressor=None) -> dict[str, torch.Tensor]:
+    """The tensors of ``adapter.safetensors``: one translator's unprefixed (the one-sharer format), or
+    several under ``sharers.<i>.``; compressor tensors under ``compressor.``."""
+    many = isinstance(translators, (list, tuple)) and len(translators) > 1
+    modules = list(translators) if isinstance(translators, (list, tuple)) else [translators]
+    tensors = {}
+    for i, tr in enumerate(modules):
+        prefix = f"{SHARERS_PREFIX}{i}." if many else ""
+        tensors |= {prefix + k: v.detach().to("cpu").contiguous() for k, v in tr.state_dict().items()}
+    if compressor is not None:
+        tensors |= {COMPRESSOR_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in compressor.state_dict().items()}
+    return tensors
+
+
 def write_adapter(out_dir: str | Path, translator, config: dict, compressor=None, *, overwrite: bool = False) -> Path:
     """Atomically write ``adapter.safetensors`` + ``adapter_config.json`` into ``out_dir`` (compressor
     tensors, if any, under the ``compressor.`` prefix). An existing adapter there is replaced; a file or a
     folder holding anything else is refused unless ``overwrite`` (see :mod:`lcf.atomic_folder`)."""
     with publish_folder(out_dir, ADAPTER_FILES, overwrite=overwrite) as tmp:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in translator.state_dict().items()}
-        if compressor is not None:
-            tensors |= {COMPRESSOR_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in compressor.state_dict().items()}
+        tensors = adapter_tensors(translator, compressor)
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lcf_format_version": str(FORMAT_VERSION)})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False))
+        (tmp / CARD_NAME).write_text(adapter_card(config, path=out_dir, gates=gate_summary(translator)))
         for f in tmp.iterdir():  # an adapter is meant to be shared
             f.chmod(0o644)
     return Path(out_dir).resolve()
@@ -178,6 +214,7 @@ def export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best",
 def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best", overwrite: bool = False) -> Path:
     from lcf.config import load_recipe, validate_recipe
     from lcf.pair import build_pair
+    from lcf.several import build_pairs, build_translators, entry_recipe, has_several, sharer_entries
     from lcf.training.run import build_compressor, build_translator
 
     ckpt_path, run = _find_checkpoint(Path(run_or_ckpt), which)
@@ -186,12 +223,15 @@ def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best"
     if not recipe_file.exists():
         raise LCFError(f"{recipe_file} is missing: export needs the resolved recipe that training saved beside ckpt/")
     recipe = validate_recipe(load_recipe(recipe_file), origin=str(recipe_file))
-    pair = build_pair(recipe)
-    translator = build_translator(recipe, pair)
+    several = has_several(recipe)  # `sharers:` list: one translator per sharer, all in this adapter
+    pairs = build_pairs(recipe) if several else [build_pair(recipe)]
+    all_translators = build_translators(recipe, pairs) if several else [build_translator(recipe, pairs[0])]
+    pair, translator = pairs[0], all_translators[0]
     ckpt = load_checkpoint(ckpt_path)
-    state, keep = translator_state(ckpt["state_dict"]), translator.state_dict().keys()
-    buffers = {name for name, _ in translator.named_buffers()}  # ZeRO gathering may add non-persistent ones
-    translator.load_state_dict({k: v for k, v in state.items() if k in keep or k not in buffers}, strict=True)
+    for i, tr in enumerate(all_translators):
+        state, keep = translator_state(ckpt["state_dict"], f"communicator.translators.{i}."), tr.state_dict().keys()
+        buffers = {name for name, _ in tr.named_buffers()}  # ZeRO gathering may add non-persistent ones
+        tr.load_state_dict({k: v for k, v in state.items() if k in keep or k not in buffers}, strict=True)
     compressor = build_compressor(recipe, pair)
     if compressor is not None:
         compressor.load_state_dict(translator_state(ckpt["state_dict"], COMPRESSOR_STATE_PREFIX), strict=True)
@@ -203,6 +243,10 @@ def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best"
     }
     if summary_file.exists():
         training["summary"] = json.loads(summary_file.read_text())
-    config = adapter_config(translator, translator_type=recipe["translator"]["type"], pair=pair, recipe=recipe,
+    first = entry_recipe(recipe, sharer_entries(recipe)[0]) if several else recipe
+    config = adapter_config(translator, translator_type=first["translator"]["type"], pair=pair, recipe=first,
                             training=training, compressor=compressor)
-    return write_adapter(out_dir, translator, config, compressor=compressor, overwrite=overwrite)
+    if several:
+        config = several_sharers_config(config, recipe, pairs, all_translators)
+    return write_adapter(out_dir, all_translators if several else translator, config, compressor=compressor,
+                         overwrite=overwrite)

@@ -74,7 +74,7 @@ def test_train_export_load_generate(tiny_pair, tmp_path):
     step, val = min(vals.items(), key=lambda kv: kv[1])
     assert best["checkpoint"] == f"step{step}-val{val:.4f}.ckpt" and best["global_step"] == step
     out = export(run, tmp_path / "adapter", which="last")
-    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "adapter_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter.safetensors", "adapter_config.json"]
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["translator"] == {"type": "lcf_lowrank", "args": {"rank": 8, "mlp_ratio": 4, "dropout": 0.0, "mlp_blocks": 2}}
     assert cfg["layer_map"]["sharer_of"] == [0, 2] and cfg["training"]["global_step"] == 4

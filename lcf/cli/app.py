@@ -1,6 +1,6 @@
 """The ``lcf`` command line.
 
-    lcf list                              registered components and model/pair cards
+    lcf list [--adapters DIR]             registered components and model/pair cards (or DIR's adapters)
     lcf validate RECIPE... [key=value]    check recipes without loading any model
     lcf models prepare NAME... | --all    convert pip GGUF models into the safetensors cache once
     lcf inspect RECIPE [key=value]        KV shapes, layer map and token alignment of a recipe's pair
@@ -37,6 +37,10 @@ def cmd_list(args) -> int:
     from lcf.registry import REGISTRIES
 
     con = _console()
+    if args.adapters:
+        from lcf.cli.adapters import print_adapters
+
+        return print_adapters(args.adapters, con)
     table = Table(title="registered components")
     table.add_column("kind")
     table.add_column("names")
@@ -168,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="registered components and model/pair cards")
+    p.add_argument("--adapters", metavar="DIR", default=None,
+                   help="instead: the adapters under DIR with their pair, size and headline score (from their cards)")
     p.set_defaults(fn=cmd_list)
 
     p = sub.add_parser("validate", help="check recipes without loading any model")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from lcf.models.fingerprint import fingerprint
 from lcf.models.loading import LoadedModel, load_model
 from lcf.registry import compressors, token_aligners, translators
 from lcf.runtime.format import AdapterError, load_weights, read_config, split_state
+from lcf.runtime.several import (SharerSide, batch_to, more_sharer_features, sharer_configs, sharer_states,
+                                 translator_config)
 from lcf.runtime.xcontext import CrossContextMixin
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,7 @@ class Adapter(CrossContextMixin):
     receiver: LoadedModel
     aligner: Any
     folder: Path | None = None
+    more_sharers: list[SharerSide] = field(default_factory=list)  # sharers 1.. of a several-sharer adapter
 
     @property
     def translator(self):
@@ -159,7 +162,31 @@ class Adapter(CrossContextMixin):
                 self.receiver.tokenizer, self.sharer.tokenizer, messages,
                 receiver_template=templates.get("receiver", "auto"), sharer_template=templates.get("sharer", "auto"),
             )))
+            if self.more_sharers:
+                items[-1]["more_sharers"] = more_sharer_features(messages, self.receiver, self.more_sharers,
+                                                                 templates.get("receiver", "auto"),
+                                                                 items[-1]["receiver_prompt_ids"])
+        if self.more_sharers:
+            from lcf.data.several import collate_several
+
+            pads = [pad_token_id(self.sharer.tokenizer)] + [pad_token_id(s.model.tokenizer) for s in self.more_sharers]
+            return collate_several(items, pad_token_id(self.receiver.tokenizer), pads, with_response=False)
         return collate_prompts(items, pad_token_id(self.receiver.tokenizer), pad_token_id(self.sharer.tokenizer))
+
+    @torch.no_grad()
+    def generation_inputs(self, prompt: str | Sequence[dict] | list, *, fuse: bool = True) -> dict[str, Any]:
+        """What ``adapter.receiver.model.generate`` takes for ``prompt`` (one, or a list): ``input_ids``,
+        ``attention_mask`` and a standard transformers cache holding the prompt with the sharer's cache
+        fused in. Sampling, streamers, stopping criteria and batching then work as usual::
+
+            inputs = adapter.generation_inputs("Name three primary colours.")
+            adapter.receiver.model.generate(**inputs, max_new_tokens=48, streamer=TextStreamer(tok))
+
+        The cache is consumed by one ``generate`` call: build new inputs for the next one."""
+        single = isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict))
+        batch = self.encode([prompt] if single else list(prompt))
+        device = next(self.translator.parameters()).device
+        return self.communicator.generation_inputs(batch_to(batch, device), fuse=fuse)
 
     @torch.no_grad()
     def generate(self, prompt: str | Sequence[dict] | list, *, max_new_tokens: int = 64, fuse: bool = True,
@@ -169,7 +196,7 @@ class Adapter(CrossContextMixin):
         prompts = [prompt] if single else list(prompt)
         batch = self.encode(prompts)
         device = next(self.translator.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = batch_to(batch, device)
         generate_kwargs.setdefault("sharer_transform", check_finite_cache)
         new = self.communicator.generate(batch, fuse=fuse, max_new_tokens=max_new_tokens,
                                          pad_token_id=pad_token_id(self.receiver.tokenizer), **generate_kwargs)
@@ -188,19 +215,43 @@ def load_adapter(path: str | Path, *, sharer: Any = None, receiver: Any = None, 
     folder = Path(path)
     cfg = read_config(folder)
     t_state, c_state = split_state(load_weights(folder))
-    translator = build_translator(cfg, t_state)
+    states = sharer_states(cfg, t_state)  # one per sharer (several-sharer adapters: "sharers.<i>." prefixes)
+    entries = sharer_configs(cfg)
+    translator = build_translator(translator_config(cfg, entries[0]) if entries else cfg, states[0])
     compressor = build_compressor(cfg, c_state)
     if not with_sharer and compressor is None:
         raise AdapterError(f"{folder}: with_sharer=False only makes sense for cross-context adapters (with a "
                            f"compressor); this adapter needs the sharer's cache of every prompt")
-    s = _as_loaded(sharer, cfg["sharer"]["name"], dtype) if with_sharer else None
+    given = list(sharer) if isinstance(sharer, list) else [sharer]  # several sharers: a list, one spec each
+    s = _as_loaded(given[0], cfg["sharer"]["name"], dtype) if with_sharer else None
     r = _as_loaded(receiver, cfg["receiver"]["name"], dtype)
     if check_fingerprints:
         if s is not None:
             check_fingerprint("sharer", cfg["sharer"], s)
         check_fingerprint("receiver", cfg["receiver"], r)
-    comm = Communicator(r.model, [s.model if s is not None else None], [translator], compressors=[compressor]).eval()
+    more = _more_sharers(entries, states, given, dtype, check_fingerprints)
+    comm = Communicator(r.model, [s.model if s is not None else None] + [m.model.model for m, _ in more],
+                        [translator] + [t for _, t in more], compressors=[compressor] + [None] * len(more),
+                        combine=cfg.get("combine", "sequential")).eval()
     if device:
         comm.to(device)
     aligner = token_aligners.build(cfg.get("token_alignment") or {"type": "maximal_coverage"}, "token_alignment")
-    return Adapter(config=cfg, communicator=comm, sharer=s, receiver=r, aligner=aligner, folder=folder)
+    return Adapter(config=cfg, communicator=comm, sharer=s, receiver=r, aligner=aligner, folder=folder,
+                   more_sharers=[m for m, _ in more])
+
+
+def _more_sharers(entries: list[dict], states: list[dict], given: list, dtype, check: bool) -> list[tuple]:
+    """(SharerSide, translator) for sharers 1.. of a several-sharer adapter (none for one sharer)."""
+    if entries and len(given) not in (1, len(entries)):
+        raise AdapterError(f"this adapter has {len(entries)} sharers; pass sharer=[...] with one entry each "
+                           f"(or None for the models it names), got {len(given)}")
+    out = []
+    for i, entry in enumerate(entries[1:], start=1):
+        lm = _as_loaded(given[i] if len(given) > 1 else None, entry["sharer"]["name"], dtype)
+        if check:
+            check_fingerprint(f"sharer {i}", entry["sharer"], lm)
+        aligner = token_aligners.build(entry.get("token_alignment") or {"type": "maximal_coverage"},
+                                       f"sharers[{i}].token_alignment")
+        side = SharerSide(model=lm, aligner=aligner, template=(entry.get("templates") or {}).get("sharer", "auto"))
+        out.append((side, build_translator(translator_config({}, entry), states[i])))
+    return out

@@ -15,9 +15,11 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 COMPRESSOR_PREFIX = "compressor."
+SHARERS_PREFIX = "sharers."  # adapters with several sharers: translator i's tensors under "sharers.<i>."
 KNOWN_KEYS = {
     "format_version", "lcf_version", "translator", "compressor", "shapes", "layer_map", "token_alignment",
     "templates", "sharer", "receiver", "dtype", "num_parameters", "size_bytes", "training",
+    "sharers", "combine",  # several sharers: one entry each (sharer 0 is also the top-level keys), how edits combine
 }
 
 # keys the runtime reads, with their JSON types (nested keys joined by dots)

@@ -17,9 +17,11 @@ import torch
 from lcf.communicator import Communicator
 from lcf.config import load_recipe, save_resolved, validate_recipe
 from lcf.data.datamodule import InstructDataModule
+from lcf.data.several_module import SeveralSharersDataModule
 from lcf.errors import LCFError, RecipeError
 from lcf.pair import Pair, build_pair
 from lcf.registry import compressors, datasets, translators
+from lcf.several import build_pairs, build_translators, has_several, sharer_entries
 from lcf.training.module import LCFModule
 from lcf.training.settings import TrainerSettings
 from lcf.translators.base import PairShapes
@@ -179,11 +181,22 @@ def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume:
         torch.set_num_threads(settings.threads)
     L.seed_everything(int(recipe.get("seed", 0)), workers=True, verbose=False)
     t0 = time.perf_counter()
-    pair = build_pair(recipe, dtype=settings.model_dtype)
-    translator = build_translator(recipe, pair)
+    if has_several(recipe):  # `sharers:` list: one pair (sharer, layer map, aligner) and translator per sharer
+        pairs = build_pairs(recipe, dtype=settings.model_dtype)
+        all_translators = build_translators(recipe, pairs)
+    else:
+        pairs = [build_pair(recipe, dtype=settings.model_dtype)]
+        all_translators = [build_translator(recipe, pairs[0])]
+    pair, translator = pairs[0], all_translators[0]
     data = build_data(recipe)
-    dm = InstructDataModule(data, pair.receiver.tokenizer, pair.sharer.tokenizer, pair.aligner,
-                            batch_size=settings.batch_size, num_workers=settings.num_workers)
+    if len(pairs) > 1:
+        dm = SeveralSharersDataModule(data, pair.receiver.tokenizer, [p.sharer.tokenizer for p in pairs],
+                                      [p.aligner for p in pairs], batch_size=settings.batch_size,
+                                      sharer_templates=[e["sharer_template"] for e in sharer_entries(recipe)],
+                                      num_workers=settings.num_workers)
+    else:
+        dm = InstructDataModule(data, pair.receiver.tokenizer, pair.sharer.tokenizer, pair.aligner,
+                                batch_size=settings.batch_size, num_workers=settings.num_workers)
     compressor = build_compressor(recipe, pair)
     cross_context_data = hasattr(data, "split_examples")  # lcf.data.xcdata.XCData
     if cross_context_data != (compressor is not None):
@@ -201,11 +214,12 @@ def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume:
                 f"lcf.compressors.base.CONTEXT_LIMIT or the sharer's maximum positions); set "
                 f"data.max_context_tokens<={limit}"
             )
-    comm = Communicator(pair.receiver.model, [pair.sharer.model], [translator], combine=settings.combine,
-                        compressors=[compressor])
+    comm = Communicator(pair.receiver.model, [p.sharer.model for p in pairs], all_translators,
+                        combine=settings.combine, compressors=[compressor] + [None] * (len(pairs) - 1))
     module = LCFModule(comm, settings)
     # counted before ZeRO-3 may partition the parameters
-    num_parameters = translator.num_parameters() + (compressor.num_parameters() if compressor is not None else 0)
+    num_parameters = (sum(t.num_parameters() for t in all_translators)
+                      + (compressor.num_parameters() if compressor is not None else 0))
     trainer = make_trainer(settings, out, resume=resume, callbacks=[*_callbacks(settings, out), _SaveRecipe(cfg, out)])
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
