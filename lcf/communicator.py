@@ -23,6 +23,7 @@ checkpoints hold only translator (and compressor) weights, while ``.to()`` still
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,6 +79,8 @@ class Communicator(nn.Module):
         self.combine = combine
         #: on CUDA, run the sharers' prompt prefills on side streams alongside the receiver's (no effect elsewhere)
         self.overlap_prefills = True
+        #: on CPU, run them in a worker thread with half the intra-op threads (off: see docs/benchmarks.md)
+        self.cpu_overlap_prefills = False
         # plain attributes: not parameters of this module (see the module docstring)
         self.__dict__["receiver"] = receiver
         self.__dict__["sharers"] = list(sharers)
@@ -128,13 +131,17 @@ class Communicator(nn.Module):
         side streams before the receiver's prefill is queued, so the independent prefills run together.
         Returns ``({sharer index: view}, streams)``; nothing on other devices."""
         ids = batch["receiver_prompt_ids"]
-        if not (self.overlap_prefills and ids.is_cuda):
+        jobs = [(i, inp) for i, inp in enumerate(self.sharer_inputs(batch)) if given[i] is None
+                and self.sharers[i] is not None and self.compressor(i) is None and inp.prompt_ids is not None]
+        if not jobs:
+            return {}, []
+        if not ids.is_cuda:
+            return self._thread_prefills(jobs) if self.cpu_overlap_prefills else ({}, [])
+        if not self.overlap_prefills:
             return {}, []
         main = torch.cuda.current_stream(ids.device)
         views, streams = {}, []
-        for i, inp in enumerate(self.sharer_inputs(batch)):
-            if given[i] is not None or self.sharers[i] is None or self.compressor(i) is not None or inp.prompt_ids is None:
-                continue
+        for i, inp in jobs:
             stream = torch.cuda.Stream(ids.device)
             stream.wait_stream(main)  # the batch's tensors are ready
             with torch.cuda.stream(stream):
@@ -142,9 +149,32 @@ class Communicator(nn.Module):
             streams.append(stream)
         return views, streams
 
+    def _thread_prefills(self, jobs: list) -> tuple[dict, list]:
+        """CPU (opt-in, :attr:`cpu_overlap_prefills`): the sharers' prefills in a worker thread while this
+        thread runs the receiver's, torch's intra-op threads split between the two."""
+        total = torch.get_num_threads()
+        worker_threads = max(1, total // 2)
+
+        def work(i: int, inp: SharerInputs) -> KVView:
+            torch.set_num_threads(worker_threads)
+            return self._prefill(self.sharers[i], inp.prompt_ids, inp.prompt_mask)
+        pool = ThreadPoolExecutor(max_workers=1)
+        futures = {i: pool.submit(work, i, inp) for i, inp in jobs}
+        torch.set_num_threads(max(1, total - worker_threads))
+        return futures, [("threads", pool, total)]
+
     @staticmethod
-    def _join_side_streams(views: dict[int, KVView], streams: list) -> None:
+    def _join_side_streams(views: dict, streams: list) -> None:
         if not streams:
+            return
+        if streams[0][0] == "threads":
+            _, pool, total = streams[0]
+            try:
+                for i in list(views):
+                    views[i] = views[i].result()
+            finally:
+                torch.set_num_threads(total)
+                pool.shutdown()
             return
         main = torch.cuda.current_stream()
         for stream in streams:
@@ -193,8 +223,10 @@ class Communicator(nn.Module):
         if fuse and len(given) != len(self.sharers):
             raise LCFError(f"sharer_views: {len(given)} entries for {len(self.sharers)} sharers")
         early, streams = self._side_stream_prefills(batch, given) if fuse else ({}, [])
-        base = self._prefill(self.receiver, ids[:, :-1], mask[:, :-1])
-        self._join_side_streams(early, streams)
+        try:
+            base = self._prefill(self.receiver, ids[:, :-1], mask[:, :-1])
+        finally:
+            self._join_side_streams(early, streams)
         if not fuse:
             return base
         view = base

@@ -126,3 +126,28 @@ def test_span_pool_stacked_equals_per_layer(slots, slot_mode, ts):
         torch.testing.assert_close(got_g[name], ref_g[name], **TOL)
     for a, b in zip(got_in, ref_in):
         torch.testing.assert_close(a, b, **TOL)
+
+
+def test_cpu_overlapped_prefills_give_the_same_fused_cache():
+    from lcf.align.layers import NearestLayerMap
+    from lcf.communicator import Communicator
+    from lcf.registry import translators
+    from lcf.translators.base import PairShapes
+    from tests.conftest import tiny_gemma3, tiny_llama
+    from tests.test_compressor import xc_batch
+
+    receiver, sharer = tiny_llama(), tiny_gemma3(seed=10)
+    shapes = PairShapes.from_configs(sharer.config, receiver.config, NearestLayerMap()(3, 2))
+    tr = translators.build({"type": "lcf_lowrank", "rank": 8}, "translator", shapes=shapes)
+    perturb(tr)
+    comm = Communicator(receiver, [sharer], [tr]).eval()
+    batch = xc_batch()
+    batch["align_index"] = torch.arange(6).expand(2, 6).clone()
+    threads = torch.get_num_threads()
+    ref = comm.fused_prompt_cache(batch)
+    comm.cpu_overlap_prefills = True
+    out = comm.fused_prompt_cache(batch)
+    assert torch.get_num_threads() == threads  # the split is undone
+    for a, b in zip((*out.keys, *out.values), (*ref.keys, *ref.values)):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(ref.keys, comm.fused_prompt_cache(batch, fuse=False).keys))
