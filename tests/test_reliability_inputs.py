@@ -185,3 +185,22 @@ def test_resume_from_a_truncated_checkpoint_is_refused(tiny_pair, tmp_path):  # 
     last.write_bytes(last.read_bytes()[:1000])
     with pytest.raises(LCFError, match="last.ckpt.*truncated or corrupted"):
         train(path, ["trainer.max_steps=4"], resume=True)
+
+
+@pytest.mark.real
+def test_real_sharer_in_float16_trips_the_finite_check_and_float32_does_not(real_sharer):
+    """The case behind the check: Gemma-3-270M's cache overflows in float16 on CPU."""
+    from lcf.communicator import positions_from_mask
+    from lcf.models import load_model
+    from lcf.models.kv import prefill
+    from tests.conftest import REAL_SHARER
+
+    def view(lm):
+        tok = lm.tokenizer
+        ids = torch.tensor([tok("Name three primary colours, please.")["input_ids"]])
+        mask = torch.ones_like(ids)
+        return prefill(lm.model, ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+
+    assert check_finite_cache(0, view(real_sharer)) is not None  # float32: finite
+    with pytest.raises(AdapterError, match="NaN or infinite values .*dtype float16.*dtype='float32'"):
+        check_finite_cache(0, view(load_model(REAL_SHARER, dtype="float16")))
