@@ -65,7 +65,8 @@ def main(argv: list[str]) -> None:
     # the line in one write() of its own (under PIPE_BUF, so atomic): flushed together with earlier buffered
     # output it could exceed PIPE_BUF, be split, and interleave with the other rank's line on the shared pipe
     sys.stdout.flush()
-    os.write(sys.stdout.fileno(), (json.dumps({"rank": rank, "run": str(run_dir), "adapter": str(adapter)}) + "\n").encode())
+    line = json.dumps({"rank": rank, "run": str(run_dir), "adapter": str(adapter)}) + "\n"
+    os.write(sys.stdout.fileno(), line.encode())
 
 
 if __name__ == "__main__":
