@@ -151,3 +151,30 @@ def test_cpu_overlapped_prefills_give_the_same_fused_cache():
     for a, b in zip((*out.keys, *out.values), (*ref.keys, *ref.values)):
         torch.testing.assert_close(a, b)
     assert any(not torch.equal(a, b) for a, b in zip(ref.keys, comm.fused_prompt_cache(batch, fuse=False).keys))
+
+
+def test_inference_keeps_stacked_weights_until_a_parameter_changes():
+    from lcf.translators import stacked
+
+    case = make_case(DIRECTIONS[0], 3, "nearest")
+    tr = build("lcf_lowrank", case[0]).eval()
+    perturb(tr)
+    mods = [tr.layers[str(t)].down for t in tr.active_layers]
+    with torch.no_grad():
+        first = stacked.stack([m.weight for m in mods])
+        assert stacked.stack([m.weight for m in mods]) is first  # kept
+        ref, _ = run(tr, "per_layer", case)
+        out, _ = run(tr, "stacked", case)
+        mods[1].weight.add_(1.0)  # an in-place update (an optimizer step, load_state_dict)
+        again = stacked.stack([m.weight for m in mods])
+    assert again is not first and torch.equal(again[1], mods[1].weight)
+    for a, b in zip(out.keys, ref.keys):
+        torch.testing.assert_close(a, b, **TOL)
+    with torch.no_grad():
+        after, _ = run(tr, "stacked", case)
+        ref_after, _ = run(tr, "per_layer", case)
+    for a, b in zip(after.keys, ref_after.keys):
+        torch.testing.assert_close(a, b, **TOL)
+    tr.to(torch.float64)  # .to() swaps the parameters' data: the kept copy must not be reused
+    with torch.no_grad():
+        assert stacked.stack([m.weight for m in mods]).dtype == torch.float64

@@ -69,7 +69,7 @@ class GatedFusion(Translator):
         mods = [self.layers[str(t)] for t in layers]
         # K and V maps of every layer as one stack of 2G: [key maps ; value maps]
         out = stacked.linear([m.key for m in mods] + [m.value for m in mods], torch.cat([sk, sv]))
-        logits = torch.stack([m.head_logits for m in mods])  # (G, 2, Hr)
+        logits = stacked.stack([m.head_logits for m in mods])  # (G, 2, Hr)
         gates = torch.sigmoid(torch.cat([logits[:, 0], logits[:, 1]]))  # (2G, Hr)
         g2, n, _ = out.shape
         d = (out.view(g2, n, mods[0].heads, mods[0].head_dim) * gates[:, None, :, None]).flatten(2)

@@ -14,6 +14,7 @@ gate API are the same on both paths, and gradients reach the same tensors.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -23,13 +24,40 @@ from torch import nn
 from lcf.models.kv import KVView
 
 
+# -- stacked weights ----------------------------------------------------------------------------------
+#: inference copies of stacked weights: id(first parameter) -> {ids of all: (weak refs, versions, stacked)};
+#: an entry goes when its first parameter is freed
+_STACKS: dict[int, dict] = {}
+
+
+def stack(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(params)``. Without autograd (inference), the stacked copy is kept and reused while no
+    parameter changes (same tensors, same in-place versions), so a forward does not copy every weight again;
+    a stack made with autograd drops the kept copy (training frees the memory)."""
+    first, key = params[0], tuple(id(p) for p in params)
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        _STACKS.get(id(first), {}).pop(key, None)
+        return torch.stack(list(params))
+    versions = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)  # .to() swaps .data
+    kept = _STACKS.get(id(first))
+    if kept is None:
+        kept = _STACKS[id(first)] = {}
+        weakref.finalize(first, _STACKS.pop, id(first), None)
+    hit = kept.get(key)
+    if hit is not None and hit[1] == versions and all(r() is p for r, p in zip(hit[0], params)):
+        return hit[2]
+    out = torch.stack(list(params))
+    kept[key] = (tuple(weakref.ref(p) for p in params), versions, out)
+    return out
+
+
 # -- batched building blocks ----------------------------------------------------------------------------
 def linear(mods: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
     """``mods[g](x[g])`` for every g at once: x ``(G, M, in)`` -> ``(G, M, out)``."""
-    weight = torch.stack([m.weight for m in mods])  # (G, out, in)
+    weight = stack([m.weight for m in mods])  # (G, out, in)
     if mods[0].bias is None:
         return torch.bmm(x, weight.transpose(1, 2))
-    return torch.baddbmm(torch.stack([m.bias for m in mods]).unsqueeze(1), x, weight.transpose(1, 2))
+    return torch.baddbmm(stack([m.bias for m in mods]).unsqueeze(1), x, weight.transpose(1, 2))
 
 
 def rms_norm(mods: Sequence[nn.RMSNorm], x: torch.Tensor) -> torch.Tensor:
@@ -37,7 +65,7 @@ def rms_norm(mods: Sequence[nn.RMSNorm], x: torch.Tensor) -> torch.Tensor:
     y = F.rms_norm(x, mods[0].normalized_shape, None, mods[0].eps)
     if mods[0].weight is None:
         return y
-    return y * torch.stack([m.weight for m in mods]).unsqueeze(1)
+    return y * stack([m.weight for m in mods]).unsqueeze(1)
 
 
 def feed_forward(blocks: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
