@@ -142,3 +142,15 @@ def test_recipe_switch_bucket_by_length_reaches_the_training_loader(tmp_path):
     plain_spread = [max(lengths[i] for i in plain[j:j + 4]) - min(lengths[i] for i in plain[j:j + 4])
                     for j in range(0, 40, 4)]
     assert len(spread) == 10 and sum(spread) < sum(plain_spread) / 2  # batches of similar lengths
+
+
+def test_single_process_order_is_the_seeded_shuffling_dataloaders():
+    """Single-process runs see the examples in the order lcf's loader had before it became resumable
+    (DataLoader(shuffle=True) with a seeded generator), so earlier results stay reproducible."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    for n, bs in ((20, 4), (23, 4), (7, 3)):
+        old = DataLoader(list(range(n)), batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(5))
+        for epoch in range(4):
+            assert [i for b in old for i in b.tolist()] == EpochSampler(range(n), batch_size=bs, seed=5).order(epoch)

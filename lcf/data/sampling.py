@@ -3,7 +3,8 @@
 :class:`EpochSampler` yields this rank's examples of an epoch in an order fixed by ``(seed, epoch)``:
 a permutation of the whole set (the same on every rank), cut to a multiple of the world size, every
 ``num_replicas``-th example from ``rank`` (as ``DistributedSampler(drop_last=True)``, which it extends,
-so Lightning keeps it in distributed runs). With ``bucket_by_length`` the shard is cut into chunks of
+so Lightning keeps it in distributed runs); a single process gets the order a seeded shuffling
+``DataLoader`` gives (:func:`single_process_order`). With ``bucket_by_length`` the shard is cut into chunks of
 ``batch_size * bucket_batches`` examples, each chunk is sorted by length so that a batch holds
 examples of similar length (less padding), and the order of the full batches is shuffled (a partial
 last batch stays last). Every rank has the same number of examples, hence of batches.
@@ -47,6 +48,8 @@ class EpochSampler(DistributedSampler):
 
     def order(self, epoch: int) -> list[int]:
         """This rank's examples of ``epoch``, in training order."""
+        if self.num_replicas == 1 and not self.bucket_by_length:
+            return single_process_order(len(self.dataset), self.seed, epoch)
         g = torch.Generator().manual_seed(self.seed + epoch)
         perm = torch.randperm(len(self.dataset), generator=g).tolist()[: self.total_size]
         shard = perm[self.rank:self.total_size:self.num_replicas]
@@ -77,6 +80,22 @@ class EpochSampler(DistributedSampler):
         skip = self.pending_skip()
         self._skip = None
         return iter(order[skip:])
+
+
+def single_process_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order ``DataLoader(shuffle=True, generator=torch.Generator().manual_seed(seed))`` gives in epoch
+    ``epoch`` (what single-process training used before this module, so such runs stay reproducible).
+
+    That loader's generator serves, per epoch, one int64 draw (the iterator's base seed), the epoch's
+    permutation, and one more permutation that ``RandomSampler`` draws (and slices to nothing) when it
+    is exhausted; the stream is replayed from the seed."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epoch):
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+        torch.randperm(n, generator=g)
+        torch.randperm(n, generator=g)
+    torch.empty((), dtype=torch.int64).random_(generator=g)
+    return torch.randperm(n, generator=g).tolist()
 
 
 class ResumableLoader(DataLoader):
