@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", required=True, help="task names, e.g. arc_easy openbookqa mmlu_redux")
     p.add_argument("--limit", type=int, default=None, help="items per task (seeded sample); default all")
     p.add_argument("--out", required=True, help="report folder (results.json, report.md, plots)")
+    p.add_argument("--card", action="store_true",
+                   help="also write each adapter's scores, with the receiver alone and its controls, into its README.md")
     p.add_argument("--systems", nargs="+", choices=SYSTEM_CHOICES, default=None,
                    help="systems to compare (default: all; lora only with --lora)")
     p.add_argument("--text-tokens", nargs="+", type=int, default=[50], metavar="N",

@@ -37,14 +37,19 @@ def cmd_eval(args) -> int:
                 f"({dirs[0]}: sharer {first.sharer.name}, receiver {first.receiver.name}); {exc}"
             ) from exc
     chosen = list(args.systems) if args.systems else [k for k in DEFAULT_SYSTEMS if k != "lora" or args.lora]
-    systems = build_systems(adapters, adapter_labels([str(d) for d in dirs]), chosen,
-                            text_tokens=args.text_tokens, lora=args.lora or [])
+    labels = adapter_labels([str(d) for d in dirs])
+    systems = build_systems(adapters, labels, chosen, text_tokens=args.text_tokens, lora=args.lora or [])
     results = evaluate(systems, tasks, letter_scoring=args.letter, generate_letter=args.generate_letter,
                        batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
                        max_new_tokens=args.max_new_tokens, latency_runs=args.latency_runs)
     out = write_report(results, args.out)
     print(format_table(results))
     print(f"report written to {out} (results.json, report.md, accuracy.png, size_vs_accuracy.png, gates.png)")
+    if args.card:
+        from lcf.cli.adapters import write_cards
+
+        for card in write_cards(results, dirs, labels):
+            print(f"scores written into {card}")
     return 0
 
 
