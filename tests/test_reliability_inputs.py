@@ -204,3 +204,10 @@ def test_real_sharer_in_float16_trips_the_finite_check_and_float32_does_not(real
     assert check_finite_cache(0, view(real_sharer)) is not None  # float32: finite
     with pytest.raises(AdapterError, match="NaN or infinite values .*dtype float16.*dtype='float32'"):
         check_finite_cache(0, view(load_model(REAL_SHARER, dtype="float16")))
+
+
+def test_load_model_with_an_unknown_dtype_lists_the_accepted_ones(tiny_pair):  # noqa: F811
+    from lcf.models import load_model
+
+    with pytest.raises(LCFError, match="dtype 'bogus' is not a model dtype lcf loads; use one of float32, bfloat16"):
+        load_model(str(tiny_pair / "receiver"), dtype="bogus")

@@ -245,6 +245,9 @@ def load_tokenizer(spec: str | dict):
     return _from_pretrained(AutoTokenizer, target, card, local)
 
 
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
 def load_model(spec: str | dict, *, dtype: str | torch.dtype | None = None, device: str | None = None) -> LoadedModel:
     """Load a frozen causal LM and its tokenizer (eval mode, ``requires_grad=False``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -253,6 +256,10 @@ def load_model(spec: str | dict, *, dtype: str | torch.dtype | None = None, devi
     if dtype is None:
         dtype = card.dtype if card else "float32"
     if isinstance(dtype, str):
+        if dtype not in MODEL_DTYPES:  # getattr(torch, "bogus") would be a raw AttributeError
+            where = f" (set in the card {card.card_path})" if card is not None and dtype == card.dtype else ""
+            raise ModelLoadError(f"dtype {dtype!r} is not a model dtype lcf loads{where}; use one of "
+                                 f"{', '.join(MODEL_DTYPES)}")
         dtype = getattr(torch, dtype)
     tok = _from_pretrained(AutoTokenizer, target, card, local)
     model = _from_pretrained(AutoModelForCausalLM, target, card, local, dtype=dtype)
