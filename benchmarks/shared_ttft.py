@@ -7,7 +7,8 @@ a 1-token greedy generation at batch 1 through the evaluation's systems, prompt 
 tokenisation and alignment included: ``AdapterSystem`` (sharer prefill + receiver prefill + fusion
 + first token) and ``ReceiverAlone`` on the same adapter (the receiver's prefill + first token, the
 sharer never runs). ``sharer prefill`` is the sharer's prompt prefill alone (what fusion adds before
-the translator). The three are interleaved run by run, medians of ``--repeats`` runs after a warm-up.
+the translator). ``--eval-sharer`` adds ``lcf eval``'s sharer column (``SharerAlone``: the sharer answering
+on its own, in its own template, LM head included), which is not the sharer's share of fusion. The three are interleaved run by run, medians of ``--repeats`` runs after a warm-up.
 
 Without ``--adapter``, a freshly built (untrained) adapter of the recipe's translator is exported to
 a temporary folder and loaded through the runtime: latency does not depend on the weights. Prompts
@@ -23,8 +24,8 @@ import tempfile
 import torch
 
 from lcf.config import load_recipe, validate_recipe
-from lcf.eval.harness import _elapsed_ms
-from lcf.eval.systems import AdapterSystem, ReceiverAlone
+from lcf.eval.harness import _elapsed_ms, measure_latency
+from lcf.eval.systems import AdapterSystem, ReceiverAlone, SharerAlone
 from lcf.export import adapter_config, write_adapter
 from lcf.pair import build_pair
 from lcf.runtime import load_adapter
@@ -76,6 +77,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cpu-overlap", action="store_true",
                     help="also time fusion with the CPU prefills overlapped (Communicator.cpu_overlap_prefills)")
+    ap.add_argument("--eval-sharer", action="store_true",
+                    help="also time `lcf eval`'s sharer column (SharerAlone: the sharer answering in its own template)")
     ap.add_argument("--per-layer", action="store_true", help="the translator's per-layer reference path")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
@@ -104,6 +107,9 @@ def main() -> None:
             "receiver": lambda: alone.generate([prompt], max_new_tokens=1),
             "sharer": lambda: comm._prefill(comm.sharers[0], s_ids, s_mask),
         }
+        if args.eval_sharer:
+            sharer_alone = SharerAlone(adapter)
+            parts["eval sharer"] = lambda: sharer_alone.generate([prompt], max_new_tokens=1)
         if args.cpu_overlap:
             def overlapped():
                 comm.cpu_overlap_prefills = True
@@ -123,9 +129,19 @@ def main() -> None:
         print(f"{n:>13} {s_ids.shape[1]:>7} {med['fused']:>9.1f} {med['receiver']:>12.1f} {med['sharer']:>18.1f} "
               f"{ratio:>12.3f} {med['fused'] / med['receiver']:>8.3f}"
               + (f"   overlapped {med['overlapped']:.1f} ms, / (r+s) "
-                 f"{med['overlapped'] / (med['receiver'] + med['sharer']):.3f}" if args.cpu_overlap else ""), flush=True)
+                 f"{med['overlapped'] / (med['receiver'] + med['sharer']):.3f}" if args.cpu_overlap else "")
+              + (f"   eval sharer {med['eval sharer']:.1f} ms, fused / (r + eval sharer) "
+                 f"{med['fused'] / (med['receiver'] + med['eval sharer']):.3f}" if args.eval_sharer else ""), flush=True)
         if target == 120:
             headline = (n, ratio)
+            # the evaluation's own latency function on the same prompt (its TTFT column), for comparison
+            ev = {k: measure_latency(sys_, prompt, runs=args.repeats, new_tokens=1)["ttft_ms"]
+                  for k, sys_ in (("fused", fused), ("receiver", alone))}
+            eval_line = (f"lcf eval's measure_latency on the {n}-token prompt: fused {ev['fused']:.1f} ms "
+                         f"({ev['fused'] / med['fused'] - 1:+.1%} vs above), receiver {ev['receiver']:.1f} ms "
+                         f"({ev['receiver'] / med['receiver'] - 1:+.1%}); fused / (receiver + sharer prefill) "
+                         f"{ev['fused'] / (ev['receiver'] + med['sharer']):.3f}")
+    print(eval_line)
     print(f"fused / (receiver + sharer prefill) at {headline[0]} receiver prompt tokens, batch 1: "
           f"{headline[1]:.3f} (target <= 1.05)")
 

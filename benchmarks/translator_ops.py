@@ -11,11 +11,13 @@ any other aten operator (``top``: what the Python code and the autograd engine d
 ``compute`` operators, leaves that are not views (about one kernel launch each on a GPU; the count
 the target is judged on). Prints one line per module and, as the last line, the largest stacked /
 per-layer compute ratio (target <= 0.1).
-The counts do not depend on weights or on the machine; timings are not measured here.
+The counts do not depend on weights or on the machine; ``--time N`` adds interleaved medians of wall time.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -73,6 +75,8 @@ def main() -> None:
     ap.add_argument("--receiver-len", type=int, default=95, help="receiver prompt tokens fused (all but the last)")
     ap.add_argument("--sharer-len", type=int, default=73)
     ap.add_argument("--context-len", type=int, default=300, help="sharer context tokens for span_pool")
+    ap.add_argument("--time", type=int, default=0, metavar="N",
+                    help="also time forward + backward of each translator, median of N interleaved runs per path")
     args = ap.parse_args()
     recipe = validate_recipe(load_recipe(args.recipe))
     pair = build_pair(recipe)
@@ -109,9 +113,18 @@ def main() -> None:
             counts[path] = count(run)
         ratio = [s / p for s, p in zip(counts["stacked"], counts["per_layer"])]
         worst = max(worst, ratio[2])
+        times = {"per_layer": [], "stacked": []}
+        for _ in range(args.time):  # interleaved: drift of a shared CPU hits both paths alike
+            for path in times:
+                set_path(module, path)
+                t0 = time.perf_counter()
+                run()
+                times[path].append(time.perf_counter() - t0)
+        timing = (f"   fwd+bwd ms per-layer {statistics.median(times['per_layer']) * 1e3:.1f}, stacked "
+                  f"{statistics.median(times['stacked']) * 1e3:.1f}" if args.time else "")
         print(f"{name:<26}" + "".join(f"{c:>{w}}" for c, w in zip(counts["per_layer"], (15, 7, 8)))
               + "".join(f"{c:>{w}}" for c, w in zip(counts["stacked"], (15, 7, 8)))
-              + "".join(f"{r:>{w}.3f}" for r, w in zip(ratio, (13, 7, 8))), flush=True)
+              + "".join(f"{r:>{w}.3f}" for r, w in zip(ratio, (13, 7, 8))) + timing, flush=True)
 
     for name, tr in modules:
         tr.train()

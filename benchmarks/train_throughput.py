@@ -1,0 +1,138 @@
+"""Quickstart training throughput: the stacked translator path against the per-layer reference path.
+
+    python benchmarks/train_throughput.py [--recipe recipes/quickstart.yaml] [--steps 10] [--paths both]
+
+Both paths start from the same translator weights and the same seed, see the same batches (the
+recipe's training features, shuffled with its seed, cut into ``trainer.batch_size`` batches) and
+train with the recipe's optimiser settings (AdamW, warm-up + linear decay, gradient clipping, gate
+temperature annealing). Steps are interleaved (per-layer step k, stacked step k, ...) with each path
+keeping its own random-number state, so drift of a shared CPU hits both alike. Prints every step's
+loss for both paths, the largest loss difference, the response tokens per second of each path (sum
+of tokens over sum of step times, first step excluded as warm-up) and, as the last line, the ratio.
+
+``--paths per_layer`` runs one path only (also on a checkout older than the stacked path).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import statistics
+import time
+
+import torch
+
+from lcf.communicator import Communicator
+from lcf.config import load_recipe, validate_recipe
+from lcf.data.features import pad_token_id
+from lcf.data.instruct import collate
+from lcf.pair import build_pair
+from lcf.training.run import build_data, build_translator
+from lcf.translators.base import annealed_temperature
+
+
+def set_path(module: torch.nn.Module, path: str) -> None:
+    if hasattr(module, "stacked"):
+        module.stacked = path == "stacked"
+    elif path != "per_layer":
+        raise SystemExit("this checkout has no stacked translator path; run with --paths per_layer")
+
+
+def make_optimizer(params, trainer: dict, total: int):
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": trainer["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=trainer["lr"])
+    warmup = int(math.ceil(trainer["warmup_ratio"] * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(total - warmup, 1)))
+    return opt, sched
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="recipes/quickstart.yaml")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--paths", choices=["both", "per_layer", "stacked"], default="both")
+    ap.add_argument("--bucket", action="store_true", help="length-bucketed batches (data.bucket_by_length)")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. data.max_prompt_tokens=64")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = load_recipe(args.recipe, list(args.overrides))
+    bs = recipe["trainer"]["batch_size"]
+    recipe["data"]["train_size"] = bs * max(args.steps, 16 if args.bucket else 0)  # a bucket holds 16 batches
+    recipe["data"]["val_size"] = 1
+    recipe = validate_recipe(recipe)
+    trainer = recipe["trainer"]
+    torch.manual_seed(recipe.get("seed", 0))
+    pair = build_pair(recipe)
+    translator = build_translator(recipe, pair)
+    train, _ = build_data(recipe).prepare(pair.receiver.tokenizer, pair.sharer.tokenizer, pair.aligner)
+    pads = pad_token_id(pair.receiver.tokenizer), pad_token_id(pair.sharer.tokenizer)
+    if args.bucket:  # the training sampler's length-bucketed order (data.bucket_by_length)
+        from lcf.data.datamodule import receiver_length
+        from lcf.data.sampling import EpochSampler
+
+        order = EpochSampler(train, batch_size=bs, seed=recipe.get("seed", 0), bucket_by_length=True,
+                             lengths=[receiver_length(f) for f in train]).order(0)
+        train = [train[i] for i in order]
+    else:
+        random.Random(recipe.get("seed", 0)).shuffle(train)
+    batches = [collate(train[i:i + bs], *pads) for i in range(0, len(train) - bs + 1, bs)][: args.steps]
+    real = sum(int(b["receiver_prompt_mask"].sum() + b["response_mask"].sum()) for b in batches)
+    padded = sum(b["receiver_prompt_mask"].numel() + b["response_mask"].numel() for b in batches)
+    print(f"receiver padding fraction of these batches: {1 - real / padded:.4f}"
+          f"{' (length-bucketed)' if args.bucket else ''}", flush=True)
+    paths = ["per_layer", "stacked"] if args.paths == "both" else [args.paths]
+
+    runs = {}
+    for path in paths:
+        tr = copy.deepcopy(translator)
+        set_path(tr, path)
+        comm = Communicator(pair.receiver.model, [pair.sharer.model], [tr]).train()
+        opt, sched = make_optimizer([p for p in tr.parameters() if p.requires_grad], trainer, trainer["max_steps"])
+        torch.manual_seed(recipe.get("seed", 0))
+        runs[path] = {"comm": comm, "tr": tr, "opt": opt, "sched": sched, "rng": torch.get_rng_state(),
+                      "loss": [], "time": []}
+    anneal = trainer.get("gate_anneal_steps") or trainer["max_steps"]
+    tokens = []
+    for step, batch in enumerate(batches):
+        tokens.append(int(batch["response_mask"].sum()))
+        for path in paths:
+            r = runs[path]
+            torch.set_rng_state(r["rng"])
+            t0 = time.perf_counter()
+            r["tr"].gates.set_temperature(annealed_temperature(
+                step, anneal, trainer["gate_temperature_start"], trainer["gate_temperature_end"]))
+            loss = r["comm"](batch)["loss"]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(r["tr"].parameters(), trainer["grad_clip"])
+            r["opt"].step()
+            r["sched"].step()
+            r["opt"].zero_grad(set_to_none=True)
+            r["time"].append(time.perf_counter() - t0)
+            r["rng"] = torch.get_rng_state()
+            r["loss"].append(loss.item())
+        print(f"step {step}: {tokens[-1]} response tokens, receiver prompt {batch['receiver_prompt_ids'].shape[1]}, "
+              + ", ".join(f"{p} loss {runs[p]['loss'][-1]:.6f} {runs[p]['time'][-1] * 1000:.0f} ms" for p in paths),
+              flush=True)
+    print(f"{len(batches)} steps of batch {bs}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"translator {recipe['translator']}; step 0 excluded from timing (warm-up)")
+    rate = {}
+    for path in paths:
+        t = runs[path]["time"][1:]
+        rate[path] = sum(tokens[1:]) / sum(t)
+        print(f"  {path:<10} {rate[path]:8.1f} response tokens/s  (median step {statistics.median(t) * 1000:.0f} ms)")
+    if len(paths) == 2:
+        diff = max(abs(a - b) for a, b in zip(runs["per_layer"]["loss"], runs["stacked"]["loss"]))
+        per_step = statistics.median(a / b for a, b in zip(runs["per_layer"]["time"][1:], runs["stacked"]["time"][1:]))
+        print(f"max loss difference over {len(batches)} steps: {diff:.2e} (target <= 1e-4)")
+        print(f"median per-step time ratio per_layer / stacked: {per_step:.3f}")
+        print(f"throughput stacked / per_layer: {rate['stacked'] / rate['per_layer']:.3f} (target >= 1.25)")
+
+
+if __name__ == "__main__":
+    main()
