@@ -73,7 +73,7 @@ def load_snippet(config: dict[str, Any], path: str) -> str:
                 f'receiver = load_adapter("{path}", with_sharer=False)  # no sharer loaded\n'
                 f'print(receiver.receive(data, "Which city does Ravel Doskin live in?"))')
     return (f'from lcf.runtime import load_adapter\n\n'
-            f'adapter = load_adapter("{path}")   # loads the models named below\n'
+            f'adapter = load_adapter("{path}")   # loads the models named above\n'
             f'print(adapter.generate("Name three primary colours.", max_new_tokens=48))')
 
 

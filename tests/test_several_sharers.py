@@ -208,7 +208,8 @@ def test_two_sharers_on_the_real_models(tmp_path, data_root, real_receiver, real
     """Gemma-3-270M and SmolLM2-135M-Instruct itself feed SmolLM2: recipes/two_sharers.yaml for two steps,
     one exported adapter, loaded back with both sharers; greedy generate through receiver.generate agrees."""
     overrides = [f"output_dir={tmp_path}", f"data_root={data_root}", "trainer.max_steps=2", "trainer.batch_size=2",
-                 "trainer.val_every_n_steps=2", "trainer.progress=none", "data.train_size=4", "data.val_size=2"]
+                 "trainer.val_every_n_steps=2", "trainer.log_every_n_steps=1", "trainer.progress=none",
+                 "data.train_size=4", "data.val_size=2"]
     run = train(REPO / "recipes" / "two_sharers.yaml", overrides)
     folder = export(run, tmp_path / "adapter", which="last")
     cfg = json.loads((folder / "adapter_config.json").read_text())
@@ -224,3 +225,25 @@ def test_two_sharers_on_the_real_models(tmp_path, data_root, real_receiver, real
                                           pad_token_id=tok.pad_token_id or tok.eos_token_id)
     assert tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() == text
     assert "sharer 1 | smollm2-135m-instruct" in (folder / "README.md").read_text()
+
+
+def test_cli_eval_card_writes_scores_with_controls(one_sharer_adapter, tmp_path, capsys):
+    import shutil
+
+    from lcf.cli import main
+    from lcf.export_card import read_scores
+    from tests.test_eval_harness import ARC_ROWS, write_jsonl
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(one_sharer_adapter[0], folder)
+    write_jsonl(tmp_path / "tasks" / "arc/ARC-Easy-validation.jsonl", ARC_ROWS)
+    rc = main(["eval", str(folder), "--tasks", "arc_easy", "--limit", "3", "--out", str(tmp_path / "report"),
+               "--data-root", str(tmp_path / "tasks"), "--systems", "receiver", "adapter", "zero", "mismatched",
+               "--latency-runs", "1", "--no-progress", "--card"])
+    assert rc == 0 and f"scores written into {folder / 'README.md'}" in capsys.readouterr().out
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    row = read_scores(folder)["tasks"]["arc_easy"]
+    assert row["n"] == 3 and set(row) >= {"receiver alone", "adapter", "zero cache", "another item's cache"}
+    assert row["adapter"] == results["scores"]["tiny"]["arc_easy"]["primary"]
+    assert row["zero cache"] == results["scores"]["tiny (zero)"]["arc_easy"]["primary"]
+    assert "| arc_easy |" in (folder / "README.md").read_text()
