@@ -59,6 +59,7 @@ def _data_line(data: dict[str, Any] | None) -> str:
     if not data:
         return "not recorded"
     what = data.get("files") or data.get("hub_id") or data.get("task") or data.get("type")
+    what = ", ".join(map(str, what)) if isinstance(what, (list, tuple)) else what
     keys = ("type", "train_size", "val_size", "num_train", "num_val", "max_prompt_tokens", "max_response_tokens")
     extra = ", ".join(f"{k} {data[k]}" for k in keys if data.get(k) is not None)
     return f"{what} ({extra})" if extra else str(what)
