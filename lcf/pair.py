@@ -28,6 +28,14 @@ class Pair:
 
 def build_pair(recipe: dict, *, dtype: str | None = None) -> Pair:
     """Load both models of a validated recipe dict and build its layer map and aligner."""
+    if recipe.get("sharers"):
+        from lcf.errors import RecipeError
+
+        raise RecipeError(
+            f"this command takes a one-sharer recipe, and this one lists {len(recipe['sharers'])} `sharers:`; "
+            f"train and export it with `lcf train` / `lcf export`, or run this command on a recipe with `sharer:` "
+            f"(one entry of the list)"
+        )
     sharer = load_model(recipe["sharer"], dtype=dtype)
     receiver = load_model(recipe["receiver"], dtype=dtype)
     lm_factory = layer_maps.build(recipe.get("layer_map") or {"type": "terminal"}, "layer_map")

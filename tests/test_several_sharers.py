@@ -247,3 +247,11 @@ def test_cli_eval_card_writes_scores_with_controls(one_sharer_adapter, tmp_path,
     assert row["adapter"] == results["scores"]["tiny"]["arc_easy"]["primary"]
     assert row["zero cache"] == results["scores"]["tiny (zero)"]["arc_easy"]["primary"]
     assert "| arc_easy |" in (folder / "README.md").read_text()
+
+
+def test_one_sharer_commands_refuse_a_sharers_recipe():
+    from lcf.pair import build_pair
+
+    data = validate_recipe(load_recipe(REPO / "recipes" / "two_sharers.yaml"))
+    with pytest.raises(RecipeError, match="lists 2 `sharers:`"):
+        build_pair(data)  # refused before any model is loaded (lcf inspect, train-lora)
