@@ -77,7 +77,11 @@ def main() -> None:
     ap.add_argument("--context-len", type=int, default=300, help="sharer context tokens for span_pool")
     ap.add_argument("--time", type=int, default=0, metavar="N",
                     help="also time forward + backward of each translator, median of N interleaved runs per path")
+    ap.add_argument("--only-compressor", action="store_true", help="count span_pool only")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     recipe = validate_recipe(load_recipe(args.recipe))
     pair = build_pair(recipe)
     s_specs, r_specs = layer_specs(pair.sharer.model.config), layer_specs(pair.receiver.model.config)
@@ -97,6 +101,7 @@ def main() -> None:
     print(f"{'module':<26}{'per-layer: all':>15}{'top':>7}{'compute':>8}{'  stacked: all':>15}{'top':>7}{'compute':>8}"
           f"{'  ratio: all':>13}{'top':>7}{'compute':>8}", flush=True)
     worst = 0.0
+    ones: dict[tuple, torch.Tensor] = {}
 
     def report(name, module, step):
         nonlocal worst
@@ -107,7 +112,11 @@ def main() -> None:
             def run():
                 module.zero_grad(set_to_none=True)
                 edited = [x for x in step() if x.requires_grad and x.numel()]
-                torch.autograd.backward(edited, [torch.ones_like(x) for x in edited])
+                # output gradients made once (warm-up), so their fills are not counted as the module's
+                for x in edited:
+                    if tuple(x.shape) not in ones:
+                        ones[tuple(x.shape)] = torch.ones(x.shape)
+                torch.autograd.backward(edited, [ones[tuple(x.shape)] for x in edited])
             run()  # warm-up
             module.zero_grad(set_to_none=True)
             counts[path] = count(run)
@@ -126,7 +135,7 @@ def main() -> None:
               + "".join(f"{c:>{w}}" for c, w in zip(counts["stacked"], (15, 7, 8)))
               + "".join(f"{r:>{w}.3f}" for r, w in zip(ratio, (13, 7, 8))) + timing, flush=True)
 
-    for name, tr in modules:
+    for name, tr in [] if args.only_compressor else modules:
         tr.train()
         report(name, tr, lambda tr=tr: [*(o := tr.fuse(s_view, r_view, index, mask)).keys, *o.values])
     comp = compressors.build({"type": "span_pool"}, "compressor", shapes=shapes).train()
