@@ -52,3 +52,19 @@ def test_cli_prints_a_table(two_reports, capsys):
     assert "| lcf - receiver | 10 | 50.0 | 30.0 | +20.0 [" in out and "picks the sharer's option 2" in out
     with pytest.raises(LCFError, match="SYSTEM_A:SYSTEM_B"):
         main([str(two_reports[0]), "--pairs", "receiver"])
+
+
+def test_merge_refuses_other_items(two_reports, tmp_path):
+    from lcf.eval.paired import merge_results
+
+    for p, n in zip(two_reports, (10, 10)):
+        data = json.loads(p.read_text())
+        data["tasks"] = {"arc_easy": {"n": n}}
+        data["systems"] = {s: {"name": s} for s in data["predictions"]}
+        p.write_text(json.dumps(data))
+    merged = merge_results(two_reports)
+    assert sorted(merged["systems"]) == ["lcf", "receiver", "sharer"] and sorted(merged["predictions"]) == sorted(merged["systems"])
+    other = json.loads(two_reports[1].read_text()) | {"tasks": {"arc_easy": {"n": 5}}}
+    (tmp_path / "c.json").write_text(json.dumps(other))
+    with pytest.raises(LCFError, match="same --tasks"):
+        merge_results([two_reports[0], tmp_path / "c.json"])

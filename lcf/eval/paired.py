@@ -39,6 +39,24 @@ def load_predictions(paths: Sequence[str | Path]) -> dict[str, dict[tuple[str, s
     return out
 
 
+def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """One results dict from several ``lcf eval`` runs on the same items (systems, scores, predictions
+    and adapters united; config and tasks of the first file), e.g. to draw one report for all of them."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if not merged:
+            merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+            continue
+        if {t: v.get("n") for t, v in data.get("tasks", {}).items()} != {
+                t: v.get("n") for t, v in merged.get("tasks", {}).items()}:
+            raise LCFError(f"{path} scored other tasks or item counts than {paths[0]}; merge runs of the same "
+                           f"--tasks, --limit and --seed")
+        for key in ("systems", "scores", "predictions", "adapters"):
+            merged.setdefault(key, {}).update(data.get(key) or {})
+    return merged
+
+
 def _field(row: dict[str, Any], metric: str, which: int) -> Any:
     key = CORRECT_KEY.get(metric, CORRECT_KEY["acc"])[which]
     if key not in row:  # chat-format reports have one metric only
@@ -93,8 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--metric", default="acc_norm", choices=sorted(CORRECT_KEY))
     ap.add_argument("--task", default=None, help="one task only (default: every item of every task)")
     ap.add_argument("--resamples", type=int, default=4000)
+    ap.add_argument("--merge", default=None, metavar="DIR", help="also write one report (table, JSON, plots) of all runs")
     args = ap.parse_args(argv)
     preds = load_predictions(args.results)
+    if args.merge:
+        from lcf.eval.report import write_report
+
+        print(f"merged report written to {write_report(merge_results(args.results), args.merge)}")
     if args.pairs:
         print(f"| A - B ({args.metric}) | n | A | B | A - B [95% interval] |\n|---|---:|---:|---:|---|")
     for pair in args.pairs:
