@@ -143,9 +143,8 @@ class LayerGates(nn.Module):
         """(g_k, g_v), the scalar gates of receiver layer ``layer`` (a fresh Gumbel sample in training);
         given the edits ``dk``, ``dv``: the gated edits ``(g_k * dk, g_v * dv)``.
 
-        ``layer`` may be a list of G layers (the stacked path): gates of shape (G,) each, and edits
-        ``(G, ...)`` gated row by row. One uniform draw serves all G layers, in the order the per-layer
-        calls would draw them, so both paths sample the same gates from the same random state.
+        ``layer`` may be a list of G layers (stacked path): (G,) gates, ``(G, ...)`` edits gated row by row,
+        one uniform draw in the per-layer calls' order (both paths sample the same gates from one state).
 
         Training must use the second form: the product happens inside this module, so ZeRO-3's
         backward hooks see tensor inputs that need gradients and keep the logits gathered until their
@@ -245,8 +244,8 @@ class Translator(nn.Module):
     def delta_stacked(
         self, layers: Sequence[int], sk: torch.Tensor, sv: torch.Tensor, rk: torch.Tensor, rv: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`delta` of G layers at once: inputs ``(G, M, .)`` (row g belongs to ``layers[g]``),
-        edits ``(G, M, Hr*Dr)``. Optional: a translator without it always runs the per-layer path."""
+        """:meth:`delta` of G layers at once: inputs ``(G, M, .)``, row g of ``layers[g]``; edits ``(G, M, Hr*Dr)``.
+        Optional: a translator without it always runs the per-layer path."""
         raise NotImplementedError(f"{type(self).__name__} has no stacked path; use fuse_per_layer()")
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -326,8 +325,8 @@ class Translator(nn.Module):
         ``align_mask`` False, or whose sharer position the sharer layer no longer stores (sliding
         window), keep the receiver value. Layers not edited are passed through as the same tensors.
 
-        Runs the stacked path (:mod:`lcf.translators.stacked`) when :attr:`stacked` is True and the
-        class implements :meth:`delta_stacked`, else :meth:`fuse_per_layer`, the reference."""
+        Stacked path (:mod:`lcf.translators.stacked`) when :attr:`stacked` and :meth:`delta_stacked` exists,
+        else :meth:`fuse_per_layer`, the reference."""
         if self.stacked and type(self).delta_stacked is not Translator.delta_stacked:
             self._check_views(sharer, receiver, align_index, align_mask)
             return fuse_stacked(self, sharer, receiver, align_index, align_mask)
