@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lcf.errors import LCFError
 
-from lcf.cli.choices import SYSTEM_CHOICES, XC_SYSTEM_CHOICES
+from lcf.cli.choices import MC_FORMAT_CHOICES, SYSTEM_CHOICES, XC_SYSTEM_CHOICES
 
 
 def _console():
@@ -228,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("eval", help="benchmark adapters against baselines and controls on the same items")
-    p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="adapter folders, run directories or recipes (one pair)")
+    p.add_argument("adapters", nargs="*", metavar="ADAPTER",
+                   help="adapter folders, run directories or recipes (one pair)")
+    p.add_argument("--pair", default=None,
+                   help="no adapter: the models of this pair card alone (systems receiver, sharer, text)")
     p.add_argument("--tasks", nargs="+", required=True, help="task names, e.g. arc_easy openbookqa mmlu_redux")
     p.add_argument("--limit", type=int, default=None, help="items per task (seeded sample); default all")
     p.add_argument("--out", required=True, help="report folder (results.json, report.md, plots)")
@@ -239,9 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-tokens", nargs="+", type=int, default=[50], metavar="N",
                    help="message budgets of the text-to-text relay (one system each; default 50)")
     p.add_argument("--lora", nargs="+", default=None, metavar="RUN_DIR", help="`lcf train-lora` runs to compare")
-    p.add_argument("--letter", action="store_true", help="score answer letters ' A', ' B', ... not option texts")
+    p.add_argument("--format", dest="mc_format", choices=MC_FORMAT_CHOICES, default=None,
+                   help="multiple-choice scoring: lmeval (default; lm-evaluation-harness's raw cloze prompt, acc and "
+                        "acc_norm), chat (question + lettered options in the chat template, option texts scored), "
+                        "letter, generate-letter")
+    p.add_argument("--letter", action="store_true",
+                   help="same as --format letter: chat template, the letters ' A', ' B', ... scored")
     p.add_argument("--generate-letter", action="store_true",
-                   help="multiple choice by the letter a short greedy reply starts with (not by likelihood)")
+                   help="same as --format generate-letter: the letter a short greedy reply names (chat template)")
     p.add_argument("--data-root", default=None, help="benchmark files root (default $LCF_DATA_ROOT)")
     p.add_argument("--split", nargs="+", default=None, help="SPLIT for every task and/or TASK=SPLIT")
     p.add_argument("--task-option", nargs="+", default=None, metavar="TASK.OPTION=VALUE",

@@ -3,5 +3,7 @@
 #: `lcf eval --systems` choices
 SYSTEM_CHOICES = ("receiver", "sharer", "text", "lora", "adapter", "zero", "mismatched")
 DEFAULT_SYSTEMS = SYSTEM_CHOICES
+#: `lcf eval --format` choices (multiple-choice scoring; lcf.eval.scoring.MC_FORMATS, checked by a test)
+MC_FORMAT_CHOICES = ("lmeval", "chat", "letter", "generate-letter")
 #: `lcf eval-xc --systems` choices
 XC_SYSTEM_CHOICES = ("receiver", "own", "full", "text", "lcf-x", "int8", "int4", "zero", "mismatched")

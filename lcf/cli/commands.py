@@ -12,9 +12,8 @@ from lcf.errors import LCFError
 def cmd_eval(args) -> int:
     import torch
 
-    from lcf.eval.compose import build_systems, resolve_adapter
-    from lcf.eval.harness import (adapter_labels, evaluate, format_table, parse_splits, parse_task_options,
-                                  write_report)
+    from lcf.eval.compose import build_systems, pair_systems, resolve_adapter
+    from lcf.eval.harness import adapter_labels, parse_splits, parse_task_options
     from lcf.eval.tasks import load_task
     from lcf.runtime import AdapterError, load_adapter
 
@@ -24,8 +23,17 @@ def cmd_eval(args) -> int:
     options = parse_task_options(args.task_option, args.tasks)
     tasks = [load_task(t, data_root=args.data_root, split=splits[t], limit=args.limit, seed=args.seed, **options[t])
              for t in args.tasks]
-    dirs = [resolve_adapter(a) for a in args.adapters]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.pair or not args.adapters:
+        if args.card:
+            raise LCFError("--card writes scores into adapter folders; give the adapters to evaluate (not --pair)")
+        if not args.pair or args.adapters:
+            raise LCFError("lcf eval compares adapters (folders, run directories or recipes) with baselines, or with "
+                           "--pair PAIR (and no adapter) the pair's models alone; give one of the two")
+        systems = pair_systems(args.pair, args.systems or ("receiver", "sharer", "text"), text_tokens=args.text_tokens,
+                               device=device, dtype=args.dtype)
+        return _evaluate_and_report(args, systems, tasks)
+    dirs = [resolve_adapter(a) for a in args.adapters]
     first = load_adapter(dirs[0], device=device, dtype=args.dtype)
     adapters = [first]
     for d in dirs[1:]:
@@ -39,16 +47,23 @@ def cmd_eval(args) -> int:
     chosen = list(args.systems) if args.systems else [k for k in DEFAULT_SYSTEMS if k != "lora" or args.lora]
     labels = adapter_labels([str(d) for d in dirs])
     systems = build_systems(adapters, labels, chosen, text_tokens=args.text_tokens, lora=args.lora or [])
-    results = evaluate(systems, tasks, letter_scoring=args.letter, generate_letter=args.generate_letter,
+    return _evaluate_and_report(args, systems, tasks, cards=(dirs, labels) if args.card else None)
+
+
+def _evaluate_and_report(args, systems, tasks, cards=None) -> int:
+    from lcf.eval.harness import evaluate, format_table, write_report
+
+    results = evaluate(systems, tasks, mc_format=args.mc_format, letter_scoring=args.letter,
+                       generate_letter=args.generate_letter,
                        batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
                        max_new_tokens=args.max_new_tokens, latency_runs=args.latency_runs)
     out = write_report(results, args.out)
     print(format_table(results))
     print(f"report written to {out} (results.json, report.md, accuracy.png, size_vs_accuracy.png, gates.png)")
-    if args.card:
+    if cards is not None:
         from lcf.cli.adapters import write_cards
 
-        for card in write_cards(results, dirs, labels):
+        for card in write_cards(results, *cards):
             print(f"scores written into {card}")
     return 0
 

@@ -79,6 +79,12 @@ class TextRelay(System):
         relayed = [self.relay_format.format(message=m, prompt=p) for m, p in zip(self.last_messages, prompts)]
         return self.reader._encode(relayed)
 
+    def _encode_raw(self, contexts: Sequence[str]) -> list[Feature]:
+        """The sharer writes about the context (in its template); the receiver reads the relay text raw."""
+        self.last_messages = self.messages(contexts)
+        relayed = [self.relay_format.format(message=m, prompt=c) for m, c in zip(self.last_messages, contexts)]
+        return self.reader._encode_raw(relayed)
+
     def _score_items(self, features: list[Feature], options: list[list[list[int]]]) -> list[list[float]]:
         return self.reader._score_items(features, options)
 

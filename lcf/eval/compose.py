@@ -50,6 +50,31 @@ def resolve_adapter(spec: str | Path, *, which: str = "best") -> Path:
     return out
 
 
+def pair_systems(pair: str, chosen: Sequence[str], *, text_tokens: Sequence[int] = (50,), device: str | None = None,
+                 dtype: str | None = None) -> list[System]:
+    """The baselines of a pair card without any adapter: receiver alone, sharer alone, text relays
+    (each model in its ``"auto"`` template for the chat formats)."""
+    from lcf.cards import pair_card
+    from lcf.models.loading import load_model
+
+    unknown = sorted(set(chosen) - set(SYSTEM_KINDS))
+    needs_adapter = sorted(set(chosen) - {"receiver", "sharer", "text"})
+    if unknown or needs_adapter:
+        raise LCFError(f"systems {unknown or needs_adapter} cannot run with --pair (no adapter): choose from receiver, "
+                       f"sharer, text, or pass an adapter instead of --pair")
+    card = pair_card(pair)
+    sharer = load_model(card.sharer, dtype=dtype, device=device)
+    receiver = load_model(card.receiver, dtype=dtype, device=device)
+    systems: list[System] = []
+    if "receiver" in chosen:
+        systems.append(ReceiverAlone(receiver))
+    if "sharer" in chosen:
+        systems.append(SharerAlone(sharer))
+    if "text" in chosen:
+        systems += [TextRelay(sharer, receiver, message_tokens=n) for n in text_tokens]
+    return systems
+
+
 def build_systems(adapters: Sequence[Any], labels: Sequence[str], chosen: Sequence[str], *,
                   text_tokens: Sequence[int] = (50,), lora: Sequence[str] = ()) -> list[System]:
     """The systems to compare, all on the first adapter's pair (the others must share it).

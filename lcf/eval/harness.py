@@ -4,10 +4,13 @@
     results = evaluate([ReceiverAlone(a), SharerAlone(a), AdapterSystem(a)], [load_task("arc_easy", limit=50)])
     write_report(results, "reports/quickstart")          # results.json, report.md, 3 PNG plots
 
-* multiple-choice tasks: the option with the highest sum log-likelihood is the prediction
-  (``letter_scoring=True`` scores the letters ``" A"``, ``" B"``, ... instead of the option texts;
-  ``generate_letter=True`` generates a short reply greedily and reads the letter it starts with, see
-  :func:`letter_of`); score = accuracy.
+* multiple-choice tasks, ``mc_format``: ``"lmeval"`` (default) scores as lm-evaluation-harness does
+  (raw cloze prompt, no chat template, each option ``" " + choice``; see :mod:`lcf.eval.scoring`)
+  and reports ``acc`` (argmax summed log-likelihood) and ``acc_norm`` (argmax log-likelihood per
+  character of the choice; the headline). The other formats put the question and its lettered
+  options in the chat template: ``"chat"`` scores the option texts, ``"letter"`` the letters
+  ``" A"``, ``" B"``, ..., ``"generate-letter"`` generates a short reply greedily and reads the
+  letter it names (:func:`letter_of`); score = accuracy.
 * QA tasks (``em_f1``: SQuAD, HotpotQA): greedy generation, first non-empty line, SQuAD EM / F1.
 * GSM8K (``exact_match``): greedy generation, the last number of the answer against the gold number.
 
@@ -33,6 +36,7 @@ import torch
 from lcf.errors import LCFError
 from lcf.eval.metrics import gsm8k_number, squad_scores
 from lcf.eval.report import format_table, write_report
+from lcf.eval.scoring import MC_FORMATS, cloze_predictions, cloze_requests, first_argmax
 from lcf.eval.systems import System
 from lcf.eval.tasks import MCItem, QAItem, Task
 
@@ -44,8 +48,8 @@ GENERATED_LETTER_TOKENS = 12  # reply length read by generate_letter ("B", "(B) 
 
 
 def primary_score(scores: dict[str, float]) -> float:
-    """The headline number of a task's scores: accuracy, else F1, else EM."""
-    for key in ("accuracy", "f1", "em"):
+    """The headline number of a task's scores: accuracy, else acc_norm, else F1, else EM."""
+    for key in ("accuracy", "acc_norm", "f1", "em"):
         if key in scores:
             return scores[key]
     raise LCFError(f"no headline metric in {sorted(scores)}")
@@ -142,9 +146,39 @@ def _run_mc(system: System, task: Task, items: list[MCItem], letter_scoring: boo
                                   on_batch=on_batch)
     rows = []
     for it, s in zip(items, scores):
-        pred = max(range(len(s)), key=lambda j: (s[j], -j))  # first option on exact ties
-        rows.append({"id": it.id, "pred": pred, "gold": it.answer, "correct": pred == it.answer, "scores": s})
+        pred = first_argmax(s)  # first option on exact ties
+        rows.append({"id": it.id, "pred": pred, "gold": it.answer, "correct": pred == it.answer,
+                     "scores": [float(x) for x in s]})
     return {"accuracy": sum(r["correct"] for r in rows) / len(rows)}, rows
+
+
+def _run_cloze(system: System, task: Task, items: list[MCItem], batch_size: int,
+               on_batch: Callable[[int], None] | None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """lm-eval's multiple choice: ``acc`` and ``acc_norm`` (see :mod:`lcf.eval.scoring`)."""
+    contexts, continuations = cloze_requests(task, items)
+    scores = system.score_continuations(contexts, continuations, batch_size=batch_size, on_batch=on_batch)
+    rows = []
+    for it, s in zip(items, scores):
+        pred, pred_norm = cloze_predictions(s, it.choices)
+        rows.append({"id": it.id, "pred": pred, "pred_norm": pred_norm, "gold": it.answer,
+                     "correct": pred == it.answer, "correct_norm": pred_norm == it.answer,
+                     "scores": [float(x) for x in s]})
+    n = len(rows)
+    return {"acc": sum(r["correct"] for r in rows) / n, "acc_norm": sum(r["correct_norm"] for r in rows) / n}, rows
+
+
+def resolve_mc_format(mc_format: str | None, letter_scoring: bool = False, generate_letter: bool = False) -> str:
+    """The multiple-choice format from ``mc_format`` and the older flags (default ``"lmeval"``)."""
+    if letter_scoring and generate_letter:
+        raise LCFError("multiple choice is scored either by letter likelihood (letter_scoring / --letter) or by the "
+                       "generated letter (generate_letter / --generate-letter), not both; pick one")
+    implied = "letter" if letter_scoring else "generate-letter" if generate_letter else None
+    if mc_format is not None and mc_format not in MC_FORMATS:
+        raise LCFError(f"unknown multiple-choice format {mc_format!r}; expected one of {', '.join(MC_FORMATS)}")
+    if implied and mc_format not in (None, implied):
+        raise LCFError(f"multiple-choice format {mc_format!r} conflicts with the {implied} flag; give one of them "
+                       f"(--format {implied} is the same as --{implied})")
+    return implied or mc_format or "lmeval"
 
 
 _LETTER_REPLY = re.compile(r"\s*\(?([A-Z])(?:[).:,]|\s|$)")
@@ -212,11 +246,14 @@ def _progress(enabled: bool):
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
-def evaluate(systems: Sequence[System], tasks: Sequence[Task], *, letter_scoring: bool = False,
-             generate_letter: bool = False, batch_size: int = 8, progress: bool = True, seed: int = 0,
-             max_new_tokens: int | dict[str, int] | None = None, latency_runs: int = 3,
+def evaluate(systems: Sequence[System], tasks: Sequence[Task], *, mc_format: str | None = None,
+             letter_scoring: bool = False, generate_letter: bool = False, batch_size: int = 8, progress: bool = True,
+             seed: int = 0, max_new_tokens: int | dict[str, int] | None = None, latency_runs: int = 3,
              latency_tokens: int = 32) -> dict[str, Any]:
     """Score every system on the same items of every task; see the module docstring.
+
+    mc_format: one of :data:`lcf.eval.scoring.MC_FORMATS` (default ``"lmeval"``); ``letter_scoring`` /
+        ``generate_letter`` are the older spellings of ``"letter"`` / ``"generate-letter"``.
 
     max_new_tokens: generation budget of QA tasks (an int for all, or per task name; default
         :data:`MAX_NEW_TOKENS`). latency_runs: timed runs per measure (0 skips timing).
@@ -226,9 +263,8 @@ def evaluate(systems: Sequence[System], tasks: Sequence[Task], *, letter_scoring
     """
     if not systems or not tasks:
         raise LCFError(f"evaluate needs at least one system and one task (got {len(systems)} and {len(tasks)})")
-    if letter_scoring and generate_letter:
-        raise LCFError("multiple choice is scored either by letter likelihood (letter_scoring / --letter) or by the "
-                       "generated letter (generate_letter / --generate-letter), not both; pick one")
+    mc_format = resolve_mc_format(mc_format, letter_scoring, generate_letter)
+    letter_scoring, generate_letter = mc_format == "letter", mc_format == "generate-letter"
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise LCFError(f"system names must be unique, got {names}")
@@ -239,7 +275,7 @@ def evaluate(systems: Sequence[System], tasks: Sequence[Task], *, letter_scoring
         budgets.update(max_new_tokens)
     items = {t.name: t.items() for t in tasks}  # one sample per task, shared by every system
     results: dict[str, Any] = {
-        "config": {"letter_scoring": letter_scoring, "generate_letter": generate_letter,
+        "config": {"mc_format": mc_format, "letter_scoring": letter_scoring, "generate_letter": generate_letter,
                    "generate_letter_tokens": GENERATED_LETTER_TOKENS, "batch_size": batch_size, "seed": seed,
                    "latency_runs": latency_runs, "latency_tokens": latency_tokens},
         "tasks": {t.name: {"kind": t.kind, "metric": t.metric, "n": len(items[t.name]), "split": t.split,
@@ -262,6 +298,8 @@ def evaluate(systems: Sequence[System], tasks: Sequence[Task], *, letter_scoring
                 torch.manual_seed(seed)
                 if task.kind == "mc" and generate_letter:
                     scores, rows = _run_mc_generated(system, task, its, batch_size, advance)
+                elif task.kind == "mc" and mc_format == "lmeval":
+                    scores, rows = _run_cloze(system, task, its, batch_size, advance)
                 elif task.kind == "mc":
                     scores, rows = _run_mc(system, task, its, letter_scoring, batch_size, advance)
                 else:

@@ -29,6 +29,8 @@ def mean_score(results: dict[str, Any], system: str) -> float:
 
 
 def _cell(scores: dict[str, float], metric: str) -> str:
+    if "acc_norm" in scores:  # lm-eval format: acc and acc_norm side by side
+        return f"{100 * scores['acc']:.1f} / {100 * scores['acc_norm']:.1f}"
     if metric == "em_f1":
         return f"{100 * scores['em']:.1f} / {100 * scores['f1']:.1f}"
     return f"{100 * scores['primary']:.1f}"
@@ -43,7 +45,10 @@ def _size(desc: dict[str, Any]) -> tuple[str, str]:
 def format_table(results: dict[str, Any]) -> str:
     """The markdown table of ``report.md`` (scores in %)."""
     tasks = results["tasks"]
-    head = ["system", *(f"{t} ({_SHORT.get(v['metric'], v['metric'])}, n={v['n']})" for t, v in tasks.items()),
+    cloze = results.get("config", {}).get("mc_format") == "lmeval"
+    short = {t: "acc / acc_norm" if cloze and v.get("kind") == "mc" else _SHORT.get(v["metric"], v["metric"])
+             for t, v in tasks.items()}
+    head = ["system", *(f"{t} ({short[t]}, n={v['n']})" for t, v in tasks.items()),
             "mean", "adapter params", "adapter MB", "TTFT ms", "e2e ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for name, desc in results["systems"].items():
@@ -64,10 +69,14 @@ def _markdown(results: dict[str, Any]) -> str:
         "",
         format_table(results),
         "",
-        (f"Multiple choice: the letter a greedy reply (at most {cfg.get('generate_letter_tokens')} tokens) starts with; other "
+        ("Multiple choice as lm-evaluation-harness scores it: the raw cloze prompt (no chat template, e.g. "
+         "`Question: ...\\nAnswer:`), each option ` {choice}`; acc = argmax of the summed log-likelihood, acc_norm ="
+         " argmax of the log-likelihood per character of the choice (the mean column and plots use acc_norm)."
+         if cfg.get("mc_format") == "lmeval" else
+         f"Multiple choice: the letter a greedy reply (at most {cfg.get('generate_letter_tokens')} tokens) starts with; other "
          "replies count as wrong (accuracy)." if cfg.get("generate_letter") else
          f"Multiple choice: argmax of the summed log-likelihood of each {'letter' if cfg['letter_scoring'] else 'option text'}"
-         " given the zero-shot prompt (accuracy).")
+         " given the zero-shot prompt in the chat template, options listed with letters (accuracy).")
         + " QA: greedy generation, SQuAD EM / F1 (first line); GSM8K: exact"
         " match of the final number. Scores in %; every system sees the same items.",
         "Controls: `(zero)` fuses an all-zero sharer cache through the adapter; `(mismatched)` fuses the sharer"

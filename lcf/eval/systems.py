@@ -20,10 +20,15 @@ prefilled once, its cache shared by the rows of all its options (the same number
   controls: ``"zero"`` fuses an all-zero sharer cache through the same adapter; ``"mismatched"``
   fuses the sharer cache of a *different* item (see :func:`mismatch_partner`).
 
+``system.score_continuations(contexts, continuations)`` scores raw text instead, the way
+lm-evaluation-harness does (no template; see :mod:`lcf.eval.scoring`), and ``generate(..., raw=True)``
+continues raw text.
+
 New systems (text-to-text relay, LoRA-tuned receiver) subclass :class:`System` and implement
-``_encode`` (per-item prompt features), ``_score_items`` (a batch of items and their options'
-token ids -> log-likelihoods) and ``_generate`` (a batch of prompts -> texts); batching and option
-tokenisation come for free. A system answering with a plain causal LM can reuse :class:`PlainModel`.
+``_encode`` (per-item prompt features), ``_encode_raw`` (the same from raw contexts), ``_score_items``
+(a batch of items and their options' token ids -> log-likelihoods) and ``_generate`` (a batch of
+prompts -> texts); batching and option tokenisation come for free. A system answering with a plain
+causal LM can reuse :class:`PlainModel`.
 """
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ from lcf.align.tokens import auto_special_tokens
 from lcf.communicator import SharerTransform, positions_from_mask
 from lcf.data.features import collate_prompts, pad_token_id, prompt_features
 from lcf.errors import LCFError
+from lcf.eval.controls import control_features, mismatch_partner, zero_sharer_cache  # noqa: F401 (re-exported)
+from lcf.eval.scoring import (context_ids, continuation_ids, expand_view, move_trailing_space, option_rows,
+                              row_log_likelihood)
 from lcf.models.kv import KVView, cache_kwargs, prefill
 from lcf.models.loading import LoadedModel
 
@@ -82,6 +90,11 @@ class System(ABC):
     def _encode(self, prompts: Sequence[str]) -> list[Feature]:
         """Prompt features of every item (the row scored for item ``i`` is built from ``features[i]``)."""
 
+    def _encode_raw(self, contexts: Sequence[str]) -> list[Feature]:
+        """Features of raw contexts (no template; see :func:`lcf.eval.scoring.context_ids`)."""
+        raise LCFError(f"{self.name} ({type(self).__name__}) cannot read raw text prompts; use a chat-format "
+                       f"evaluation (`lcf eval --format chat`) for this system")
+
     @abstractmethod
     def _score_items(self, features: list[Feature], options: list[list[list[int]]]) -> list[list[float]]:
         """``out[i][j]``: sum log-likelihood of the token ids ``options[i][j]`` after prompt ``features[i]``."""
@@ -107,6 +120,22 @@ class System(ABC):
             raise LCFError(f"score_options: {len(prompts)} prompts but {len(options)} option lists")
         features = self._encode(list(prompts))
         ids = [[self.option_ids(o) for o in opts] for opts in options]
+        return self._score_batches(features, ids, batch_size, on_batch)
+
+    @torch.no_grad()
+    def score_continuations(self, contexts: Sequence[str], continuations: Sequence[Sequence[str]], *,
+                            batch_size: int = 8, on_batch: OnBatch | None = None) -> list[list[float]]:
+        """``out[i][j]`` = sum log p(``continuations[i][j]`` | raw ``contexts[i]``), encoded as
+        lm-evaluation-harness encodes a (context, continuation) request (:mod:`lcf.eval.scoring`)."""
+        if len(contexts) != len(continuations):
+            raise LCFError(f"score_continuations: {len(contexts)} contexts but {len(continuations)} continuation lists")
+        pairs = [[move_trailing_space(c, x) for x in conts] for c, conts in zip(contexts, continuations)]
+        stems = [p[0][0] if p else c.rstrip() for p, c in zip(pairs, contexts)]
+        ids = [[continuation_ids(self.tokenizer, c, x) for c, x in p] for p in pairs]
+        return self._score_batches(self._encode_raw(stems), ids, batch_size, on_batch)
+
+    def _score_batches(self, features: list[Feature], ids: list[list[list[int]]], batch_size: int,
+                       on_batch: OnBatch | None) -> list[list[float]]:
         out: list[list[float]] = []
         for start in range(0, len(features), batch_size):
             chunk = ids[start:start + batch_size]
@@ -117,9 +146,10 @@ class System(ABC):
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, *, batch_size: int = 8,
-                 min_new_tokens: int = 0, on_batch: OnBatch | None = None) -> list[str]:
-        """Greedy answers (special tokens dropped, stripped). ``min_new_tokens`` forces a length (timing)."""
-        features = self._encode(list(prompts))
+                 min_new_tokens: int = 0, on_batch: OnBatch | None = None, raw: bool = False) -> list[str]:
+        """Greedy answers (special tokens dropped, stripped). ``min_new_tokens`` forces a length (timing).
+        ``raw``: the prompts are raw text continued as is (no template), as in lm-eval."""
+        features = self._encode_raw(list(prompts)) if raw else self._encode(list(prompts))
         out: list[str] = []
         for start in range(0, len(features), batch_size):
             chunk = features[start:start + batch_size]
@@ -137,38 +167,6 @@ class System(ABC):
 
 def _generate_kwargs(min_new_tokens: int) -> dict[str, Any]:
     return {"min_new_tokens": min_new_tokens} if min_new_tokens > 0 else {}
-
-
-def option_rows(options: list[list[list[int]]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """``(item_of_row, response_ids, response_mask)``: one row per (item, option), responses RIGHT-padded."""
-    flat = [(i, ids) for i, opts in enumerate(options) for ids in opts]
-    width = max(len(ids) for _, ids in flat)
-    r_ids = torch.full((len(flat), width), pad_id, dtype=torch.long)
-    r_mask = torch.zeros(len(flat), width, dtype=torch.long)
-    for row, (_, ids) in enumerate(flat):
-        r_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        r_mask[row, :len(ids)] = 1
-    item = torch.tensor([i for i, _ in flat], dtype=torch.long)
-    return item.to(device), r_ids.to(device), r_mask.to(device)
-
-
-def expand_view(view: KVView, index: torch.Tensor) -> KVView:
-    """The cache rows ``index`` of ``view`` (an item's prompt cache repeated for each of its options)."""
-    return KVView([k.index_select(0, index) for k in view.keys], [v.index_select(0, index) for v in view.values],
-                  view.seq_len, view.specs)
-
-
-def row_log_likelihood(logits: torch.Tensor, r_ids: torch.Tensor, r_mask: torch.Tensor,
-                       options: list[list[list[int]]]) -> list[list[float]]:
-    """Sum log p of each row's response tokens from logits over [last prompt token, response...],
-    regrouped per item."""
-    logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, r_ids.unsqueeze(-1)).squeeze(-1)
-    flat = (logp * r_mask).sum(-1).double().tolist()
-    out, pos = [], 0
-    for opts in options:
-        out.append(flat[pos:pos + len(opts)])
-        pos += len(opts)
-    return out
 
 
 # -- plain causal LMs ------------------------------------------------------------------------------
@@ -196,6 +194,9 @@ class PlainModel(System):
 
     def _encode(self, prompts: Sequence[str]) -> list[Feature]:
         return [{"prompt_ids": self.prompt_ids(p)} for p in prompts]
+
+    def _encode_raw(self, contexts: Sequence[str]) -> list[Feature]:
+        return [{"prompt_ids": context_ids(self.tokenizer, c)} for c in contexts]
 
     def _left_pad(self, features: list[Feature]) -> tuple[torch.Tensor, torch.Tensor]:
         pad = pad_token_id(self.tokenizer)
@@ -243,27 +244,6 @@ class SharerAlone(PlainModel):
 
 
 # -- systems running an adapter's communicator -----------------------------------------------------
-def mismatch_partner(prompts: Sequence[str], i: int) -> int:
-    """The item whose sharer cache the ``"mismatched"`` control fuses into item ``i``: the first of
-    ``i+1, i+2, ...`` (mod n) with a different prompt text, so an item never reads its own cache
-    (nor that of a duplicate of itself). Raises when every prompt is the same (or n == 1)."""
-    n = len(prompts)
-    for step in range(1, n):
-        j = (i + step) % n
-        if prompts[j] != prompts[i]:
-            return j
-    raise LCFError(
-        "the 'mismatched' control fuses another item's sharer cache, but every item has the same prompt "
-        f"({n} item(s)); evaluate at least 2 distinct items, or leave the control out"
-    )
-
-
-def zero_sharer_cache(_: int, view: KVView) -> KVView:
-    """Sharer transform of the ``"zero"`` control: an all-zero cache of the same layout."""
-    return KVView([torch.zeros_like(k) for k in view.keys], [torch.zeros_like(v) for v in view.values],
-                  view.seq_len, view.specs)
-
-
 class CommunicatorSystem(System):
     """Runs ``adapter.communicator``: receiver prompt (receiver template), sharer prompt (sharer
     template) and token alignment built exactly like :meth:`lcf.runtime.Adapter.encode`."""
@@ -286,6 +266,15 @@ class CommunicatorSystem(System):
             self.adapter.receiver.tokenizer, self.adapter.sharer.tokenizer, [{"role": "user", "content": p}],
             receiver_template=templates.get("receiver", "auto"), sharer_template=templates.get("sharer", "auto"),
         )) for p in prompts]
+
+    def _encode_raw(self, contexts: Sequence[str]) -> list[Feature]:
+        """Both models read the same raw text (tokenized as :func:`lcf.eval.scoring.context_ids` does),
+        aligned over all of it."""
+        r_tok, s_tok = self.adapter.receiver.tokenizer, self.adapter.sharer.tokenizer
+        return [prompt_features(self.adapter.aligner.align_texts(
+            r_tok, s_tok, c, c, [(0, 0, len(c))],
+            add_special_tokens=(auto_special_tokens(r_tok, c), auto_special_tokens(s_tok, c)),
+        )) for c in contexts]
 
     def _batch(self, features: list[Feature]) -> dict[str, torch.Tensor]:
         """Left-padded prompt batch (receiver + sharer prompts, alignment) on the model's device."""
@@ -327,6 +316,9 @@ class ReceiverAlone(System):
 
     def _encode(self, prompts: Sequence[str]) -> list[Feature]:
         return self.impl._encode(prompts)
+
+    def _encode_raw(self, contexts: Sequence[str]) -> list[Feature]:
+        return self.impl._encode_raw(contexts)
 
     def _score_items(self, features: list[Feature], options: list[list[list[int]]]) -> list[list[float]]:
         return self.impl._score_items(features, options)
@@ -380,19 +372,7 @@ class AdapterSystem(CommunicatorSystem):
         return super().describe() | {"adapter": self.label, "control": self.control}
 
     def _encode(self, prompts: Sequence[str]) -> list[Feature]:
-        own = super()._encode(prompts)
-        for i, f in enumerate(own):
-            f["sharer_source"] = i
-        if self.control != "mismatched":
-            return own
-        out = []
-        for i, f in enumerate(own):
-            j = mismatch_partner(prompts, i)
-            other = own[j]["sharer_prompt_ids"]
-            last = len(other) - 1
-            out.append(f | {
-                "sharer_prompt_ids": list(other),
-                "align_index": [min(s, last) if m else 0 for s, m in zip(f["align_index"], f["align_mask"])],
-                "sharer_source": j,
-            })
-        return out
+        return control_features(self.control, super()._encode(prompts), prompts)
+
+    def _encode_raw(self, contexts: Sequence[str]) -> list[Feature]:
+        return control_features(self.control, super()._encode_raw(contexts), contexts)
