@@ -54,17 +54,22 @@ def test_cli_prints_a_table(two_reports, capsys):
         main([str(two_reports[0]), "--pairs", "receiver"])
 
 
-def test_merge_refuses_other_items(two_reports, tmp_path):
+def test_merge_cuts_runs_to_their_common_items(two_reports, tmp_path):
     from lcf.eval.paired import merge_results
 
-    for p, n in zip(two_reports, (10, 10)):
+    for p, n in zip(two_reports, (10, 6)):  # the second run scored a smaller sample
         data = json.loads(p.read_text())
-        data["tasks"] = {"arc_easy": {"n": n}}
+        data["tasks"] = {"arc_easy": {"n": n, "item_ids": [f"q{i}" for i in range(n)]}}
         data["systems"] = {s: {"name": s} for s in data["predictions"]}
+        data["scores"] = {s: {"arc_easy": {}} for s in data["predictions"]}
+        data["predictions"] = {s: {"arc_easy": v["arc_easy"][:n]} for s, v in data["predictions"].items()}
         p.write_text(json.dumps(data))
     merged = merge_results(two_reports)
-    assert sorted(merged["systems"]) == ["lcf", "receiver", "sharer"] and sorted(merged["predictions"]) == sorted(merged["systems"])
-    other = json.loads(two_reports[1].read_text()) | {"tasks": {"arc_easy": {"n": 5}}}
+    assert sorted(merged["systems"]) == ["lcf", "receiver", "sharer"] and merged["tasks"]["arc_easy"]["n"] == 6
+    assert len(merged["predictions"]["receiver"]["arc_easy"]) == 6
+    # receiver picks [1, 1, 0, 0, 0, 0] against gold [0, 1, 2, 3, 0, 1]: right on q1 and q4
+    assert merged["scores"]["receiver"]["arc_easy"]["acc_norm"] == pytest.approx(2 / 6)
+    other = json.loads(two_reports[1].read_text()) | {"tasks": {"arc_easy": {"n": 1, "item_ids": ["z"]}}}
     (tmp_path / "c.json").write_text(json.dumps(other))
-    with pytest.raises(LCFError, match="same --tasks"):
+    with pytest.raises(LCFError, match="share no item"):
         merge_results([two_reports[0], tmp_path / "c.json"])

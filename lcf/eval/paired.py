@@ -40,20 +40,35 @@ def load_predictions(paths: Sequence[str | Path]) -> dict[str, dict[tuple[str, s
 
 
 def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
-    """One results dict from several ``lcf eval`` runs on the same items (systems, scores, predictions
-    and adapters united; config and tasks of the first file), e.g. to draw one report for all of them."""
-    merged: dict[str, Any] = {}
-    for path in paths:
-        data = json.loads(Path(path).read_text())
-        if not merged:
-            merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-            continue
-        if {t: v.get("n") for t, v in data.get("tasks", {}).items()} != {
-                t: v.get("n") for t, v in merged.get("tasks", {}).items()}:
-            raise LCFError(f"{path} scored other tasks or item counts than {paths[0]}; merge runs of the same "
-                           f"--tasks, --limit and --seed")
+    """One results dict from several ``lcf eval`` runs (systems, scores, predictions and adapters
+    united; config of the first file), e.g. to draw one report for all of them. When the runs scored
+    different samples of a task (another ``--limit``), every system is cut to the items all runs share
+    and its multiple-choice scores are recomputed on them."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in runs[0].items()}
+    for data in runs[1:]:
         for key in ("systems", "scores", "predictions", "adapters"):
             merged.setdefault(key, {}).update(data.get(key) or {})
+    tasks = {}
+    for task, info in runs[0].get("tasks", {}).items():
+        ids = [i for i in info.get("item_ids") or [] if all(i in set(r.get("tasks", {}).get(task, {}).get("item_ids")
+                                                                    or []) for r in runs)]
+        if not ids:
+            raise LCFError(f"task {task!r}: the runs {list(map(str, paths))} share no item; merge runs of the same "
+                           f"--tasks and --seed (a smaller --limit samples a subset of a larger one)")
+        tasks[task] = info | {"n": len(ids), "item_ids": ids}
+        keep = set(ids)
+        for system, per_task in merged.get("predictions", {}).items():
+            rows = [r for r in per_task.get(task, []) if str(r["id"]) in keep]
+            if len(rows) != len(info.get("item_ids") or []) and rows and "correct" in rows[0]:
+                per_task[task] = rows
+                score = {"acc": sum(r["correct"] for r in rows) / len(rows)}
+                if "correct_norm" in rows[0]:
+                    score["acc_norm"] = sum(r["correct_norm"] for r in rows) / len(rows)
+                else:
+                    score = {"accuracy": score["acc"]}
+                merged["scores"][system][task] = score | {"primary": score.get("acc_norm", score.get("accuracy", score["acc"]))}
+    merged["tasks"] = tasks
     return merged
 
 
