@@ -178,3 +178,46 @@ def test_inference_keeps_stacked_weights_until_a_parameter_changes():
     tr.to(torch.float64)  # .to() swaps the parameters' data: the kept copy must not be reused
     with torch.no_grad():
         assert stacked.stack([m.weight for m in mods]).dtype == torch.float64
+
+
+@pytest.mark.parametrize("slot_mode", ["spans", "queries"])
+def test_span_pool_read_stacked_equals_per_layer(slot_mode):
+    from lcf.align.layers import NearestLayerMap
+    from lcf.models.kv import KVView, prefill
+    from lcf.registry import compressors
+    from lcf.translators.base import PairShapes
+    from tests.conftest import tiny_gemma3, tiny_llama
+
+    receiver, sharer = tiny_llama(), tiny_gemma3(seed=10)
+    shapes = PairShapes.from_configs(sharer.config, receiver.config, NearestLayerMap()(3, 2))
+    comp = compressors.build({"type": "span_pool", "slots": 3, "slot_mode": slot_mode}, "compressor", shapes=shapes)
+    with torch.no_grad():
+        for p in comp.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        r_view = prefill(receiver, torch.randint(3, 90, (2, 6), generator=g))
+    keys, values = [], []
+    for i, spec in enumerate(shapes.sharer):
+        s = 3 if i in comp.sharer_layers else 0
+        keys.append(torch.randn(2, spec.kv_heads, s, spec.head_dim, generator=g))
+        values.append(torch.randn(2, spec.kv_heads, s, spec.head_dim, generator=g))
+    keys[comp.sharer_layers[0]][1, :, 2] = 0.0  # an absent slot
+    summary = KVView(keys, values, 3, list(shapes.sharer))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, :2] = False
+    results = {}
+    for path in ("per_layer", "stacked"):
+        comp.stacked = path == "stacked"
+        comp.zero_grad(set_to_none=True)
+        view, index, amask = comp.read(summary, r_view, mask)
+        w = torch.Generator().manual_seed(5)
+        sum((x * torch.randn(x.shape, generator=w)).sum() for x in (*view.keys, *view.values)).backward()
+        results[path] = (view, index, amask, {n: p.grad.clone() for n, p in comp.named_parameters() if p.grad is not None})
+    (ref, ri, rm, ref_g), (got, gi, gm, got_g) = results["per_layer"], results["stacked"]
+    assert torch.equal(ri, gi) and torch.equal(rm, gm)
+    for a, b in zip((*got.keys, *got.values), (*ref.keys, *ref.values)):
+        torch.testing.assert_close(a, b, **TOL)
+    assert set(got_g) == set(ref_g) and any(n.startswith("read_query") for n in got_g)
+    for name in ref_g:
+        torch.testing.assert_close(got_g[name], ref_g[name], **TOL)

@@ -31,6 +31,7 @@ from lcf.data.spans import SPAN_SCHEMES
 from lcf.errors import RecipeError
 from lcf.models.kv import KVView
 from lcf.registry import compressors
+from lcf.translators import stacked
 from lcf.translators.base import PairShapes
 
 SLOT_MODES = ("spans", "queries")
@@ -161,6 +162,8 @@ class SpanPool(Compressor):
         Slots that are all zero (absent spans, the zero control) are not read."""
         if self.slots == 1:
             return super().read(summary, receiver, mask)
+        if self.stacked:
+            return self._read_stacked(summary, receiver, mask)
         b, t = mask.shape
         keys, values = [], []
         for i, spec in enumerate(summary.specs):
@@ -180,5 +183,34 @@ class SpanPool(Compressor):
             a = masked_softmax(scores, present.view(b, 1, 1, -1).expand_as(scores), dim=-1)
             keys.append(torch.einsum("bhts,bhsd->bhtd", a, slot_k).to(sk.dtype))
             values.append(torch.einsum("bhts,bhsd->bhtd", a, slot_v).to(sv.dtype))
+        index = torch.arange(t, device=mask.device).expand(b, t)
+        return KVView(keys, values, t, list(summary.specs)), index, mask.bool()
+
+    def _read_stacked(self, summary: KVView, receiver: KVView, mask: torch.Tensor):
+        """:meth:`read` with the summarised layers of one shape (and reader-layer shape) in one batch."""
+        b, t = mask.shape
+        keys = [k[:, :, :0] for k in summary.keys]
+        values = [v[:, :, :0] for v in summary.values]
+        groups: dict[tuple, list[int]] = {}
+        for i in self.sharer_layers:
+            reader = receiver.keys[self.reader_layer(i)]
+            groups.setdefault((tuple(summary.keys[i].shape), tuple(reader.shape), reader.dtype), []).append(i)
+        for layers in groups.values():
+            g, spec = len(layers), summary.specs[layers[0]]
+            read = [self.read_query[str(i)] for i in layers]
+            rk = torch.stack([receiver.keys[self.reader_layer(i)] for i in layers])  # (G, B, Hr, Tr, Dr)
+            rv = torch.stack([receiver.values[self.reader_layer(i)] for i in layers])
+            rows = torch.cat([rk, rv], dim=-1).transpose(2, 3).flatten(3)  # (G, B, Tr, Hr*2Dr)
+            rows = torch.nn.functional.pad(rows, (0, 0, t - rows.shape[2], 0))
+            q = stacked.linear(read, rows.flatten(1, 2).to(read[0].weight.dtype)).view(g, b, t, spec.kv_heads, -1)
+            slot_k = torch.stack([summary.keys[i] for i in layers]).to(q.dtype)  # (G, B, H, S, D)
+            slot_v = torch.stack([summary.values[i] for i in layers]).to(q.dtype)
+            present = (slot_k.abs().sum(-1) > 0).any(2)  # (G, B, S)
+            scores = torch.einsum("gbthd,gbhsd->gbhts", q, slot_k) / math.sqrt(spec.head_dim)
+            a = masked_softmax(scores, present.view(g, b, 1, 1, -1).expand_as(scores), dim=-1)
+            out_k = torch.einsum("gbhts,gbhsd->gbhtd", a, slot_k).to(summary.keys[layers[0]].dtype)
+            out_v = torch.einsum("gbhts,gbhsd->gbhtd", a, slot_v).to(summary.values[layers[0]].dtype)
+            for i, k, v in zip(layers, out_k.unbind(0), out_v.unbind(0)):
+                keys[i], values[i] = k, v
         index = torch.arange(t, device=mask.device).expand(b, t)
         return KVView(keys, values, t, list(summary.specs)), index, mask.bool()
