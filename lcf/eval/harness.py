@@ -235,6 +235,7 @@ def _adapter_entry(system: System) -> tuple[str, dict[str, Any]] | None:
         "translator": adapter.config.get("translator"), "sharer": adapter.sharer.name,
         "receiver": adapter.receiver.name, "receiver_layers": len(adapter.config.get("shapes", {}).get("receiver", [])),
         "gates": {str(k): list(v) for k, v in sorted(gates.items())},
+        "pruned_from": ((adapter.config.get("training") or {}).get("pruned") or {}).get("from"),  # lcf prune
     }
 
 

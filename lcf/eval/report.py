@@ -172,6 +172,11 @@ def _plot_size(results: dict[str, Any], path: Path) -> None:
         ax.annotate(n, (x, y), xytext=(x * 1.25, ly), textcoords="data", fontsize="x-small", va="center",
                     color="grey" if c else "black",
                     arrowprops=dict(arrowstyle="-", color="lightgrey", lw=0.6) if abs(ly - y) > 1e-9 else None)
+    for label, a in results.get("adapters", {}).items():  # `lcf prune` variants: a dashed line to their source
+        src = next((n for n in names if a.get("pruned_from") and n == a["pruned_from"]), None)
+        if src is not None and label in names:
+            (x0, y0), (x1, y1) = pts[names.index(src)], pts[names.index(label)]
+            ax.plot([x0, x1], [y0, y1], "--", color="tab:green", lw=0.8, zorder=2)
     main = [i for i, c in enumerate(control) if not c]
     front = [main[i] for i in _pareto([pts[i] for i in main])]
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "o", ms=11, mfc="none", mec="tab:red",
