@@ -40,7 +40,8 @@ def set_slots(adapter: Any, slots: int) -> None:
 
 
 def run(adapter: Any, people: list[int], items: int, slot_sweep: list[int], sweep_people: int,
-        batch_size: int = 8) -> dict[str, Any]:
+        batch_size: int = 8, on_result: Any = None) -> dict[str, Any]:
+    """``on_result(results)`` is called after every setting (to save partial results of long runs)."""
     out: dict[str, Any] = {"people": {}, "sweep": {}}
     for n in people:
         its, facts = held_out_items(adapter, open_data(adapter, n, items))
@@ -50,6 +51,8 @@ def run(adapter: Any, people: list[int], items: int, slot_sweep: list[int], swee
         res["selection"] = facts
         out["people"][str(n)] = res
         print(f"## {n} people per context ({len(its)} items)\n{format_xc_table(res)}\n", flush=True)
+        if on_result:
+            on_result(out)
     comp = adapter.compressor
     if slot_sweep and comp.init_args.get("slots", 1) > 1 and comp.init_args.get("slot_mode") == "spans":
         trained = comp.slots
@@ -60,6 +63,8 @@ def run(adapter: Any, people: list[int], items: int, slot_sweep: list[int], swee
                               batch_size=batch_size, latency_runs=0)
             out["sweep"][str(slots)] = {name: s for name, s in res["scores"].items()}
             print(f"## {slots} slots, {sweep_people} people\n{format_xc_table(res)}\n", flush=True)
+            if on_result:
+                on_result(out)
         set_slots(adapter, trained)
     return out
 
@@ -71,6 +76,13 @@ def plot(results: dict[str, Any], path: Path, people: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for n, res in results["people"].items():  # the trained slot count: one point per quantisation
+        names = [("lcf-x" if q == "none" else f"lcf-x {q}", q) for q in QUANTS]
+        pts = [(res["scores"][k]["bytes_sent"], 100 * res["scores"][k]["contains"], q) for k, q in names
+               if k in res["scores"]]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=":", marker="x", label=f"{n} people")
+        for x, y, q in pts:
+            ax.annotate("fp32" if q == "none" else q, (x, y), textcoords="offset points", xytext=(4, -9), fontsize=7)
     for q, marker in zip(QUANTS, "osD"):
         name = "lcf-x" if q == "none" else f"lcf-x {q}"
         pts = sorted((s[name]["bytes_sent"], 100 * s[name]["contains"], int(k))
@@ -81,9 +93,9 @@ def plot(results: dict[str, Any], path: Path, people: int) -> None:
         for x, y, k in pts:
             ax.annotate(f"{k}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("message bytes (log scale; labels: slots per layer and head)")
+    ax.set_xlabel("message bytes (log scale; sweep labels: slots per layer and head)")
     ax.set_ylabel("answer contains the right value (%)")
-    ax.set_title(f"LCF-X on unseen values, {people} people per context")
+    ax.set_title(f"LCF-X on unseen values (sweep: {people} people per context)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -123,15 +135,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     adapter = load_adapter(resolve_adapter(args.adapter))
-    results = run(adapter, args.people, args.items, args.slots, args.sweep_people, args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    slim = {"people": {n: {k: v for k, v in r.items() if k != "predictions"} | {"predictions": r["predictions"]}
-                       for n, r in results["people"].items()}, "sweep": results["sweep"]}
-    (out / "results.json").write_text(json.dumps(slim, indent=1))
-    (out / "report.md").write_text(report(results, args.sweep_people))
-    if results["sweep"]:
+
+    def save(results: dict[str, Any]) -> None:
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        (out / "report.md").write_text(report(results, args.sweep_people))
         plot(results, out / "accuracy_vs_bytes.png", args.sweep_people)
+
+    save(run(adapter, args.people, args.items, args.slots, args.sweep_people, args.batch_size, on_result=save))
     print(f"written to {out}")
 
 
