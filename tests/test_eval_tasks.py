@@ -18,7 +18,7 @@ from lcf.eval.metrics import (
 )
 from lcf.registry import tasks
 
-ALL_TASKS = ["arc_challenge", "arc_easy", "gsm8k", "hotpotqa", "mmlu", "mmlu_redux", "openbookqa", "squad"]
+ALL_TASKS = ["arc_challenge", "arc_easy", "gsm8k", "hotpotqa", "mmlu", "mmlu_redux", "openbookqa", "sciq", "squad"]
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -245,7 +245,7 @@ def test_hub_schemas_with_fake_datasets(monkeypatch: pytest.MonkeyPatch) -> None
 
 # -- real data ----------------------------------------------------------------------------------
 REAL_COUNTS = {"arc_easy": 570, "arc_challenge": 299, "openbookqa": 500, "mmlu": 1531, "mmlu_redux": 5330,
-               "squad": 758, "hotpotqa": 100, "gsm8k": 1319}
+               "squad": 758, "hotpotqa": 100, "gsm8k": 1319, "sciq": 11675}
 
 
 @pytest.mark.parametrize("name", ALL_TASKS)
@@ -270,7 +270,7 @@ def test_real_data(data_root: Path, name: str) -> None:
 
 
 def test_real_arc_numeric_labels(data_root: Path) -> None:
-    raw = [json.loads(line) for line in (data_root / "arc/ARC-Easy-validation.jsonl").open()]
+    raw = [json.loads(line) for line in (data_root / "arc/ARC-Easy-validation.jsonl").read_text().splitlines() if line.strip()]
     numeric = [r for r in raw if r["choices"]["label"][0] == "1"]
     assert numeric, "expected some rows with labels 1..4"
     by_id = {i.id: i for i in load_task("arc_easy", data_root=str(data_root)).items()}
