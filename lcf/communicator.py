@@ -33,6 +33,7 @@ from torch import nn
 from lcf.errors import LCFError
 from lcf.models.capture import prefill_all_positions
 from lcf.models.kv import KVView, cache_kwargs, prefill
+from lcf.training.options import choice_log_likelihoods
 
 Combine = Literal["sequential", "sum"]
 SharerTransform = Callable[[int, KVView], KVView]
@@ -249,10 +250,14 @@ class Communicator(nn.Module):
         return view
 
     # -- training ----------------------------------------------------------------------------
-    def forward(self, batch: dict, fuse: bool = True, sharer_transform: SharerTransform | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict, fuse: bool = True, sharer_transform: SharerTransform | None = None,
+                choices: bool = False) -> dict[str, torch.Tensor]:
         """Response-token cross-entropy: {'loss': mean over tokens, 'loss_sum', 'tokens'} plus per
-        example 'row_loss_sum' and 'row_tokens' (B,), e.g. for scoring options by log-likelihood."""
+        example 'row_loss_sum' and 'row_tokens' (B,), e.g. for scoring options by log-likelihood.
+        ``choices``: also 'choice_ll' (B, K), every option's summed log-likelihood on the same fused
+        cache (the batch carries all options; see :mod:`lcf.training.options`)."""
         view = self.fused_prompt_cache(batch, fuse=fuse, sharer_transform=sharer_transform)
+        extra = {"choice_ll": choice_log_likelihoods(self.receiver, view, batch)} if choices else {}
         logits = self.continue_logits(batch, view)
         target, tmask = batch["response_ids"], batch["response_mask"].bool()
         logp = torch.nn.functional.cross_entropy(
@@ -262,7 +267,7 @@ class Communicator(nn.Module):
         tokens = tmask.sum()
         loss_sum = row.sum()
         return {"loss": loss_sum / tokens.clamp(min=1), "loss_sum": loss_sum.detach(), "tokens": tokens,
-                "row_loss_sum": row.detach(), "row_tokens": tmask.sum(-1)}
+                "row_loss_sum": row.detach(), "row_tokens": tmask.sum(-1), **extra}
 
     def continue_logits(self, batch: dict, view: KVView) -> torch.Tensor:
         """Receiver logits over [last prompt token, response...] on top of ``view``."""

@@ -183,4 +183,30 @@ def collate(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_
         resp = f["response_ids"]
         out["response_ids"][i, :len(resp)] = torch.tensor(resp, dtype=torch.long)
         out["response_mask"][i, :len(resp)] = 1
+    if any("choice_ids" in f for f in features):
+        out.update(collate_choices(features, receiver_pad_id))
+    return out
+
+
+def collate_choices(features: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Every option of each multiple-choice feature (``choice_ids``, ``choice_gold``, ``choice_chars``;
+    see :mod:`lcf.training.options`): ids right-padded to (B, K, L), K the most options in the batch."""
+    missing = [i for i, f in enumerate(features) if "choice_ids" not in f]
+    if missing:
+        raise LCFError(f"collate: features {missing} have no 'choice_ids' while others do; a batch must be all "
+                       f"multiple-choice features with their options (data.choices: true) or none")
+    b = len(features)
+    k = max(len(f["choice_ids"]) for f in features)
+    length = max(len(ids) for f in features for ids in f["choice_ids"])
+    out = {"choice_ids": torch.full((b, k, length), pad_id, dtype=torch.long),
+           "choice_mask": torch.zeros(b, k, length, dtype=torch.long),
+           "choice_valid": torch.zeros(b, k, dtype=torch.bool),
+           "choice_gold": torch.tensor([int(f["choice_gold"]) for f in features], dtype=torch.long),
+           "choice_chars": torch.ones(b, k, dtype=torch.long)}
+    for i, f in enumerate(features):
+        for j, ids in enumerate(f["choice_ids"]):
+            out["choice_ids"][i, j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            out["choice_mask"][i, j, :len(ids)] = 1
+            out["choice_valid"][i, j] = True
+            out["choice_chars"][i, j] = f["choice_chars"][j]
     return out

@@ -75,6 +75,7 @@ class EvalTaskData(InstructData):
         tasks: list[dict[str, Any]] | None = None,
         format: Literal["prompt", "cloze"] = "prompt",
         answer: Literal["option", "letter"] = "option",
+        choices: bool = False,
         data_root: str | None = None,
         max_prompt_tokens: int = 256,
         max_response_tokens: int = 128,
@@ -91,6 +92,9 @@ class EvalTaskData(InstructData):
         if format == "cloze" and answer == "letter":
             raise DataError("eval_task: format 'cloze' answers with the option text; drop `answer: letter` "
                             "or use format 'prompt'")
+        if choices and format != "cloze":
+            raise DataError("eval_task: choices: true (every option in each example, for trainer.option_loss_weight) "
+                            "needs format: cloze")
         if (task is None) == (tasks is None or len(tasks) == 0):
             raise DataError("eval_task: give exactly one of `task` (one task) or `tasks` (a weighted mixture: "
                             f"[{{name, split, weight}}, ...]); got task={task!r}, tasks={tasks!r}")
@@ -103,7 +107,8 @@ class EvalTaskData(InstructData):
             self.tasks = [{"name": task, "split": split, "weight": 1.0, "options": dict(task_options or {})}]
         else:
             self.tasks = [_check_task_entry(e, i) for i, e in enumerate(tasks)]
-        self.task, self.split, self.answer, self.format = task, split, answer, format
+        self.task, self.split, self.answer, self.format, self.choices = task, split, answer, format, choices
+        self._options: list[tuple[list[str], list[str], int] | None] = []  # per row: option texts, choices, gold
         self.task_options = dict(task_options or {})
         self._weights: list[float] = []
 
@@ -121,7 +126,7 @@ class EvalTaskData(InstructData):
         from lcf.eval.tasks import MCItem, load_task
 
         rows: list[InstructExample] = []
-        self._weights = []
+        self._weights, self._options = [], []
         for spec in self.tasks:
             task = load_task(spec["name"], data_root=self.data_root, split=spec["split"], seed=self.seed,
                              **spec["options"])
@@ -130,6 +135,7 @@ class EvalTaskData(InstructData):
                 if isinstance(item, MCItem):
                     if self.format == "cloze":
                         prompt, response = task.cloze_prompt(item), task.option_texts(item)[item.answer]
+                        self._options.append((task.option_texts(item), list(item.choices), item.answer))
                     else:
                         prompt = task.prompt(item)
                         response = item.labels[item.answer] if self.answer == "letter" else item.choices[item.answer]
@@ -138,10 +144,19 @@ class EvalTaskData(InstructData):
                                     f"is {task.kind!r}. Use format 'prompt' for it.")
                 else:
                     prompt, response = task.prompt(item), item.answers[0]
+                if len(self._options) == len(rows):
+                    self._options.append(None)
                 rows.append(InstructExample(instruction=prompt, input="", response=response,
                                             source=f"{spec['name']}:{task.split}", index=i))
             self._weights += [spec["weight"]] * len(items)
         return rows
+
+    def _choice_features(self, row: int, tokenizer: Any) -> dict[str, Any]:
+        """Every option of row ``row``, tokenized as the gold response is (the option text alone, cut to
+        ``max_response_tokens``), with the gold index and each choice's length in characters (acc_norm)."""
+        texts, choices, gold = self._options[row]  # type: ignore[misc]
+        ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"])[:self.max_response_tokens] for t in texts]
+        return {"choice_ids": ids, "choice_gold": gold, "choice_chars": [len(c) for c in choices]}
 
     def weighted_order(self, n_rows: int) -> list[int]:
         """Row indices with each row repeated by its task's weight (the fractional part a seeded draw),
@@ -173,6 +188,8 @@ class EvalTaskData(InstructData):
                 built[i] = _build(rows[i], receiver_tokenizer, sharer_tokenizer, aligner, **kwargs)
                 if not isinstance(built[i], dict):
                     dropped[built[i]] += 1  # type: ignore[index]
+                elif self.choices:
+                    built[i].update(self._choice_features(i, receiver_tokenizer))  # type: ignore[union-attr]
             out = built[i]
             return out if isinstance(out, dict) else None
 

@@ -17,7 +17,9 @@ import torch
 
 from lcf.config import load_recipe, save_resolved, validate_recipe
 from lcf.data.datamodule import InstructDataModule
+from lcf.models.kv import cache_kwargs, extract_kv
 from lcf.pair import build_pair
+from lcf.training.options import choice_log_likelihoods, option_loss, require_choices
 from lcf.training.run import build_data, build_translator, make_trainer, run_dir_of
 from lcf.training.settings import TrainerSettings
 
@@ -45,7 +47,30 @@ class LoRAReceiverModule(L.LightningModule):
         self.model = peft_model
         self.settings = settings
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _loss(self, batch, stage: str = "train") -> torch.Tensor:
+        loss = self._response_loss(batch)
+        s, bs = self.settings, batch["response_ids"].shape[0]
+        if s.option_loss_weight <= 0:
+            return loss
+        opt_loss, acc = option_loss(self._choice_ll(batch), batch, s.option_score)
+        self.log(f"{stage}/response_loss", loss.detach(), batch_size=bs)
+        self.log(f"{stage}/option_loss", opt_loss.detach(), batch_size=bs)
+        self.log(f"{stage}/option_acc", acc, prog_bar=stage == "val", batch_size=bs)
+        return loss + s.option_loss_weight * opt_loss
+
+    def _choice_ll(self, batch) -> torch.Tensor:
+        """Every option's log-likelihood, the prompt run once (with LoRA) and its cache repeated per option."""
+        from transformers import DynamicCache
+
+        require_choices(batch)
+        ids, mask = batch["receiver_prompt_ids"][:, :-1], batch["receiver_prompt_mask"][:, :-1]
+        base = self.model.get_base_model()
+        cache = DynamicCache(config=base.config)
+        self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                   use_cache=True, logits_to_keep=1, **cache_kwargs(base, cache))
+        return choice_log_likelihoods(self.model, extract_kv(cache, base.config, seq_len=ids.shape[1]), batch)
+
+    def _response_loss(self, batch) -> torch.Tensor:
         p_ids, p_mask = batch["receiver_prompt_ids"], batch["receiver_prompt_mask"]
         r_ids, r_mask = batch["response_ids"], batch["response_mask"]
         ids = torch.cat([p_ids, r_ids], 1)
@@ -58,12 +83,12 @@ class LoRAReceiverModule(L.LightningModule):
         return (loss * m).sum() / m.sum().clamp(min=1)
 
     def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
+        loss = self._loss(batch, "train")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["response_ids"].shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self._loss(batch)
+        loss = self._loss(batch, "val")
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["response_ids"].shape[0])
         return loss
 

@@ -9,6 +9,7 @@ import torch
 from lcf.communicator import Communicator
 from lcf.errors import LCFError
 from lcf.training.settings import TrainerSettings
+from lcf.training.options import option_loss
 from lcf.training.strategy import gathered, offloads_optimizer, register_gate_parameters
 from lcf.translators.base import annealed_temperature
 
@@ -45,9 +46,9 @@ class LCFModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         temperature = self._anneal()
-        out = self.communicator(batch)
-        loss = out["loss"]
         s = self.settings
+        out = self.communicator(batch, choices=s.option_loss_weight > 0)
+        loss = self._with_option_loss(out, batch, "train")
         if s.gate_sparsity > 0 and (open_frac := self.open_fraction()) is not None:
             penalty = s.gate_sparsity * (open_frac - s.gate_target_open) ** 2
             self.log("train/lm_loss", loss.detach(), batch_size=batch["response_ids"].shape[0])
@@ -81,9 +82,22 @@ class LCFModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        out = self.communicator(batch)
+        out = self.communicator(batch, choices=self.settings.option_loss_weight > 0)
+        self._with_option_loss(out, batch, "val")
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["response_ids"].shape[0], sync_dist=True)
         return out["loss"]
+
+    def _with_option_loss(self, out: dict, batch: dict, stage: str) -> torch.Tensor:
+        """The response loss, plus the weighted option loss when the recipe asks for it (both logged)."""
+        s, bs = self.settings, batch["response_ids"].shape[0]
+        if s.option_loss_weight <= 0:
+            return out["loss"]
+        opt_loss, acc = option_loss(out["choice_ll"], batch, s.option_score)
+        sync = stage == "val"
+        self.log(f"{stage}/response_loss", out["loss"].detach(), batch_size=bs, sync_dist=sync)
+        self.log(f"{stage}/option_loss", opt_loss.detach(), batch_size=bs, sync_dist=sync)
+        self.log(f"{stage}/option_acc", acc, prog_bar=stage == "val", batch_size=bs, sync_dist=sync)
+        return out["loss"] + s.option_loss_weight * opt_loss
 
     def setup(self, stage: str) -> None:
         if self._trainer is not None:

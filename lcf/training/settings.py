@@ -28,6 +28,11 @@ class TrainerSettings:
     gate_lr: float | None = None
     gate_sparsity: float = 0.0
     gate_target_open: float = 0.33
+    # Multiple choice: add option_loss_weight * cross-entropy over every option's score (lm-eval's
+    # decision; see lcf.training.options; needs data.choices: true). option_score: norm (per character,
+    # acc_norm) or sum (acc).
+    option_loss_weight: float = 0.0
+    option_score: Literal["norm", "sum"] = "norm"
     val_every_n_steps: int = 50
     limit_val_batches: int | None = None
     checkpoint_every_n_steps: int = 50
@@ -62,6 +67,10 @@ class TrainerSettings:
             problems.append(f"gate_sparsity must be >= 0 (0 turns the penalty off), got {self.gate_sparsity}")
         if not 0 <= self.gate_target_open <= 1:
             problems.append(f"gate_target_open must be a fraction in [0, 1], got {self.gate_target_open}")
+        if not self.option_loss_weight >= 0:
+            problems.append(f"option_loss_weight must be >= 0 (0 turns the option loss off), got {self.option_loss_weight}")
+        if self.option_score not in ("norm", "sum"):
+            problems.append(f"option_score must be 'norm' (acc_norm) or 'sum' (acc), got {self.option_score!r}")
         if self.model_dtype not in (None, "float32", "bfloat16", "float16"):
             problems.append(f"model_dtype must be float32, bfloat16, float16 or null (the card's), got {self.model_dtype!r}")
         from lcf.training.strategy import check_strategy
