@@ -237,3 +237,21 @@ def test_open_value_check_scores_binding(xc_adapter, tmp_path):
     assert all(0 <= s["other"] <= 1 for s in res["scores"].values())  # two people: one distractor each
     assert results["sweep"] == {}  # a one-slot adapter has no slot sweep
     assert "| lcf-x int4 |" in report(results, 2) and "other" in report(results, 2)
+
+
+def test_demo_crosscontext_part_prints_controls(xc_pair, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from lcf.cli.demo_xc import run_xc_demo, xc_note
+
+    buf = io.StringIO()
+    out = run_xc_demo(str(xc_recipe(xc_pair, tmp_path / "runs")), console=Console(file=buf, width=120), limit=3)
+    assert list(out["scores"]) == ["receiver alone", "lcf-x", "lcf-x (zero)", "lcf-x (mismatched)"]
+    text = buf.getvalue()
+    assert "3 held-out contexts" in text and "receiver + message" in text and "bytes" in text
+    s = lambda c: {"contains": c, "em": c}  # noqa: E731
+    helps = {"receiver alone": s(0.0), "lcf-x": s(0.7), "lcf-x (zero)": s(0.05), "lcf-x (mismatched)": s(0.1)}
+    assert "70%" in xc_note(helps) and "controls at most 10%" in xc_note(helps)
+    assert "does not help" in xc_note(helps | {"lcf-x (zero)": s(0.7)})
