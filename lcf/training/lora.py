@@ -48,8 +48,11 @@ class LoRAReceiverModule(L.LightningModule):
         self.settings = settings
 
     def _loss(self, batch, stage: str = "train") -> torch.Tensor:
+        """The response loss, plus the weighted option loss when the recipe asks for it (as LCFModule)."""
         loss = self._response_loss(batch)
         s, bs = self.settings, batch["response_ids"].shape[0]
+        if stage == "val":  # val/loss is the response loss for every module, so runs compare
+            self.log("val/loss", loss, prog_bar=True, batch_size=bs)
         if s.option_loss_weight <= 0:
             return loss
         opt_loss, acc = option_loss(self._choice_ll(batch), batch, s.option_score)
@@ -88,9 +91,7 @@ class LoRAReceiverModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self._loss(batch, "val")
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["response_ids"].shape[0])
-        return loss
+        return self._loss(batch, "val")
 
     def configure_optimizers(self):
         s = self.settings
