@@ -47,7 +47,7 @@ class LCFModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         temperature = self._anneal()
         s = self.settings
-        out = self.communicator(batch, choices=s.option_loss_weight > 0)
+        out = self._forward(batch)
         loss = self._with_option_loss(out, batch, "train")
         if s.gate_sparsity > 0 and (open_frac := self.open_fraction()) is not None:
             penalty = s.gate_sparsity * (open_frac - s.gate_target_open) ** 2
@@ -82,10 +82,14 @@ class LCFModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        out = self.communicator(batch, choices=self.settings.option_loss_weight > 0)
+        out = self._forward(batch)
         self._with_option_loss(out, batch, "val")
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["response_ids"].shape[0], sync_dist=True)
         return out["loss"]
+
+    def _forward(self, batch: dict) -> dict:
+        # `choices` only when the option loss is on: communicators that override forward keep working
+        return self.communicator(batch, choices=True) if self.settings.option_loss_weight > 0 else self.communicator(batch)
 
     def _with_option_loss(self, out: dict, batch: dict, stage: str) -> torch.Tensor:
         """The response loss, plus the weighted option loss when the recipe asks for it (both logged)."""
