@@ -60,6 +60,10 @@ def test_option_scores_normalise_per_character_and_mask_padding():
     assert torch.allclose(loss, ref) and acc == 0.5  # row 0 picks option 1 (gold 2), row 1 picks 0 (gold 0)
     with pytest.raises(LCFError, match="acc_norm"):
         option_scores(ll, batch, "mean")
+    with pytest.raises(ValueError, match="option_loss_weight must be >= 0"):
+        TrainerSettings(option_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="option_score must be"):
+        TrainerSettings(option_score="mean")
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # steps called without a Trainer

@@ -132,10 +132,11 @@ class EvalTaskData(InstructData):
                              **spec["options"])
             items = task.all_items()
             for i, item in enumerate(items):
+                options = None
                 if isinstance(item, MCItem):
                     if self.format == "cloze":
                         prompt, response = task.cloze_prompt(item), task.option_texts(item)[item.answer]
-                        self._options.append((task.option_texts(item), list(item.choices), item.answer))
+                        options = (task.option_texts(item), list(item.choices), item.answer)
                     else:
                         prompt = task.prompt(item)
                         response = item.labels[item.answer] if self.answer == "letter" else item.choices[item.answer]
@@ -144,8 +145,7 @@ class EvalTaskData(InstructData):
                                     f"is {task.kind!r}. Use format 'prompt' for it.")
                 else:
                     prompt, response = task.prompt(item), item.answers[0]
-                if len(self._options) == len(rows):
-                    self._options.append(None)
+                self._options.append(options)
                 rows.append(InstructExample(instruction=prompt, input="", response=response,
                                             source=f"{spec['name']}:{task.split}", index=i))
             self._weights += [spec["weight"]] * len(items)
