@@ -6,7 +6,9 @@ Latency definition (the one ``lcf eval`` uses for its TTFT column, :func:`lcf.ev
 a 1-token greedy generation at batch 1 through the evaluation's systems, prompt text to first token,
 tokenisation and alignment included: ``AdapterSystem`` (sharer prefill + receiver prefill + fusion
 + first token) and ``ReceiverAlone`` on the same adapter (the receiver's prefill + first token, the
-sharer never runs). ``sharer prefill`` is the sharer's prompt prefill alone (what fusion adds before
+sharer never runs); the sharer's and the receiver's prefills overlap as the library does by default
+(CUDA side streams; on CPU a worker thread when torch has >= 2 intra-op threads; ``--sequential``
+adds fusion with the prefills one after the other). ``sharer prefill`` is the sharer's prompt prefill alone (what fusion adds before
 the translator). ``--eval-sharer`` adds ``lcf eval``'s sharer column (``SharerAlone``: the sharer answering
 on its own, in its own template, LM head included), which is not the sharer's share of fusion. The three are interleaved run by run, medians of ``--repeats`` runs after a warm-up.
 
@@ -56,6 +58,14 @@ def fresh_adapter(recipe: dict, folder: str) -> str:
     return folder
 
 
+def overlapped_by_default(comm, device) -> bool:
+    """Whether the communicator's defaults overlap the sharer's prefill with the receiver's here."""
+    if str(device).startswith("cuda"):
+        return bool(comm.overlap_prefills)
+    flag = comm.cpu_overlap_prefills
+    return torch.get_num_threads() >= 2 if flag is None else bool(flag)
+
+
 def prompt_of(adapter, tokens: int) -> tuple[str, int]:
     """The longest prefix (in words) of TEXT, repeated as needed, whose receiver prompt has <= ``tokens`` tokens."""
     words = (TEXT + " ") * 4
@@ -75,8 +85,9 @@ def main() -> None:
     ap.add_argument("--adapter", help="an exported adapter (default: a fresh one of the recipe's translator)")
     ap.add_argument("--recipe", default="recipes/quickstart.yaml")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--cpu-overlap", action="store_true",
-                    help="also time fusion with the CPU prefills overlapped (Communicator.cpu_overlap_prefills)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="also time fusion with the two prefills one after the other (the fused column uses the "
+                         "library's default: overlapped on CUDA and on CPU with >= 2 intra-op threads)")
     ap.add_argument("--eval-sharer", action="store_true",
                     help="also time `lcf eval`'s sharer column (SharerAlone: the sharer answering in its own template)")
     ap.add_argument("--per-layer", action="store_true", help="the translator's per-layer reference path")
@@ -94,7 +105,8 @@ def main() -> None:
         tr.stacked = False
     print(f"adapter {args.adapter or 'fresh ' + str(tr.init_args)} ({type(tr).__name__}, "
           f"{'stacked' if getattr(tr, 'stacked', False) else 'per-layer'} path); batch 1, median of {args.repeats} "
-          f"interleaved runs after a warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads, {device}")
+          f"interleaved runs after a warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; "
+          f"prefills {'overlapped' if overlapped_by_default(comm, device) else 'one after the other'} in `fused`")
     print(f"{'prompt tokens':>13} {'sharer':>7} {'fused ms':>9} {'receiver ms':>12} {'sharer prefill ms':>18} "
           f"{'fused/(r+s)':>12} {'fused/r':>8}")
     headline = None
@@ -110,14 +122,15 @@ def main() -> None:
         if args.eval_sharer:
             sharer_alone = SharerAlone(adapter)
             parts["eval sharer"] = lambda: sharer_alone.generate([prompt], max_new_tokens=1)
-        if args.cpu_overlap:
-            def overlapped():
-                comm.cpu_overlap_prefills = True
+        if args.sequential:
+            def sequential():
+                saved = comm.cpu_overlap_prefills, comm.overlap_prefills
+                comm.cpu_overlap_prefills, comm.overlap_prefills = False, False
                 try:
                     fused.generate([prompt], max_new_tokens=1)
                 finally:
-                    comm.cpu_overlap_prefills = False
-            parts["overlapped"] = overlapped
+                    comm.cpu_overlap_prefills, comm.overlap_prefills = saved
+            parts["sequential"] = sequential
         for fn in parts.values():
             fn()  # warm-up
         times = {k: [] for k in parts}
@@ -128,8 +141,8 @@ def main() -> None:
         ratio = med["fused"] / (med["receiver"] + med["sharer"])
         print(f"{n:>13} {s_ids.shape[1]:>7} {med['fused']:>9.1f} {med['receiver']:>12.1f} {med['sharer']:>18.1f} "
               f"{ratio:>12.3f} {med['fused'] / med['receiver']:>8.3f}"
-              + (f"   overlapped {med['overlapped']:.1f} ms, / (r+s) "
-                 f"{med['overlapped'] / (med['receiver'] + med['sharer']):.3f}" if args.cpu_overlap else "")
+              + (f"   sequential {med['sequential']:.1f} ms, / (r+s) "
+                 f"{med['sequential'] / (med['receiver'] + med['sharer']):.3f}" if args.sequential else "")
               + (f"   eval sharer {med['eval sharer']:.1f} ms, fused / (r + eval sharer) "
                  f"{med['fused'] / (med['receiver'] + med['eval sharer']):.3f}" if args.eval_sharer else ""), flush=True)
         if target == 120:

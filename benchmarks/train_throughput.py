@@ -1,13 +1,17 @@
 """Quickstart training throughput: the stacked translator path against the per-layer reference path.
 
-    python benchmarks/train_throughput.py [--recipe recipes/quickstart.yaml] [--steps 10] [--paths both]
+    python benchmarks/train_throughput.py [--recipe recipes/quickstart.yaml] [--steps 10] [--paths both] [--bucket]
 
-Both paths start from the same translator weights and the same seed, see the same batches (the
-recipe's training features, shuffled with its seed, cut into ``trainer.batch_size`` batches) and
+The reference is today's per-layer path with the prefills run one after the other; the new path is
+the stacked translator with the library's defaults (on CPU with >= 2 intra-op threads the sharer's
+prefill overlaps the receiver's; ``--no-overlap`` switches that off). Both paths start from the same
+translator weights and the same seed, see the same batches (the recipe's training features, shuffled
+with its seed, cut into ``trainer.batch_size`` batches; with ``--bucket`` the new path gets the same
+16 batches of examples in the length-bucketed order of ``data.bucket_by_length`` and both paths see all of them) and
 train with the recipe's optimiser settings (AdamW, warm-up + linear decay, gradient clipping, gate
 temperature annealing). Steps are interleaved (per-layer step k, stacked step k, ...) with each path
 keeping its own random-number state, so drift of a shared CPU hits both alike. Prints every step's
-loss for both paths, the largest loss difference, the response tokens per second of each path (sum
+loss for both paths, the largest loss difference (same batches only), the response tokens per second of each path (sum
 of tokens over sum of step times, first step excluded as warm-up) and, as the last line, the ratio.
 
 ``--paths per_layer`` runs one path only (also on a checkout older than the stacked path).
@@ -56,6 +60,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--paths", choices=["both", "per_layer", "stacked"], default="both")
     ap.add_argument("--bucket", action="store_true", help="length-bucketed batches (data.bucket_by_length)")
+    ap.add_argument("--no-overlap", action="store_true",
+                    help="stacked path without the CPU prefill overlap (on by default with >= 2 threads)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. data.max_prompt_tokens=64")
     args = ap.parse_args()
@@ -63,7 +69,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe, list(args.overrides))
     bs = recipe["trainer"]["batch_size"]
-    recipe["data"]["train_size"] = bs * max(args.steps, 16 if args.bucket else 0)  # a bucket holds 16 batches
+    pool_size = bs * (16 if args.bucket else args.steps)  # a bucket holds 16 batches
+    recipe["data"]["train_size"] = pool_size
     recipe["data"]["val_size"] = 1
     recipe = validate_recipe(recipe)
     trainer = recipe["trainer"]
@@ -72,20 +79,24 @@ def main() -> None:
     translator = build_translator(recipe, pair)
     train, _ = build_data(recipe).prepare(pair.receiver.tokenizer, pair.sharer.tokenizer, pair.aligner)
     pads = pad_token_id(pair.receiver.tokenizer), pad_token_id(pair.sharer.tokenizer)
-    if args.bucket:  # the training sampler's length-bucketed order (data.bucket_by_length)
+    shuffled = list(train)
+    random.Random(recipe.get("seed", 0)).shuffle(shuffled)
+    orders = {"per_layer": shuffled, "stacked": shuffled}
+    if args.bucket:  # the new path in the training sampler's length-bucketed order (data.bucket_by_length)
         from lcf.data.datamodule import receiver_length
         from lcf.data.sampling import EpochSampler
 
         order = EpochSampler(train, batch_size=bs, seed=recipe.get("seed", 0), bucket_by_length=True,
                              lengths=[receiver_length(f) for f in train]).order(0)
-        train = [train[i] for i in order]
-    else:
-        random.Random(recipe.get("seed", 0)).shuffle(train)
-    batches = [collate(train[i:i + bs], *pads) for i in range(0, len(train) - bs + 1, bs)][: args.steps]
-    real = sum(int(b["receiver_prompt_mask"].sum() + b["response_mask"].sum()) for b in batches)
-    padded = sum(b["receiver_prompt_mask"].numel() + b["response_mask"].numel() for b in batches)
-    print(f"receiver padding fraction of these batches: {1 - real / padded:.4f}"
-          f"{' (length-bucketed)' if args.bucket else ''}", flush=True)
+        orders["stacked"] = [train[i] for i in order]
+    steps = len(train) // bs if args.bucket else args.steps  # bucketed: every example once on both paths
+    batches = {p: [collate(rows[i:i + bs], *pads) for i in range(0, len(rows) - bs + 1, bs)][:steps]
+               for p, rows in orders.items()}
+    for p in ("per_layer", "stacked") if args.bucket else ("stacked",):
+        real = sum(int(b["receiver_prompt_mask"].sum() + b["response_mask"].sum()) for b in batches[p])
+        padded = sum(b["receiver_prompt_mask"].numel() + b["response_mask"].numel() for b in batches[p])
+        print(f"receiver padding fraction of the {p if args.bucket else ''} batches: {1 - real / padded:.4f}"
+              f"{' (length-bucketed)' if args.bucket and p == 'stacked' else ''}", flush=True)
     paths = ["per_layer", "stacked"] if args.paths == "both" else [args.paths]
 
     runs = {}
@@ -93,15 +104,18 @@ def main() -> None:
         tr = copy.deepcopy(translator)
         set_path(tr, path)
         comm = Communicator(pair.receiver.model, [pair.sharer.model], [tr]).train()
+        # today's reference: per-layer, prefills one after the other; the new path: the library's defaults
+        comm.cpu_overlap_prefills = None if path == "stacked" and not args.no_overlap else False
         opt, sched = make_optimizer([p for p in tr.parameters() if p.requires_grad], trainer, trainer["max_steps"])
         torch.manual_seed(recipe.get("seed", 0))
         runs[path] = {"comm": comm, "tr": tr, "opt": opt, "sched": sched, "rng": torch.get_rng_state(),
                       "loss": [], "time": []}
     anneal = trainer.get("gate_anneal_steps") or trainer["max_steps"]
-    tokens = []
-    for step, batch in enumerate(batches):
-        tokens.append(int(batch["response_mask"].sum()))
+    tokens = {p: [] for p in paths}
+    for step in range(steps):
         for path in paths:
+            batch = batches[path][step]
+            tokens[path].append(int(batch["response_mask"].sum()))
             r = runs[path]
             torch.set_rng_state(r["rng"])
             t0 = time.perf_counter()
@@ -116,21 +130,27 @@ def main() -> None:
             r["time"].append(time.perf_counter() - t0)
             r["rng"] = torch.get_rng_state()
             r["loss"].append(loss.item())
-        print(f"step {step}: {tokens[-1]} response tokens, receiver prompt {batch['receiver_prompt_ids'].shape[1]}, "
-              + ", ".join(f"{p} loss {runs[p]['loss'][-1]:.6f} {runs[p]['time'][-1] * 1000:.0f} ms" for p in paths),
-              flush=True)
-    print(f"{len(batches)} steps of batch {bs}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        print(f"step {step}: " + ", ".join(
+            f"{p} {tokens[p][-1]} response tokens, receiver prompt {batches[p][step]['receiver_prompt_ids'].shape[1]},"
+            f" loss {runs[p]['loss'][-1]:.6f} {runs[p]['time'][-1] * 1000:.0f} ms" for p in paths), flush=True)
+    overlap = {p: runs[p]["comm"].cpu_overlap_prefills for p in paths}
+    print(f"{steps} steps of batch {bs}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"translator {recipe['translator']}; step 0 excluded from timing (warm-up)")
     rate = {}
     for path in paths:
         t = runs[path]["time"][1:]
-        rate[path] = sum(tokens[1:]) / sum(t)
-        print(f"  {path:<10} {rate[path]:8.1f} response tokens/s  (median step {statistics.median(t) * 1000:.0f} ms)")
-    if len(paths) == 2:
+        rate[path] = sum(tokens[path][1:]) / sum(t)
+        print(f"  {path:<10} {rate[path]:8.1f} response tokens/s  (median step {statistics.median(t) * 1000:.0f} ms; "
+              f"prefill overlap {'auto' if overlap[path] is None else overlap[path]}"
+              f"{', length-bucketed' if args.bucket and path == 'stacked' else ''})")
+    if len(paths) == 2 and args.bucket:
+        print("losses not compared: the two paths saw the same examples in different batches")
+    elif len(paths) == 2:
         diff = max(abs(a - b) for a, b in zip(runs["per_layer"]["loss"], runs["stacked"]["loss"]))
         per_step = statistics.median(a / b for a, b in zip(runs["per_layer"]["time"][1:], runs["stacked"]["time"][1:]))
-        print(f"max loss difference over {len(batches)} steps: {diff:.2e} (target <= 1e-4)")
+        print(f"max loss difference over {steps} steps: {diff:.2e} (target <= 1e-4)")
         print(f"median per-step time ratio per_layer / stacked: {per_step:.3f}")
+    if len(paths) == 2:
         print(f"throughput stacked / per_layer: {rate['stacked'] / rate['per_layer']:.3f} (target >= 1.25)")
 
 

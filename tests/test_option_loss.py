@@ -113,15 +113,102 @@ def test_eval_task_choices_become_padded_option_tensors(mix_root, monkeypatch): 
         "align_index": [0, 0], "align_mask": [False, True], "response_ids": [8]})
     data = build(tasks=[{"name": "arc_easy", "split": "train"}, {"name": "sciq"}], format="cloze", choices=True,
                  data_root=str(mix_root), val_size=1, max_response_tokens=4)
-    train, _ = data.prepare(CharTokenizer(), None, None)
+    train, _ = data.prepare(CharTokenizer(), CharTokenizer(), None)
     f = next(f for f in train if f["source"] == "sciq:train" and f["index"] == 3)
     assert f["choice_gold"] == 3 and f["choice_chars"] == [1, 1, 1, 6]  # "a", "b", "c", "gold 3"
     assert f["choice_ids"][3] == CharTokenizer()(" gold 3")["input_ids"][:4]  # " " + choice, cut to 4 tokens
-    batch = collate(train[:3], 0, 0)
+    assert f["sharer_choice_ids"] == f["choice_ids"]  # the same texts in the sharer's tokens (here the same tokenizer)
+    batch = collate(train[:3], 0, 1)
     k = max(len(x["choice_ids"]) for x in train[:3])
+    assert batch["sharer_choice_ids"].shape == batch["choice_ids"].shape
+    assert torch.equal(batch["sharer_choice_mask"], batch["choice_mask"])
+    assert (batch["sharer_choice_ids"][batch["sharer_choice_mask"] == 0] == 1).all()  # the sharer's pad id
     assert batch["choice_ids"].shape[:2] == (3, k) and batch["choice_valid"].sum() == sum(
         len(x["choice_ids"]) for x in train[:3])
     with pytest.raises(LCFError, match="all multiple-choice"):
         collate([train[0], {k: v for k, v in train[1].items() if not k.startswith("choice_")}], 0, 0)
     with pytest.raises(Exception, match="needs format: cloze"):
         build(task="arc_easy", choices=True)
+
+
+def with_sharer_choices(batch: dict, seed: int = 4) -> dict:
+    """The options of :func:`with_choices` again in sharer tokens (other lengths: 2, 2, 1 and 3, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(2, 3, 3, dtype=torch.long)
+    mask = torch.zeros(2, 3, 3, dtype=torch.long)
+    for i, row in enumerate([[2, 2, 1], [3, 1]]):
+        for j, n in enumerate(row):
+            ids[i, j, :n] = torch.randint(3, 131, (n,), generator=g)
+            mask[i, j, :n] = 1
+    return {**with_choices(batch), "sharer_choice_ids": ids, "sharer_choice_mask": mask}
+
+
+def test_sharer_choice_log_likelihoods_equal_the_sharer_scoring_each_option_alone():
+    from lcf.training.options import sharer_choice_log_likelihoods
+
+    comm = make_comm().eval()
+    sharer = comm.sharers[0]
+    batch = with_sharer_choices(make_batch())
+    ll = sharer_choice_log_likelihoods(sharer, batch)
+    assert ll.shape == (2, 3)
+    for i, j in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]:
+        keep = batch["sharer_prompt_mask"][i].bool()
+        n = int(batch["sharer_choice_mask"][i, j].sum())
+        prompt, option = batch["sharer_prompt_ids"][i][keep], batch["sharer_choice_ids"][i, j, :n]
+        with torch.no_grad():
+            logits = sharer(input_ids=torch.cat([prompt, option])[None]).logits[0]
+        logp = torch.log_softmax(logits[len(prompt) - 1:-1].float(), -1)
+        ref = logp.gather(-1, option[:, None]).sum()
+        assert torch.allclose(ll[i, j], ref, atol=1e-4), (i, j)
+
+
+def test_sharer_option_loss_is_the_cross_entropy_against_the_sharers_distribution():
+    from lcf.training.options import sharer_option_loss
+
+    batch = with_choices(make_batch())
+    ll = torch.tensor([[-9.0, -1.0, -5.0], [-2.0, -8.0, 100.0]], requires_grad=True)
+    teacher = torch.tensor([[-2.0, -6.0, -5.0], [-2.0, -1.0, -100.0]])
+    loss, agree = sharer_option_loss(ll, teacher, batch, "norm")
+    s, t = option_scores(ll, batch, "norm"), option_scores(teacher, batch, "norm")
+    ref = sum(-(torch.softmax(t[i, :n], -1) * torch.log_softmax(s[i, :n], -1)).sum() for i, n in ((0, 3), (1, 2))) / 2
+    assert torch.isfinite(loss) and torch.allclose(loss, ref)
+    assert agree == 0.0  # row 0: fused picks 1, sharer 0; row 1: fused 0, sharer 1 (the padded option never counts)
+    loss.backward()
+    assert torch.isfinite(ll.grad).all() and ll.grad[1, 2] == 0
+    same, agree = sharer_option_loss(teacher, teacher, batch, "norm")
+    entropy = sum(-(torch.softmax(t[i, :n], -1) * torch.log_softmax(t[i, :n], -1)).sum() for i, n in ((0, 3), (1, 2))) / 2
+    assert torch.allclose(same, entropy) and agree == 1.0  # the minimum: the sharer's own entropy
+    sharp, _ = sharer_option_loss(ll, teacher, batch, "norm", temperature=0.1)
+    ref = sum(-(torch.softmax(t[i, :n] / 0.1, -1) * torch.log_softmax(s[i, :n] / 0.1, -1)).sum()
+              for i, n in ((0, 3), (1, 2))) / 2
+    assert torch.allclose(sharp, ref)
+    with pytest.raises(ValueError, match="sharer_option_weight must be >= 0"):
+        TrainerSettings(sharer_option_weight=-0.5)
+    with pytest.raises(ValueError, match="sharer_option_temperature must be > 0"):
+        TrainerSettings(sharer_option_temperature=0.0)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # steps called without a Trainer
+def test_sharer_as_teacher_trains_the_translator_and_the_lora_control():
+    from peft import LoraConfig, get_peft_model
+
+    from lcf.training.module import LCFModule
+
+    settings = TrainerSettings(sharer_option_weight=1.0)
+    comm = make_comm().train()
+    batch = with_sharer_choices(make_batch())
+    loss = LCFModule(comm, settings).training_step(batch, 0)
+    assert loss > comm(batch)["loss"]
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in comm.translators[0].parameters())
+    assert not any(p.grad is not None for p in comm.sharers[0].parameters())  # the teacher stays frozen
+    with pytest.raises(LCFError, match="sharer_choice_ids"):
+        LCFModule(comm, settings).training_step(with_choices(make_batch()), 0)
+    assert LCFModule(make_comm(n_sharers=2), settings).teacher() is None  # several sharers: no single teacher
+
+    peft_model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    lora = LoRAReceiverModule(peft_model.train(), settings, sharer=comm.sharers[0])
+    lora._loss(batch).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in peft_model.named_parameters() if "lora" in n)
+    with pytest.raises(LCFError, match="exactly one token-aligned sharer"):
+        LoRAReceiverModule(peft_model, settings)._loss(batch)

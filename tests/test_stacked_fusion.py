@@ -144,6 +144,7 @@ def test_cpu_overlapped_prefills_give_the_same_fused_cache():
     batch = xc_batch()
     batch["align_index"] = torch.arange(6).expand(2, 6).clone()
     threads = torch.get_num_threads()
+    comm.cpu_overlap_prefills = False
     ref = comm.fused_prompt_cache(batch)
     comm.cpu_overlap_prefills = True
     out = comm.fused_prompt_cache(batch)
@@ -151,6 +152,30 @@ def test_cpu_overlapped_prefills_give_the_same_fused_cache():
     for a, b in zip((*out.keys, *out.values), (*ref.keys, *ref.values)):
         torch.testing.assert_close(a, b)
     assert any(not torch.equal(a, b) for a, b in zip(ref.keys, comm.fused_prompt_cache(batch, fuse=False).keys))
+
+
+def test_cpu_overlap_is_on_by_default_only_with_two_or_more_threads(monkeypatch):
+    from lcf.communicator import Communicator
+    from tests.conftest import tiny_gemma3, tiny_llama
+    from tests.test_compressor import xc_batch
+
+    comm = Communicator(tiny_llama(), [tiny_gemma3(seed=10)], [torch.nn.Identity()])
+    batch = xc_batch()
+    calls = []
+    monkeypatch.setattr(comm, "_thread_prefills", lambda jobs: calls.append(len(jobs)) or ({}, []))
+    threads = torch.get_num_threads()
+    try:
+        for n, expected in ((1, []), (2, [1])):
+            calls.clear()
+            torch.set_num_threads(n)
+            comm._side_stream_prefills(batch, [None])
+            assert calls == expected, n
+        comm.cpu_overlap_prefills = False
+        calls.clear()
+        comm._side_stream_prefills(batch, [None])
+        assert calls == []
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_inference_keeps_stacked_weights_until_a_parameter_changes():

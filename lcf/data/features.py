@@ -185,7 +185,22 @@ def collate(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_
         out["response_mask"][i, :len(resp)] = 1
     if any("choice_ids" in f for f in features):
         out.update(collate_choices(features, receiver_pad_id))
+        if all("sharer_choice_ids" in f for f in features):
+            out["sharer_choice_ids"], out["sharer_choice_mask"] = pad_options(
+                [f["sharer_choice_ids"] for f in features], out["choice_ids"].shape[1], sharer_pad_id)
     return out
+
+
+def pad_options(options: Sequence[Sequence[Sequence[int]]], k: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` of shape (B, k, L): each item's option token lists right-padded, missing options all pad."""
+    length = max(len(ids) for item in options for ids in item)
+    ids = torch.full((len(options), k, length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(options), k, length, dtype=torch.long)
+    for i, item in enumerate(options):
+        for j, tokens in enumerate(item):
+            ids[i, j, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[i, j, :len(tokens)] = 1
+    return ids, mask
 
 
 def collate_choices(features: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -197,16 +212,12 @@ def collate_choices(features: Sequence[Mapping[str, Any]], pad_id: int) -> dict[
                        f"multiple-choice features with their options (data.choices: true) or none")
     b = len(features)
     k = max(len(f["choice_ids"]) for f in features)
-    length = max(len(ids) for f in features for ids in f["choice_ids"])
-    out = {"choice_ids": torch.full((b, k, length), pad_id, dtype=torch.long),
-           "choice_mask": torch.zeros(b, k, length, dtype=torch.long),
+    ids, mask = pad_options([f["choice_ids"] for f in features], k, pad_id)
+    out = {"choice_ids": ids, "choice_mask": mask,
            "choice_valid": torch.zeros(b, k, dtype=torch.bool),
            "choice_gold": torch.tensor([int(f["choice_gold"]) for f in features], dtype=torch.long),
            "choice_chars": torch.ones(b, k, dtype=torch.long)}
     for i, f in enumerate(features):
-        for j, ids in enumerate(f["choice_ids"]):
-            out["choice_ids"][i, j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            out["choice_mask"][i, j, :len(ids)] = 1
-            out["choice_valid"][i, j] = True
-            out["choice_chars"][i, j] = f["choice_chars"][j]
+        out["choice_valid"][i, :len(f["choice_ids"])] = True
+        out["choice_chars"][i, :len(f["choice_ids"])] = torch.tensor(f["choice_chars"], dtype=torch.long)
     return out

@@ -151,12 +151,18 @@ class EvalTaskData(InstructData):
             self._weights += [spec["weight"]] * len(items)
         return rows
 
-    def _choice_features(self, row: int, tokenizer: Any) -> dict[str, Any]:
+    def _choice_features(self, row: int, tokenizer: Any, sharer_tokenizer: Any = None) -> dict[str, Any]:
         """Every option of row ``row``, tokenized as the gold response is (the option text alone, cut to
-        ``max_response_tokens``), with the gold index and each choice's length in characters (acc_norm)."""
+        ``max_response_tokens``), with the gold index and each choice's length in characters (acc_norm);
+        with ``sharer_tokenizer`` also in the sharer's tokens (``sharer_choice_ids``, for the sharer as teacher)."""
         texts, choices, gold = self._options[row]  # type: ignore[misc]
-        ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"])[:self.max_response_tokens] for t in texts]
-        return {"choice_ids": ids, "choice_gold": gold, "choice_chars": [len(c) for c in choices]}
+
+        def tokens(tok: Any) -> list[list[int]]:
+            return [list(tok(t, add_special_tokens=False)["input_ids"])[:self.max_response_tokens] for t in texts]
+        out = {"choice_ids": tokens(tokenizer), "choice_gold": gold, "choice_chars": [len(c) for c in choices]}
+        if sharer_tokenizer is not None:
+            out["sharer_choice_ids"] = tokens(sharer_tokenizer)
+        return out
 
     def weighted_order(self, n_rows: int) -> list[int]:
         """Row indices with each row repeated by its task's weight (the fractional part a seeded draw),
@@ -189,7 +195,8 @@ class EvalTaskData(InstructData):
                 if not isinstance(built[i], dict):
                     dropped[built[i]] += 1  # type: ignore[index]
                 elif self.choices:
-                    built[i].update(self._choice_features(i, receiver_tokenizer))  # type: ignore[union-attr]
+                    built[i].update(self._choice_features(i, receiver_tokenizer,  # type: ignore[union-attr]
+                                                          sharer_tokenizer))
             out = built[i]
             return out if isinstance(out, dict) else None
 

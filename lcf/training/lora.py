@@ -19,7 +19,7 @@ from lcf.config import load_recipe, save_resolved, validate_recipe
 from lcf.data.datamodule import InstructDataModule
 from lcf.models.kv import cache_kwargs, extract_kv
 from lcf.pair import build_pair
-from lcf.training.options import choice_log_likelihoods, option_loss, require_choices
+from lcf.training.options import choice_log_likelihoods, option_terms, require_choices
 from lcf.training.run import build_data, build_translator, make_trainer, run_dir_of
 from lcf.training.settings import TrainerSettings
 
@@ -42,10 +42,12 @@ def matching_rank(model, n_params: int, targets=TARGETS) -> int:
 class LoRAReceiverModule(L.LightningModule):
     """Receiver-only next-token loss on response tokens (same batches as the translator's training)."""
 
-    def __init__(self, peft_model, settings: TrainerSettings):
+    def __init__(self, peft_model, settings: TrainerSettings, sharer: torch.nn.Module | None = None):
         super().__init__()
         self.model = peft_model
         self.settings = settings
+        # the sharer answering alone, the teacher of trainer.sharer_option_weight (not a submodule: frozen, unsaved)
+        self.__dict__["sharer"] = sharer
 
     def _loss(self, batch, stage: str = "train") -> torch.Tensor:
         """The response loss, plus the weighted option loss when the recipe asks for it (as LCFModule)."""
@@ -53,13 +55,15 @@ class LoRAReceiverModule(L.LightningModule):
         s, bs = self.settings, batch["response_ids"].shape[0]
         if stage == "val":  # val/loss is the response loss for every module, so runs compare
             self.log("val/loss", loss, prog_bar=True, batch_size=bs)
-        if s.option_loss_weight <= 0:
+        if not s.uses_choices:
             return loss
-        opt_loss, acc = option_loss(self._choice_ll(batch), batch, s.option_score)
+        if self.sharer is not None and next(self.sharer.parameters()).device != batch["response_ids"].device:
+            self.sharer.to(batch["response_ids"].device)
+        extra, logs = option_terms(self._choice_ll(batch), batch, s, self.sharer)
         self.log(f"{stage}/response_loss", loss.detach(), batch_size=bs)
-        self.log(f"{stage}/option_loss", opt_loss.detach(), batch_size=bs)
-        self.log(f"{stage}/option_acc", acc, prog_bar=stage == "val", batch_size=bs)
-        return loss + s.option_loss_weight * opt_loss
+        for name, value in logs.items():
+            self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name.endswith(("acc", "agree")), batch_size=bs)
+        return loss + extra
 
     def _choice_ll(self, batch) -> torch.Tensor:
         """Every option's log-likelihood, the prompt run once (with LoRA) and its cache repeated per option."""
@@ -128,7 +132,10 @@ def train_lora(recipe_path: str | Path, overrides=(), *, rank: int | None = None
     # no Lightning checkpoints: they would hold the whole receiver; the PEFT folder is the output
     trainer = make_trainer(settings, out, callbacks=[], enable_checkpointing=False)
     save_resolved(cfg, out)
-    trainer.fit(LoRAReceiverModule(peft_model, settings), datamodule=dm)
+    teacher = pair.sharer.model if settings.sharer_option_weight > 0 else None
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    trainer.fit(LoRAReceiverModule(peft_model, settings, teacher), datamodule=dm)
     if trainer.is_global_zero:
         peft_model.save_pretrained(out / "lora")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}

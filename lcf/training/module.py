@@ -9,7 +9,7 @@ import torch
 from lcf.communicator import Communicator
 from lcf.errors import LCFError
 from lcf.training.settings import TrainerSettings
-from lcf.training.options import option_loss
+from lcf.training.options import option_terms
 from lcf.training.strategy import gathered, offloads_optimizer, register_gate_parameters
 from lcf.translators.base import annealed_temperature
 
@@ -88,20 +88,26 @@ class LCFModule(L.LightningModule):
         return out["loss"]
 
     def _forward(self, batch: dict) -> dict:
-        # `choices` only when the option loss is on: communicators that override forward keep working
-        return self.communicator(batch, choices=True) if self.settings.option_loss_weight > 0 else self.communicator(batch)
+        # `choices` only when an option term is on: communicators that override forward keep working
+        return self.communicator(batch, choices=True) if self.settings.uses_choices else self.communicator(batch)
+
+    def teacher(self) -> torch.nn.Module | None:
+        """The sharer model scored as teacher by ``sharer_option_weight`` (one token-aligned sharer), else None."""
+        comm = self.communicator
+        return comm.sharers[0] if len(comm.sharers) == 1 and comm.compressor(0) is None else None
 
     def _with_option_loss(self, out: dict, batch: dict, stage: str) -> torch.Tensor:
-        """The response loss, plus the weighted option loss when the recipe asks for it (both logged)."""
+        """The response loss, plus the weighted option terms the recipe asks for (all logged)."""
         s, bs = self.settings, batch["response_ids"].shape[0]
-        if s.option_loss_weight <= 0:
+        if not s.uses_choices:
             return out["loss"]
-        opt_loss, acc = option_loss(out["choice_ll"], batch, s.option_score)
+        extra, logs = option_terms(out["choice_ll"], batch, s, self.teacher() if s.sharer_option_weight > 0 else None)
         sync = stage == "val"
         self.log(f"{stage}/response_loss", out["loss"].detach(), batch_size=bs, sync_dist=sync)
-        self.log(f"{stage}/option_loss", opt_loss.detach(), batch_size=bs, sync_dist=sync)
-        self.log(f"{stage}/option_acc", acc, prog_bar=stage == "val", batch_size=bs, sync_dist=sync)
-        return out["loss"] + s.option_loss_weight * opt_loss
+        for name, value in logs.items():
+            self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name.endswith(("acc", "agree")),
+                     batch_size=bs, sync_dist=sync)
+        return out["loss"] + extra
 
     def setup(self, stage: str) -> None:
         if self._trainer is not None:

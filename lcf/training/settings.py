@@ -33,6 +33,10 @@ class TrainerSettings:
     # acc_norm) or sum (acc).
     option_loss_weight: float = 0.0
     option_score: Literal["norm", "sum"] = "norm"
+    # ... plus sharer_option_weight * cross-entropy of the fused option distribution against the sharer's
+    # own (the sharer as teacher; one token-aligned sharer; the LoRA control gets the same term).
+    sharer_option_weight: float = 0.0
+    sharer_option_temperature: float = 1.0  # both distributions at this temperature (< 1 sharpens them)
     val_every_n_steps: int = 50
     limit_val_batches: int | None = None
     checkpoint_every_n_steps: int = 50
@@ -69,6 +73,10 @@ class TrainerSettings:
             problems.append(f"gate_target_open must be a fraction in [0, 1], got {self.gate_target_open}")
         if not self.option_loss_weight >= 0:
             problems.append(f"option_loss_weight must be >= 0 (0 turns the option loss off), got {self.option_loss_weight}")
+        if not self.sharer_option_weight >= 0:
+            problems.append(f"sharer_option_weight must be >= 0 (0 turns the sharer term off), got {self.sharer_option_weight}")
+        if not self.sharer_option_temperature > 0:
+            problems.append(f"sharer_option_temperature must be > 0 (1: plain softmax), got {self.sharer_option_temperature}")
         if self.option_score not in ("norm", "sum"):
             problems.append(f"option_score must be 'norm' (acc_norm) or 'sum' (acc), got {self.option_score!r}")
         if self.model_dtype not in (None, "float32", "bfloat16", "float16"):
@@ -78,6 +86,11 @@ class TrainerSettings:
         check_strategy(self.strategy, self.accelerator)  # fails at validation time, not after loading models
         if problems:
             raise ValueError("trainer: " + "; ".join(problems))
+
+    @property
+    def uses_choices(self) -> bool:
+        """Whether a training step needs every option of each item (an option term is on)."""
+        return self.option_loss_weight > 0 or self.sharer_option_weight > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
