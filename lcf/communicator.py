@@ -81,7 +81,7 @@ class Communicator(nn.Module):
         #: on CUDA, run the sharers' prompt prefills on side streams alongside the receiver's (no effect elsewhere)
         self.overlap_prefills = True
         #: on CPU, run them in a worker thread with half the intra-op threads; None (default): only when torch
-        #: has at least 2 intra-op threads (measured in docs/benchmarks.md: 0.78x fused latency on 2 idle cores)
+        #: has at least 2 intra-op threads (docs/benchmarks.md: 0.83-0.85x fused latency on 2 idle cores)
         self.cpu_overlap_prefills: bool | None = None
         # plain attributes: not parameters of this module (see the module docstring)
         self.__dict__["receiver"] = receiver

@@ -117,8 +117,8 @@ def sharer_choice_log_likelihoods(sharer: torch.nn.Module, batch: dict) -> torch
 
 def sharer_option_loss(ll: torch.Tensor, sharer_ll: torch.Tensor, batch: dict, score: OptionScore = "norm",
                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cross-entropy of the fused option distribution against the sharer's, both at ``temperature``,
-    agreement of the two argmaxes)``; padded options carry no weight."""
+    """The cross-entropy of the fused option distribution against the sharer's (both softmaxes at
+    ``temperature``) and the fraction of items whose argmaxes agree; padded options carry no weight."""
     valid = batch["choice_valid"].bool()
     student = option_scores(ll, batch, score)
     teacher = torch.softmax(option_scores(sharer_ll.to(ll.dtype), batch, score) / temperature, dim=-1)
