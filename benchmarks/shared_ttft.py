@@ -7,7 +7,8 @@ a 1-token greedy generation at batch 1 through the evaluation's systems, prompt 
 tokenisation and alignment included: ``AdapterSystem`` (sharer prefill + receiver prefill + fusion
 + first token) and ``ReceiverAlone`` on the same adapter (the receiver's prefill + first token, the
 sharer never runs); the sharer's and the receiver's prefills overlap as the library does by default
-(CUDA side streams; on CPU a worker thread when torch has >= 2 intra-op threads; ``--sequential``
+(CUDA side streams, for batches of 2+ rows only, so not here; on CPU a worker thread when torch has >= 2
+intra-op threads; ``--overlap`` forces CUDA side streams at batch 1; ``--sequential``
 adds fusion with the prefills one after the other). ``sharer prefill`` is the sharer's prompt prefill alone (what fusion adds before
 the translator). ``--eval-sharer`` adds ``lcf eval``'s sharer column (``SharerAlone``: the sharer answering
 on its own, in its own template, LM head included), which is not the sharer's share of fusion. The three are interleaved run by run, medians of ``--repeats`` runs after a warm-up.
@@ -59,9 +60,9 @@ def fresh_adapter(recipe: dict, folder: str) -> str:
 
 
 def overlapped_by_default(comm, device) -> bool:
-    """Whether the communicator's defaults overlap the sharer's prefill with the receiver's here."""
+    """Whether the communicator's defaults overlap the sharer's prefill with the receiver's here (batch 1)."""
     if str(device).startswith("cuda"):
-        return bool(comm.overlap_prefills)
+        return bool(comm.overlap_prefills)  # None: only for 2 or more rows
     flag = comm.cpu_overlap_prefills
     return torch.get_num_threads() >= 2 if flag is None else bool(flag)
 
@@ -92,12 +93,19 @@ def main() -> None:
                     help="also time `lcf eval`'s sharer column (SharerAlone: the sharer answering in its own template)")
     ap.add_argument("--per-layer", action="store_true", help="the translator's per-layer reference path")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--device", help="load the adapter and its models here (e.g. cuda; default: the runtime's)")
+    ap.add_argument("--dtype", help="the models' dtype (e.g. bfloat16; default: the cards')")
+    ap.add_argument("--overlap", action="store_true",
+                    help="CUDA: also time fusion with the prefills on side streams (Communicator.overlap_prefills=True)")
+    ap.add_argument("--cuda-threads", action="store_true",
+                    help="CUDA: also time fusion with the sharer's side-stream work queued from a worker thread "
+                         "(Communicator.cuda_overlap_threads)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.adapter or fresh_adapter(validate_recipe(load_recipe(args.recipe)), tmp + "/adapter")
-        adapter = load_adapter(folder)
+        adapter = load_adapter(folder, device=args.device, dtype=args.dtype)
     fused, alone = AdapterSystem(adapter), ReceiverAlone(adapter)
     comm, device = adapter.communicator, fused.device
     tr = adapter.translator
@@ -131,6 +139,18 @@ def main() -> None:
                 finally:
                     comm.cpu_overlap_prefills, comm.overlap_prefills = saved
             parts["sequential"] = sequential
+        if args.overlap or args.cuda_threads:
+            def with_overlap(threads: bool):
+                saved = comm.overlap_prefills
+                comm.overlap_prefills, comm.cuda_overlap_threads = True, threads
+                try:
+                    fused.generate([prompt], max_new_tokens=1)
+                finally:
+                    comm.overlap_prefills, comm.cuda_overlap_threads = saved, False
+            if args.overlap:
+                parts["streams"] = lambda: with_overlap(False)
+            if args.cuda_threads:
+                parts["threads"] = lambda: with_overlap(True)
         for fn in parts.values():
             fn()  # warm-up
         times = {k: [] for k in parts}
@@ -143,6 +163,10 @@ def main() -> None:
               f"{ratio:>12.3f} {med['fused'] / med['receiver']:>8.3f}"
               + (f"   sequential {med['sequential']:.1f} ms, / (r+s) "
                  f"{med['sequential'] / (med['receiver'] + med['sharer']):.3f}" if args.sequential else "")
+              + (f"   streams {med['streams']:.1f} ms, / r {med['streams'] / med['receiver']:.3f}"
+                 if args.overlap else "")
+              + (f"   threads {med['threads']:.1f} ms, / r {med['threads'] / med['receiver']:.3f}"
+                 if args.cuda_threads else "")
               + (f"   eval sharer {med['eval sharer']:.1f} ms, fused / (r + eval sharer) "
                  f"{med['fused'] / (med['receiver'] + med['eval sharer']):.3f}" if args.eval_sharer else ""), flush=True)
         if target == 120:

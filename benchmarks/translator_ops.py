@@ -12,6 +12,8 @@ any other aten operator (``top``: what the Python code and the autograd engine d
 the target is judged on). Prints one line per module and, as the last line, the largest stacked /
 per-layer compute ratio (target <= 0.1).
 The counts do not depend on weights or on the machine; ``--time N`` adds interleaved medians of wall time.
+``--device cuda`` runs the modules on the GPU and adds the GPU kernels each path ran (``kernels``: what
+the target's "kernel launches" counts there), per-layer, stacked and their ratio.
 """
 from __future__ import annotations
 
@@ -29,12 +31,12 @@ from lcf.registry import compressors, translators
 from lcf.translators.base import PairShapes
 
 
-def random_view(specs, batch: int, n: int, g: torch.Generator) -> KVView:
+def random_view(specs, batch: int, n: int, g: torch.Generator, device: str = "cpu") -> KVView:
     keys, values = [], []
     for s in specs:
         stored = min(n, s.sliding_window - 1) if s.sliding_window else n
-        keys.append(torch.randn(batch, s.kv_heads, stored, s.head_dim, generator=g))
-        values.append(torch.randn(batch, s.kv_heads, stored, s.head_dim, generator=g))
+        keys.append(torch.randn(batch, s.kv_heads, stored, s.head_dim, generator=g).to(device))
+        values.append(torch.randn(batch, s.kv_heads, stored, s.head_dim, generator=g).to(device))
     return KVView(keys, values, n, list(specs))
 
 
@@ -50,16 +52,22 @@ VIEW_OPS = {
 }
 
 
-def count(fn) -> tuple[int, int, int]:
+def count(fn, cuda: bool = False) -> tuple[int, ...]:
     """(every aten event, top-level aten events, compute leaves) of ``fn()``: compute leaves are aten
-    events with no aten child that are not views (:data:`VIEW_OPS`): about one kernel launch each on a GPU."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    events with no aten child that are not views (:data:`VIEW_OPS`): about one kernel launch each on a GPU.
+    ``cuda``: a fourth number, the GPU kernels ``fn()`` ran (memcpy and memset not counted)."""
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
         fn()
+        if cuda:
+            torch.cuda.synchronize()
+    if cuda:
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                   and "memcpy" not in e.name.lower() and "memset" not in e.name.lower()]
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
     top = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
     leaves = [e for e in aten if e.name not in VIEW_OPS
               and not any(c.name.startswith("aten::") for c in e.cpu_children)]
-    return len(aten), len(top), len(leaves)
+    return (len(aten), len(top), len(leaves), *([len(kernels)] if cuda else []))
 
 
 def set_path(module, path: str) -> None:
@@ -79,7 +87,9 @@ def main() -> None:
                     help="also time forward + backward of each translator, median of N interleaved runs per path")
     ap.add_argument("--only-compressor", action="store_true", help="count span_pool only")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda adds GPU kernel counts)")
     args = ap.parse_args()
+    dev, cuda = args.device, args.device.startswith("cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = validate_recipe(load_recipe(args.recipe))
@@ -88,9 +98,9 @@ def main() -> None:
     shapes = PairShapes(tuple(s_specs), tuple(r_specs), pair.layer_map)
     g = torch.Generator().manual_seed(0)
     b, n = args.batch, args.receiver_len
-    s_view, r_view = random_view(s_specs, b, args.sharer_len, g), random_view(r_specs, b, n, g)
-    index = torch.randint(0, args.sharer_len, (b, n), generator=g)
-    mask = torch.rand(b, n, generator=g) < 0.8
+    s_view, r_view = random_view(s_specs, b, args.sharer_len, g, dev), random_view(r_specs, b, n, g, dev)
+    index = torch.randint(0, args.sharer_len, (b, n), generator=g).to(dev)
+    mask = (torch.rand(b, n, generator=g) < 0.8).to(dev)
 
     modules = [(f"{recipe['translator']['type']} (recipe)", translators.build(recipe["translator"], "translator", shapes=shapes))]
     for spec in ({"type": "c2c_projector", "hidden_dim": 64}, {"type": "gated_fusion"}):  # counts ignore widths
@@ -115,33 +125,39 @@ def main() -> None:
                 # output gradients made once (warm-up), so their fills are not counted as the module's
                 for x in edited:
                     if tuple(x.shape) not in ones:
-                        ones[tuple(x.shape)] = torch.ones(x.shape)
+                        ones[tuple(x.shape)] = torch.ones(x.shape, device=x.device)
                 torch.autograd.backward(edited, [ones[tuple(x.shape)] for x in edited])
             run()  # warm-up
             module.zero_grad(set_to_none=True)
-            counts[path] = count(run)
+            counts[path] = count(run, cuda)
         ratio = [s / p for s, p in zip(counts["stacked"], counts["per_layer"])]
         worst = max(worst, ratio[2])
         times = {"per_layer": [], "stacked": []}
         for _ in range(args.time):  # interleaved: drift of a shared CPU hits both paths alike
             for path in times:
                 set_path(module, path)
+                if cuda:
+                    torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 run()
+                if cuda:
+                    torch.cuda.synchronize()
                 times[path].append(time.perf_counter() - t0)
         timing = (f"   fwd+bwd ms per-layer {statistics.median(times['per_layer']) * 1e3:.1f}, stacked "
                   f"{statistics.median(times['stacked']) * 1e3:.1f}" if args.time else "")
         print(f"{name:<26}" + "".join(f"{c:>{w}}" for c, w in zip(counts["per_layer"], (15, 7, 8)))
               + "".join(f"{c:>{w}}" for c, w in zip(counts["stacked"], (15, 7, 8)))
-              + "".join(f"{r:>{w}.3f}" for r, w in zip(ratio, (13, 7, 8))) + timing, flush=True)
+              + "".join(f"{r:>{w}.3f}" for r, w in zip(ratio, (13, 7, 8))) + timing
+              + (f"   GPU kernels per-layer {counts['per_layer'][3]}, stacked {counts['stacked'][3]}, "
+                 f"ratio {ratio[3]:.3f}" if cuda else ""), flush=True)
 
     for name, tr in [] if args.only_compressor else modules:
-        tr.train()
+        tr.to(dev).train()
         report(name, tr, lambda tr=tr: [*(o := tr.fuse(s_view, r_view, index, mask)).keys, *o.values])
-    comp = compressors.build({"type": "span_pool"}, "compressor", shapes=shapes).train()
+    comp = compressors.build({"type": "span_pool"}, "compressor", shapes=shapes).to(dev).train()
     if hasattr(comp, "stacked"):
-        c_view = random_view(s_specs, b, args.context_len, g)
-        span_ids = (torch.arange(args.context_len) // 64).expand(b, -1).clone()
+        c_view = random_view(s_specs, b, args.context_len, g, dev)
+        span_ids = (torch.arange(args.context_len) // 64).expand(b, -1).clone().to(dev)
         report(f"span_pool ({args.context_len} ctx)", comp,
                lambda: [*(o := comp(c_view, span_ids)).keys, *o.values])
     else:

@@ -53,6 +53,11 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _autocast_state(device_type: str) -> dict:
+    """This thread's autocast setting for ``device_type``, as keyword arguments of ``torch.autocast``."""
+    return {"enabled": torch.is_autocast_enabled(device_type), "dtype": torch.get_autocast_dtype(device_type)}
+
+
 class Communicator(nn.Module):
     def __init__(
         self,
@@ -78,8 +83,14 @@ class Communicator(nn.Module):
         # keyed by sharer index: sharers without a compressor have no entry
         self.compressors = nn.ModuleDict({str(i): c for i, c in enumerate(compressors) if c is not None})
         self.combine = combine
-        #: on CUDA, run the sharers' prompt prefills on side streams alongside the receiver's (no effect elsewhere)
-        self.overlap_prefills = True
+        #: on CUDA, run the sharers' prompt prefills on side streams alongside the receiver's (no effect elsewhere);
+        #: None (default): only for batches of 2 or more rows. Measured on an H200 (docs/benchmarks.md): a batch-8
+        #: training step 491 -> 395 ms with the overlap, a batch-1 first token 80 -> 85 ms (side streams cost more
+        #: than they save when one row's kernels are launch-bound)
+        self.overlap_prefills: bool | None = None
+        #: on CUDA with :attr:`overlap_prefills`, also queue the side streams' work from a worker thread, so the
+        #: host-side cost of launching the two models' kernels overlaps too (batch-1 prefills are launch-bound)
+        self.cuda_overlap_threads = False
         #: on CPU, run them in a worker thread with half the intra-op threads; None (default): only when torch
         #: has at least 2 intra-op threads (docs/benchmarks.md: 0.83-0.85x fused latency on 2 idle cores)
         self.cpu_overlap_prefills: bool | None = None
@@ -142,16 +153,25 @@ class Communicator(nn.Module):
             if overlap is None:
                 overlap = torch.get_num_threads() >= 2
             return self._thread_prefills(jobs) if overlap else ({}, [])
-        if not self.overlap_prefills:
+        overlap = self.overlap_prefills
+        if not (ids.shape[0] >= 2 if overlap is None else overlap):
             return {}, []
         main = torch.cuda.current_stream(ids.device)
         views, streams = {}, []
+        pool = ThreadPoolExecutor(max_workers=len(jobs)) if self.cuda_overlap_threads else None
+
+        autocast = _autocast_state("cuda")
+
+        def on_stream(stream, i: int, inp: SharerInputs) -> KVView:
+            with torch.cuda.stream(stream), torch.autocast("cuda", **autocast):  # both are per thread
+                return self._prefill(self.sharers[i], inp.prompt_ids, inp.prompt_mask)
         for i, inp in jobs:
             stream = torch.cuda.Stream(ids.device)
             stream.wait_stream(main)  # the batch's tensors are ready
-            with torch.cuda.stream(stream):
-                views[i] = self._prefill(self.sharers[i], inp.prompt_ids, inp.prompt_mask)
+            views[i] = pool.submit(on_stream, stream, i, inp) if pool else on_stream(stream, i, inp)
             streams.append(stream)
+        if pool is not None:
+            streams.append(("pool", pool))
         return views, streams
 
     def _thread_prefills(self, jobs: list) -> tuple[dict, list]:
@@ -159,10 +179,12 @@ class Communicator(nn.Module):
         thread runs the receiver's, torch's intra-op threads split between the two."""
         total = torch.get_num_threads()
         worker_threads = max(1, total // 2)
+        autocast = _autocast_state("cpu")
 
         def work(i: int, inp: SharerInputs) -> KVView:
             torch.set_num_threads(worker_threads)
-            return self._prefill(self.sharers[i], inp.prompt_ids, inp.prompt_mask)
+            with torch.autocast("cpu", **autocast):  # autocast is per thread: the worker runs as the caller would
+                return self._prefill(self.sharers[i], inp.prompt_ids, inp.prompt_mask)
         pool = ThreadPoolExecutor(max_workers=1)
         futures = {i: pool.submit(work, i, inp) for i, inp in jobs}
         torch.set_num_threads(max(1, total - worker_threads))
@@ -172,7 +194,7 @@ class Communicator(nn.Module):
     def _join_side_streams(views: dict, streams: list) -> None:
         if not streams:
             return
-        if streams[0][0] == "threads":
+        if isinstance(streams[0], tuple) and streams[0][0] == "threads":
             _, pool, total = streams[0]
             try:
                 for i in list(views):
@@ -181,6 +203,13 @@ class Communicator(nn.Module):
                 torch.set_num_threads(total)
                 pool.shutdown()
             return
+        if isinstance(streams[-1], tuple):  # worker threads queued the side streams' work
+            _, pool = streams.pop()
+            try:
+                for i in list(views):
+                    views[i] = views[i].result()
+            finally:
+                pool.shutdown()
         main = torch.cuda.current_stream()
         for stream in streams:
             main.wait_stream(stream)

@@ -152,6 +152,47 @@ def test_cpu_overlapped_prefills_give_the_same_fused_cache():
     for a, b in zip((*out.keys, *out.values), (*ref.keys, *ref.values)):
         torch.testing.assert_close(a, b)
     assert any(not torch.equal(a, b) for a, b in zip(ref.keys, comm.fused_prompt_cache(batch, fuse=False).keys))
+    # autocast is per thread: the worker's prefill must run under the caller's (bf16-mixed training on CPU)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        comm.cpu_overlap_prefills = False
+        ref = comm.fused_prompt_cache(batch)
+        comm.cpu_overlap_prefills = True
+        out = comm.fused_prompt_cache(batch)
+    for a, b in zip((*out.keys, *out.values), (*ref.keys, *ref.values)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("threads", [False, True])
+def test_cuda_side_stream_prefills_give_the_same_fused_cache(threads):
+    from lcf.align.layers import NearestLayerMap
+    from lcf.communicator import Communicator
+    from lcf.registry import translators
+    from lcf.translators.base import PairShapes
+    from tests.conftest import tiny_gemma3, tiny_llama
+    from tests.test_compressor import xc_batch
+
+    receiver, sharer = tiny_llama(), tiny_gemma3(seed=10)
+    shapes = PairShapes.from_configs(sharer.config, receiver.config, NearestLayerMap()(3, 2))
+    tr = translators.build({"type": "lcf_lowrank", "rank": 8}, "translator", shapes=shapes)
+    perturb(tr)
+    comm = Communicator(receiver, [sharer], [tr]).eval().cuda()
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in xc_batch().items()}
+    batch["align_index"] = torch.arange(6, device="cuda").expand(2, 6).clone()
+    comm.cuda_overlap_threads = threads
+    for autocast in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            comm.overlap_prefills = False
+            ref = comm.fused_prompt_cache(batch)
+            comm.overlap_prefills = True
+            out = comm.fused_prompt_cache(batch)
+        for a, b in zip((*out.keys, *out.values), (*ref.keys, *ref.values)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    comm.overlap_prefills = None  # the default: side streams for 2 or more rows only
+    assert comm._side_stream_prefills(batch, [None])[1]
+    one = {k: v[:1] if torch.is_tensor(v) else v for k, v in batch.items()}
+    assert comm._side_stream_prefills(one, [None]) == ({}, [])
 
 
 def test_cpu_overlap_is_on_by_default_only_with_two_or_more_threads(monkeypatch):

@@ -126,6 +126,27 @@ def test_model_dtype_must_be_a_float_dtype():
         TrainerSettings(model_dtype="bf16")
 
 
+def test_training_turns_cudnn_attention_off_on_cuda_and_restores_it():
+    from lcf.communicator import Communicator
+    from lcf.training.module import LCFModule
+    from lcf.training.settings import TrainerSettings
+    from tests.conftest import tiny_gemma3, tiny_llama
+
+    comm = Communicator(tiny_llama(), [tiny_gemma3(seed=10)], [torch.nn.Linear(2, 2)])
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        for allowed, device in ((False, "cuda:0"), (True, "cuda:0"), (False, "cpu")):
+            torch.backends.cuda.enable_cudnn_sdp(True)
+            module = LCFModule(comm, TrainerSettings(cudnn_attention=allowed))
+            module._device = torch.device(device)  # the hooks only read the device: no GPU needed
+            module.on_fit_start()
+            assert torch.backends.cuda.cudnn_sdp_enabled() == (allowed or device == "cpu"), (allowed, device)
+            module.on_fit_end()
+            assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
 def test_runtime_import_is_light(tmp_path):
     code = "import sys, lcf.runtime; print(sorted(m for m in ('lightning', 'pytorch_lightning', 'deepspeed', 'omegaconf') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -113,6 +113,16 @@ class LCFModule(L.LightningModule):
         if self._trainer is not None:
             register_gate_parameters(self, self.trainer.strategy)
 
+    def on_fit_start(self) -> None:
+        self._cudnn_sdp = None
+        if self.device.type == "cuda" and not self.settings.cudnn_attention:  # see TrainerSettings.cudnn_attention
+            self._cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
+            torch.backends.cuda.enable_cudnn_sdp(False)
+
+    def on_fit_end(self) -> None:
+        if getattr(self, "_cudnn_sdp", None) is not None:
+            torch.backends.cuda.enable_cudnn_sdp(self._cudnn_sdp)
+
     def on_save_checkpoint(self, checkpoint):
         checkpoint["lcf_settings"] = self.settings.to_dict()
 

@@ -54,6 +54,10 @@ class TrainerSettings:
     # dtype of the frozen sharer and receiver (None: each model card's). bfloat16 with bf16-mixed on GPUs
     # halves their memory and spares autocast re-casting every LLM weight at every step.
     model_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    # CUDA: let torch's scaled-dot-product attention use cuDNN while training. Off by default: with bf16 LLMs
+    # it re-plans for every new sequence length, on the host (H200, docs/benchmarks.md: median step 799 ms with
+    # 2-6 s steps, 522 ms without); the flash and memory-efficient kernels take over. Restored after training.
+    cudnn_attention: bool = False
 
     def __post_init__(self):
         problems = []
