@@ -232,8 +232,8 @@ def test_open_value_check_scores_binding(xc_adapter, tmp_path):
     results = run(xc_adapter, people=[2], items=3, slot_sweep=[2], sweep_people=2, batch_size=3)
     res = results["people"]["2"]
     assert res["selection"]["data"]["values"] == "open" and res["n"] == 3
-    assert list(res["scores"]) == ["receiver alone", "lcf-x", "lcf-x int8", "lcf-x int4", "lcf-x (zero)",
-                                   "lcf-x (mismatched)"]
+    assert list(res["scores"]) == ["receiver alone", "receiver + full context", "lcf-x", "lcf-x int8", "lcf-x int4",
+                                   "lcf-x (zero)", "lcf-x (mismatched)"]
     assert all(0 <= s["other"] <= 1 for s in res["scores"].values())  # two people: one distractor each
     assert results["sweep"] == {}  # a one-slot adapter has no slot sweep
     assert "| lcf-x int4 |" in report(results, 2) and "other" in report(results, 2)
