@@ -73,3 +73,23 @@ def test_merge_cuts_runs_to_their_common_items(two_reports, tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(other))
     with pytest.raises(LCFError, match="share no item"):
         merge_results([two_reports[0], tmp_path / "c.json"])
+
+
+def test_cross_context_reports_compare_by_f1_em_and_contains(tmp_path, capsys, two_reports):
+    def xc(preds):
+        golds = [["Paris"], ["the red fox", "red fox"], ["1990"]]
+        return [{"id": f"x{i}", "pred": p, "text": p + " indeed", "gold": g} for i, (p, g) in enumerate(zip(preds, golds))]
+    path = tmp_path / "xc.json"
+    path.write_text(json.dumps({"predictions": {"lcf-x": xc(["Paris", "a red fox", "no idea"]),
+                                                "receiver alone": xc(["Rome", "no idea", "no idea"])}}))
+    preds = load_predictions([path])
+    f1 = paired_difference(preds, "lcf-x", "receiver alone", metric="f1", resamples=500)
+    assert f1["n"] == 3 and f1["a_score"] == pytest.approx(100 * (1 + 1) / 3) and f1["b_score"] == 0.0
+    em = paired_difference(preds, "lcf-x", "receiver alone", metric="em", resamples=500)
+    assert em["a_score"] == pytest.approx(100 * 2 / 3)  # "a red fox" normalises to "red fox"
+    contains = paired_difference(preds, "lcf-x", "receiver alone", metric="contains", resamples=500)
+    assert contains["a_score"] == pytest.approx(100 * 2 / 3)
+    assert main([str(path), "--pairs", "lcf-x:receiver alone", "--metric", "f1", "--resamples", "200"]) == 0
+    assert "| lcf-x - receiver alone | 3 | 66.7 | 0.0 |" in capsys.readouterr().out
+    with pytest.raises(LCFError, match="cross-context reports"):  # multiple-choice rows have no answer text
+        paired_difference(load_predictions(two_reports), "lcf", "receiver", metric="f1")

@@ -9,6 +9,8 @@ compared system has are used. For each pair ``A:B`` it prints ``A - B`` in point
 bootstrap 95% interval (items resampled with replacement, the same resample for both systems), and for
 each fused system the "follows the sharer" count: on items where receiver and sharer alone pick
 different options, how often the fused system picks the sharer's option, the receiver's, or another.
+Cross-context reports (``lcf eval-xc``) compare with ``--metric f1``, ``em`` or ``contains``, per item
+as that report scores them (SQuAD-normalised; F1 and EM on the answer's first line).
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from typing import Any
 from lcf.errors import LCFError
 
 CORRECT_KEY = {"acc": ("correct", "pred"), "acc_norm": ("correct_norm", "pred_norm"), "accuracy": ("correct", "pred")}
+#: per-item scores of cross-context reports (`lcf eval-xc`: rows with pred, text and gold answers)
+XC_METRICS = ("f1", "em", "contains")
+XC_TASK = "xc"  # the one task of a cross-context report
 
 
 def load_predictions(paths: Sequence[str | Path]) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
@@ -31,6 +36,8 @@ def load_predictions(paths: Sequence[str | Path]) -> dict[str, dict[tuple[str, s
         data = json.loads(Path(path).read_text())
         for system, tasks in (data.get("predictions") or {}).items():
             rows = out.setdefault(system, {})
+            if isinstance(tasks, list):  # a cross-context report: one list of rows per system
+                tasks = {XC_TASK: tasks}
             for task, preds in tasks.items():
                 for row in preds:
                     rows[(task, str(row["id"]))] = row
@@ -79,6 +86,22 @@ def _field(row: dict[str, Any], metric: str, which: int) -> Any:
     return row[key]
 
 
+def item_score(row: dict[str, Any], metric: str) -> float:
+    """One item's score: 0/1 for the multiple-choice metrics, F1 / EM / contains for cross-context rows."""
+    if metric not in XC_METRICS:
+        return float(bool(_field(row, metric, 0)))
+    if not ("text" in row and isinstance(row.get("gold"), list)):
+        raise LCFError(f"--metric {metric} scores cross-context reports (`lcf eval-xc`), whose rows carry the "
+                       f"answer 'text' and a list of 'gold' answers; this row has {sorted(row)}: use --metric acc "
+                       f"or acc_norm")
+    from lcf.eval.crosscontext import contains_rate
+    from lcf.eval.metrics import exact_match, f1
+
+    if metric == "contains":
+        return contains_rate([row["text"]], [row["gold"]])
+    return (f1 if metric == "f1" else exact_match)(row["pred"], row["gold"])
+
+
 def paired_difference(preds: dict[str, dict], a: str, b: str, *, metric: str = "acc_norm", task: str | None = None,
                       resamples: int = 4000, seed: int = 0) -> dict[str, Any]:
     """``a - b`` in points over the items both systems have (optionally one task), with a paired
@@ -90,12 +113,12 @@ def paired_difference(preds: dict[str, dict], a: str, b: str, *, metric: str = "
     if not keys:
         raise LCFError(f"systems {a!r} and {b!r} share no item{'' if task is None else f' of task {task!r}'}: "
                        f"evaluate them on the same tasks, --limit and --seed")
-    diff = [int(bool(_field(preds[a][k], metric, 0))) - int(bool(_field(preds[b][k], metric, 0))) for k in keys]
+    diff = [item_score(preds[a][k], metric) - item_score(preds[b][k], metric) for k in keys]
     n = len(diff)
     rng = random.Random(seed)
     stats = sorted(sum(diff[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
     lo, hi = stats[int(0.025 * resamples)], stats[min(int(0.975 * resamples), resamples - 1)]
-    acc = lambda s: 100 * sum(bool(_field(preds[s][k], metric, 0)) for k in keys) / n  # noqa: E731
+    acc = lambda s: 100 * sum(item_score(preds[s][k], metric) for k in keys) / n  # noqa: E731
     return {"a": a, "b": b, "n": n, "a_score": acc(a), "b_score": acc(b), "diff": 100 * sum(diff) / n,
             "low": 100 * lo, "high": 100 * hi}
 
@@ -123,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("results", nargs="+", help="results.json files of `lcf eval` runs on the same items")
     ap.add_argument("--pairs", nargs="*", default=[], metavar="A:B", help="system pairs to compare (A - B)")
     ap.add_argument("--follow", nargs="*", default=[], metavar="SYSTEM", help="fused systems for the follows-the-sharer count")
-    ap.add_argument("--metric", default="acc_norm", choices=sorted(CORRECT_KEY))
+    ap.add_argument("--metric", default="acc_norm", choices=[*sorted(CORRECT_KEY), *XC_METRICS])
     ap.add_argument("--task", default=None, help="one task only (default: every item of every task)")
     ap.add_argument("--resamples", type=int, default=4000)
     ap.add_argument("--merge", default=None, metavar="DIR", help="also write one report (table, JSON, plots) of all runs")
