@@ -128,7 +128,8 @@ def test_span_pool_stacked_equals_per_layer(slots, slot_mode, ts):
         torch.testing.assert_close(a, b, **TOL)
 
 
-def test_cpu_overlapped_prefills_give_the_same_fused_cache():
+def overlap_case(device: str = "cpu"):
+    """A tiny token-aligned communicator (trained-looking translator) and a batch of 2 on ``device``."""
     from lcf.align.layers import NearestLayerMap
     from lcf.communicator import Communicator
     from lcf.registry import translators
@@ -140,55 +141,43 @@ def test_cpu_overlapped_prefills_give_the_same_fused_cache():
     shapes = PairShapes.from_configs(sharer.config, receiver.config, NearestLayerMap()(3, 2))
     tr = translators.build({"type": "lcf_lowrank", "rank": 8}, "translator", shapes=shapes)
     perturb(tr)
-    comm = Communicator(receiver, [sharer], [tr]).eval()
-    batch = xc_batch()
-    batch["align_index"] = torch.arange(6).expand(2, 6).clone()
-    threads = torch.get_num_threads()
-    comm.cpu_overlap_prefills = False
+    comm = Communicator(receiver, [sharer], [tr]).eval().to(device)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in xc_batch().items()}
+    batch["align_index"] = torch.arange(6, device=device).expand(2, 6).clone()
+    return comm, batch
+
+
+def assert_overlap_changes_nothing(comm, batch, flag: str, **tolerance) -> None:
+    """The fused cache with ``comm.<flag>`` off and on are equal (within ``tolerance``)."""
+    setattr(comm, flag, False)
     ref = comm.fused_prompt_cache(batch)
-    comm.cpu_overlap_prefills = True
+    setattr(comm, flag, True)
     out = comm.fused_prompt_cache(batch)
-    assert torch.get_num_threads() == threads  # the split is undone
     for a, b in zip((*out.keys, *out.values), (*ref.keys, *ref.values)):
-        torch.testing.assert_close(a, b)
-    assert any(not torch.equal(a, b) for a, b in zip(ref.keys, comm.fused_prompt_cache(batch, fuse=False).keys))
+        torch.testing.assert_close(a, b, **tolerance)
+
+
+def test_cpu_overlapped_prefills_give_the_same_fused_cache():
+    comm, batch = overlap_case()
+    threads = torch.get_num_threads()
+    assert_overlap_changes_nothing(comm, batch, "cpu_overlap_prefills")
+    assert torch.get_num_threads() == threads  # the split is undone
+    assert any(not torch.equal(a, b) for a, b in zip(comm.fused_prompt_cache(batch).keys,
+                                                      comm.fused_prompt_cache(batch, fuse=False).keys))
     # autocast is per thread: the worker's prefill must run under the caller's (bf16-mixed training on CPU)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        comm.cpu_overlap_prefills = False
-        ref = comm.fused_prompt_cache(batch)
-        comm.cpu_overlap_prefills = True
-        out = comm.fused_prompt_cache(batch)
-    for a, b in zip((*out.keys, *out.values), (*ref.keys, *ref.values)):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert_overlap_changes_nothing(comm, batch, "cpu_overlap_prefills", rtol=0, atol=0)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("threads", [False, True])
 def test_cuda_side_stream_prefills_give_the_same_fused_cache(threads):
-    from lcf.align.layers import NearestLayerMap
-    from lcf.communicator import Communicator
-    from lcf.registry import translators
-    from lcf.translators.base import PairShapes
-    from tests.conftest import tiny_gemma3, tiny_llama
-    from tests.test_compressor import xc_batch
-
-    receiver, sharer = tiny_llama(), tiny_gemma3(seed=10)
-    shapes = PairShapes.from_configs(sharer.config, receiver.config, NearestLayerMap()(3, 2))
-    tr = translators.build({"type": "lcf_lowrank", "rank": 8}, "translator", shapes=shapes)
-    perturb(tr)
-    comm = Communicator(receiver, [sharer], [tr]).eval().cuda()
-    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in xc_batch().items()}
-    batch["align_index"] = torch.arange(6, device="cuda").expand(2, 6).clone()
+    comm, batch = overlap_case("cuda")
     comm.cuda_overlap_threads = threads
     for autocast in (False, True):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            comm.overlap_prefills = False
-            ref = comm.fused_prompt_cache(batch)
-            comm.overlap_prefills = True
-            out = comm.fused_prompt_cache(batch)
-        for a, b in zip((*out.keys, *out.values), (*ref.keys, *ref.values)):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            assert_overlap_changes_nothing(comm, batch, "overlap_prefills", rtol=0, atol=0)
     comm.overlap_prefills = None  # the default: side streams for 2 or more rows only
     assert comm._side_stream_prefills(batch, [None])[1]
     one = {k: v[:1] if torch.is_tensor(v) else v for k, v in batch.items()}
