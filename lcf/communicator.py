@@ -159,7 +159,6 @@ class Communicator(nn.Module):
         main = torch.cuda.current_stream(ids.device)
         views, streams = {}, []
         pool = ThreadPoolExecutor(max_workers=len(jobs)) if self.cuda_overlap_threads else None
-
         autocast = _autocast_state("cuda")
 
         def on_stream(stream, i: int, inp: SharerInputs) -> KVView:

@@ -46,7 +46,8 @@ def run(adapter: Any, people: list[int], items: int, slot_sweep: list[int], swee
     for n in people:
         its, facts = held_out_items(adapter, open_data(adapter, n, items))
         # the ceiling: the receiver reading the sharer's context as text (what a perfect message would give)
-        systems = [ReceiverOnly(adapter), ReceiverOnly(adapter, own="full"), *(LatentXC(adapter, quantize=q) for q in QUANTS),
+        systems = [ReceiverOnly(adapter), ReceiverOnly(adapter, own="full"),
+                   *(LatentXC(adapter, quantize=q) for q in QUANTS),
                    LatentXC(adapter, control="zero"), LatentXC(adapter, control="mismatched")]
         res = evaluate_xc(systems, its, max_new_tokens=12, batch_size=batch_size, latency_runs=0)
         res["selection"] = facts
