@@ -170,7 +170,7 @@ class Communicator(nn.Module):
             views[i] = pool.submit(on_stream, stream, i, inp) if pool else on_stream(stream, i, inp)
             streams.append(stream)
         if pool is not None:
-            streams.append(("pool", pool))
+            streams.append(("pool", pool, None))
         return views, streams
 
     def _thread_prefills(self, jobs: list) -> tuple[dict, list]:
@@ -187,28 +187,23 @@ class Communicator(nn.Module):
         pool = ThreadPoolExecutor(max_workers=1)
         futures = {i: pool.submit(work, i, inp) for i, inp in jobs}
         torch.set_num_threads(max(1, total - worker_threads))
-        return futures, [("threads", pool, total)]
+        return futures, [("pool", pool, total)]
 
     @staticmethod
     def _join_side_streams(views: dict, streams: list) -> None:
+        """Wait for the side prefills: worker threads (the last entry, ``("pool", pool, intra-op threads to
+        restore or None)``) hand over their views, then the main CUDA stream waits for the side streams."""
+        if streams and isinstance(streams[-1], tuple):
+            _, pool, threads = streams.pop()
+            try:
+                for i in list(views):
+                    views[i] = views[i].result()
+            finally:
+                if threads is not None:
+                    torch.set_num_threads(threads)
+                pool.shutdown()
         if not streams:
             return
-        if isinstance(streams[0], tuple) and streams[0][0] == "threads":
-            _, pool, total = streams[0]
-            try:
-                for i in list(views):
-                    views[i] = views[i].result()
-            finally:
-                torch.set_num_threads(total)
-                pool.shutdown()
-            return
-        if isinstance(streams[-1], tuple):  # worker threads queued the side streams' work
-            _, pool = streams.pop()
-            try:
-                for i in list(views):
-                    views[i] = views[i].result()
-            finally:
-                pool.shutdown()
         main = torch.cuda.current_stream()
         for stream in streams:
             main.wait_stream(stream)

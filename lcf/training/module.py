@@ -23,6 +23,7 @@ class LCFModule(L.LightningModule):
         super().__init__()
         self.communicator = communicator
         self.settings = settings
+        self._cudnn_sdp: bool | None = None  # cuDNN attention's setting before fit, while fit turned it off
 
     # -- steps -------------------------------------------------------------------------------
     def _anneal(self) -> float:
@@ -114,14 +115,14 @@ class LCFModule(L.LightningModule):
             register_gate_parameters(self, self.trainer.strategy)
 
     def on_fit_start(self) -> None:
-        self._cudnn_sdp = None
         if self.device.type == "cuda" and not self.settings.cudnn_attention:  # see TrainerSettings.cudnn_attention
             self._cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
             torch.backends.cuda.enable_cudnn_sdp(False)
 
     def on_fit_end(self) -> None:
-        if getattr(self, "_cudnn_sdp", None) is not None:
+        if self._cudnn_sdp is not None:
             torch.backends.cuda.enable_cudnn_sdp(self._cudnn_sdp)
+            self._cudnn_sdp = None
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["lcf_settings"] = self.settings.to_dict()

@@ -108,10 +108,11 @@ def sharer_choice_log_likelihoods(sharer: torch.nn.Module, batch: dict) -> torch
         raise LCFError(f"trainer.sharer_option_weight > 0 needs the options in the sharer's tokens, but the batch "
                        f"lacks {', '.join(missing)}; use `data: {{type: eval_task, format: cloze, choices: true}}` "
                        f"with a token-aligned sharer, or set trainer.sharer_option_weight: 0")
+    from lcf.communicator import positions_from_mask  # lcf.communicator imports this module
     from lcf.models.kv import prefill
 
     ids, mask = batch["sharer_prompt_ids"][:, :-1], batch["sharer_prompt_mask"][:, :-1]
-    view = prefill(sharer, ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    view = prefill(sharer, ids, attention_mask=mask, position_ids=positions_from_mask(mask))
     return choice_log_likelihoods(sharer, view, batch, side="sharer")
 
 
