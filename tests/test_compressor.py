@@ -135,7 +135,8 @@ def test_missing_span_ids_and_bad_arguments():
         Communicator(comm.receiver, comm.sharers, list(comm.translators), compressors=[None, None])
     assert SpanPool(shapes, spans="tokens", span_tokens=4).init_args == {"spans": "tokens", "span_tokens": 4,
                                                                          "max_spans": 64, "slots": 1,
-                                                                         "slot_mode": "spans"}
+                                                                         "slot_mode": "spans", "read": "attend",
+                                                                         "read_offset": 1}
     with pytest.raises(RecipeError, match="slots"):
         SpanPool(shapes, slots=0)
     with pytest.raises(RecipeError, match="slot_mode must be one of spans, queries"):
@@ -310,3 +311,37 @@ def test_slot_messages_travel_as_bytes(quantize):
     assert all(torch.allclose(x, y, atol=tol) for x, y in zip(again.keys, fused.keys))
     if quantize == "none":
         assert all(torch.equal(x, y) for x, y in zip(again.keys, fused.keys))
+
+
+def test_positions_read_writes_each_slot_into_its_own_prompt_position():
+    receiver, sharer = tiny_llama(), tiny_gemma3(seed=10)
+    shapes = PairShapes.from_configs(sharer.config, receiver.config, NearestLayerMap()(3, 2))
+    tr = translators.build({"type": "lcf_lowrank", "rank": 8}, "translator", shapes=shapes)
+    comp = compressors.build({"type": "span_pool", "spans": "sentence", "slots": 2, "read": "positions",
+                              "read_offset": 1}, "compressor", shapes=shapes)
+    assert len(comp.read_query) == 0 and comp.init_args["read"] == "positions"
+    with torch.no_grad():
+        for p in tr.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    comm = Communicator(receiver, [sharer], [tr], compressors=[comp]).eval()
+    batch = xc_batch()  # row 1 is left-padded by 2: its slots land 2 positions later
+    base = comm.fused_prompt_cache(batch, fuse=False)
+    fused = comm.fused_prompt_cache(batch)
+    mask = batch["receiver_prompt_mask"][:, :-1].bool()
+    _, index, amask = comp.read(comm.summaries(batch)[0], base, mask)
+    assert amask[0].tolist() == [False, True, True, False, False] and index[0, 1:3].tolist() == [0, 1]
+    assert amask[1].tolist() == [False, False, False, True, True] and index[1, 3:5].tolist() == [0, 1]
+    for layer in range(base.num_layers):
+        edited = (fused.keys[layer] - base.keys[layer]).abs().sum((1, 3)) > 0  # (B, T)
+        assert torch.equal(edited, amask), layer
+    # another item's summary changes the written positions' K/V
+    swapped = comm.fused_prompt_cache(batch, sharer_transform=lambda i, v: KVView(
+        [k.flip(0) for k in v.keys], [x.flip(0) for x in v.values], v.seq_len, v.specs))
+    assert not torch.allclose(swapped.keys[0][0, :, 1:3], fused.keys[0][0, :, 1:3])
+    comm.train()
+    comm(batch)["loss"].backward()
+    assert comp.span_query["2"].grad.abs().sum() > 0
+    with pytest.raises(LCFError, match="needs more than"):
+        comp.read(comm.summaries(batch)[0], base, mask[:, :2])
+    with pytest.raises(RecipeError, match="read must be"):
+        compressors.build({"type": "span_pool", "read": "slots"}, "compressor", shapes=shapes)

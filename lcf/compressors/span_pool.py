@@ -18,6 +18,13 @@ receiver then *reads* the slots: each receiver prompt position attends over the 
 query projected from its own K/V (:meth:`SpanPool.read`), so the question's words can pick the slot
 of the person they name. The read projection starts at zero, i.e. as the mean of the present slots.
 With ``slots=1`` the module and its tensors are exactly those of the one-slot compressor.
+
+``read="positions"`` is the other way to hand the slots over: *virtual tokens*. Slot ``j`` is written
+into receiver prompt position ``first + read_offset + j`` (``first``: the row's first real position),
+i.e. the translator fuses it into the K/V of one fixed prompt position of its own, and no other
+position is edited. The receiver's attention then reads the slots as it reads any token, instead of
+the message arriving as an edit of the question's K/V. Pick ``read_offset`` so that these positions
+hold fixed template text (e.g. a chat template's system line): they must exist in every prompt.
 """
 from __future__ import annotations
 
@@ -28,13 +35,14 @@ from torch import nn
 
 from lcf.compressors.base import Compressor
 from lcf.data.spans import SPAN_SCHEMES
-from lcf.errors import RecipeError
+from lcf.errors import KVCacheError, RecipeError
 from lcf.models.kv import KVView
 from lcf.registry import compressors
 from lcf.translators import stacked
 from lcf.translators.base import PairShapes
 
 SLOT_MODES = ("spans", "queries")
+READ_MODES = ("attend", "positions")
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -54,10 +62,13 @@ class SpanPool(Compressor):
     max_spans: spans beyond this many (per example) are merged into the last one (bounds memory).
     slots: summary positions per layer and head (1: the paper's single pooled summary).
     slot_mode: ``spans`` (one slot per span) or ``queries`` (``slots`` learned summary queries).
+    read: how the receiver gets the slots: ``attend`` (each prompt position reads them through a learned
+        query) or ``positions`` (slot j fused into prompt position ``read_offset + j``: virtual tokens).
+    read_offset: first written position (counted from the row's first real token) in ``positions`` mode.
     """
 
     def __init__(self, shapes: PairShapes, spans: str = "paragraph", span_tokens: int = 32, max_spans: int = 64,
-                 slots: int = 1, slot_mode: str = "spans"):
+                 slots: int = 1, slot_mode: str = "spans", read: str = "attend", read_offset: int = 1):
         super().__init__(shapes)
         if spans not in SPAN_SCHEMES:
             raise RecipeError(f"span_pool: spans must be one of {', '.join(SPAN_SCHEMES)}, got {spans!r}")
@@ -66,6 +77,11 @@ class SpanPool(Compressor):
                 raise RecipeError(f"span_pool: `{name}` must be an integer >= 1, got {value!r}")
         if slot_mode not in SLOT_MODES:
             raise RecipeError(f"span_pool: slot_mode must be one of {', '.join(SLOT_MODES)}, got {slot_mode!r}")
+        if read not in READ_MODES:
+            raise RecipeError(f"span_pool: read must be one of {', '.join(READ_MODES)}, got {read!r}")
+        if isinstance(read_offset, bool) or not isinstance(read_offset, int) or read_offset < 0:
+            raise RecipeError(f"span_pool: `read_offset` must be an integer >= 0, got {read_offset!r}")
+        self.read_mode, self.read_offset = read, read_offset
         self.spans, self.span_tokens, self.max_spans = spans, span_tokens, max_spans
         self.slots, self.slot_mode = slots, slot_mode
         self.summary_len = slots
@@ -82,6 +98,8 @@ class SpanPool(Compressor):
             if slot_mode == "queries":  # distinct starting queries, or every slot would stay the same
                 q = torch.randn(slots, spec.kv_heads, spec.head_dim, generator=gen) * spec.head_dim ** -0.5
                 self.summary_query[str(s)] = nn.Parameter(q)
+            if read == "positions":
+                continue
             t = self.reader_layer(s)
             r = shapes.receiver[t]
             read = nn.Linear(2 * r.kv_heads * r.head_dim, spec.kv_heads * spec.head_dim)
@@ -160,6 +178,8 @@ class SpanPool(Compressor):
         (``T`` positions); mask: ``(B, T)`` real positions. Returns ``(view, align_index, align_mask)``
         for the translator: a view of ``T`` rows per summarised layer and the identity alignment.
         Slots that are all zero (absent spans, the zero control) are not read."""
+        if self.read_mode == "positions":
+            return self._read_positions(summary, mask)
         if self.slots == 1:
             return super().read(summary, receiver, mask)
         if self.stacked:
@@ -185,6 +205,22 @@ class SpanPool(Compressor):
             values.append(torch.einsum("bhts,bhsd->bhtd", a, slot_v).to(sv.dtype))
         index = torch.arange(t, device=mask.device).expand(b, t)
         return KVView(keys, values, t, list(summary.specs)), index, mask.bool()
+
+    def _read_positions(self, summary: KVView, mask: torch.Tensor) -> tuple[KVView, torch.Tensor, torch.Tensor]:
+        """Virtual tokens: slot ``j`` goes to prompt position ``first + read_offset + j``, nothing else is edited."""
+        b, t = mask.shape
+        mask = mask.bool()
+        first = mask.long().argmax(-1)  # (B,) first real position (left padding before it)
+        real = mask.sum(-1)
+        need = self.read_offset + self.summary_len
+        if bool((real < need).any()):
+            raise KVCacheError(f"span_pool (read=positions) writes {self.summary_len} slots from prompt position "
+                               f"{self.read_offset} on, so every receiver prompt needs more than {need} tokens; the "
+                               f"shortest has {int(real.min()) + 1}. Use a prompt template with a longer fixed "
+                               f"preamble, or fewer slots / a smaller read_offset")
+        slot = torch.arange(t, device=mask.device).view(1, t) - (first + self.read_offset).view(b, 1)
+        amask = (slot >= 0) & (slot < self.summary_len) & mask
+        return summary, slot.clamp(0, self.summary_len - 1), amask
 
     def _read_stacked(self, summary: KVView, receiver: KVView, mask: torch.Tensor):
         """:meth:`read` with the summarised layers of one shape (and reader-layer shape) in one batch."""
