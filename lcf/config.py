@@ -195,6 +195,7 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
             attempt(_check_settings, section, cls, data[section])
     if not problems:  # depths are only meaningful once the models and the layer map are valid
         attempt(_check_layer_map_depths, data)
+        attempt(_check_span_scheme, data)
     attempt(check_sharers, data, check_model=_check_model_spec, check_depths=_check_layer_map_depths,
             check_component=lambda kind, spec, path: get_registry(kind).check(
                 spec, path, extra={"shapes": None} if _accepts(get_registry(kind), spec, "shapes") else None))
@@ -230,6 +231,36 @@ def _accepts(registry, spec, name: str) -> bool:
     except (RegistryError, KeyError, TypeError):
         return False
     return name in params
+
+
+def _span_scheme(kind: str, spec: Any) -> tuple[Any, Any] | None:
+    """``(spans, span_tokens)`` a data or compressor spec asks for (its class's defaults filling in), or None."""
+    from lcf.registry import signature_parameters
+
+    if not isinstance(spec, dict) or "type" not in spec:
+        return None
+    try:
+        params, _, _ = signature_parameters(get_registry(kind).get(spec["type"]))
+    except (RegistryError, KeyError, TypeError):
+        return None
+    if "spans" not in params:
+        return None
+    default = {k: params[k].default if k in params else None for k in ("spans", "span_tokens")}
+    return spec.get("spans", default["spans"]), spec.get("span_tokens", default["span_tokens"])
+
+
+def _check_span_scheme(data: dict) -> None:
+    """The compressor is run (runtime, ``lcf eval-xc``) with the span scheme recorded in its config, and
+    trained with the one the data cuts: the two must agree, or it learns on one and is used with another."""
+    comp, ds = _span_scheme("compressors", data.get("compressor")), _span_scheme("datasets", data.get("data"))
+    if comp is None or ds is None or comp[0] is None or ds[0] is None:
+        return
+    if comp[0] != ds[0] or (comp[0] == "tokens" and comp[1] != ds[1]):
+        said = lambda s: s[0] + (f", {s[1]} per span" if s[0] == "tokens" else "")  # noqa: E731
+        raise RecipeError(
+            f"compressor.spans ({said(comp)}) and data.spans ({said(ds)}) differ: training would cut the context "
+            f"as the data says while the exported adapter cuts it as the compressor says; set both the same, "
+            f"e.g. data.spans={comp[0]}" + (f" data.span_tokens={comp[1]}" if comp[0] == "tokens" else ""))
 
 
 def _check_layer_map_depths(data: dict) -> None:

@@ -143,3 +143,12 @@ def test_cli_validate_and_list(tmp_path, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "nearest" in out and "smollm2-135m-instruct" in out and "gemma3-to-smollm2" in out
+
+
+def test_compressor_and_data_must_cut_the_context_alike():
+    ok = load_recipe("recipes/crosscontext_repeat.yaml")  # tokens of 2 on both sides
+    validate_recipe(ok)
+    with pytest.raises(RecipeError, match=r"compressor.spans \(tokens, 2 per span\) and data.spans \(tokens, 4 per"):
+        validate_recipe(load_recipe("recipes/crosscontext_repeat.yaml", ["data.span_tokens=4"]))
+    with pytest.raises(RecipeError, match=r"e.g. data.spans=sentence"):  # the data's default is paragraph
+        validate_recipe(load_recipe("recipes/crosscontext_open.yaml", ["compressor.spans=sentence"]))
