@@ -237,6 +237,22 @@ def test_fact_transfer_answer_only_on_sharer_side(mode, rtok, stok):
             split_paragraph_texts(half.sharer_context) + split_paragraph_texts(half.receiver_context))
 
 
+def test_fact_transfer_repeat_fraction_turns_training_questions_into_repeats():
+    from lcf.data.fact_transfer import REPEAT_QUESTION
+
+    kw = dict(num_train=200, num_val=30, values="open", phrasing="varied", num_paragraphs=[1, 2], seed=2)
+    plain, mixed = FactTransferData(**kw), FactTransferData(**kw, repeat_fraction=0.5)
+    (pt, pv), (mt, mv) = plain.split_examples(), mixed.split_examples()
+    assert pv == mv  # validation always asks the question
+    repeats = [m for m in mt if m.question == REPEAT_QUESTION]
+    assert 70 < len(repeats) < 130 and all(m.answers == [m.sharer_context] for m in repeats)
+    for p, m in zip(pt, mt):  # the same worlds, whatever the fraction
+        assert p.sharer_context == m.sharer_context and (m.question == REPEAT_QUESTION or m == p)
+    assert all(m.question == REPEAT_QUESTION for m in FactTransferData(**kw, repeat_fraction=1.0).split_examples()[0])
+    with pytest.raises(DataError, match="repeat_fraction must be"):
+        FactTransferData(repeat_fraction=1.5)
+
+
 @pytest.mark.parametrize("kwargs, needle", [
     ({"attributes": ["color"]}, "Did you mean 'colour'"), ({"attributes": []}, "attributes is empty"),
     ({"attributes": ["city"], "num_paragraphs": 17}, "only 16"), ({"num_train": 0}, "num_train must be"),

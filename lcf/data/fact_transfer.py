@@ -109,6 +109,10 @@ def name_pools(seed: int) -> dict[str, tuple[list[str], list[str]]]:
     return {"val": (firsts[:nf], lasts[:nl]), "train": (firsts[nf:], lasts[nl:])}
 
 
+#: the receiver's question of a repeat (autoencoding) example
+REPEAT_QUESTION = "Repeat the message you were sent, word for word."
+
+
 @datasets.register("fact_transfer")
 class FactTransferData(XCData):
     """Synthetic cross-context facts (see the module docstring); needs no data files.
@@ -120,6 +124,12 @@ class FactTransferData(XCData):
     attributes: the attributes questions may ask (default: all of ``city``, ``colour``, ``pet``,
         ``locker``, ``code_word``).
     receiver_context: ``none`` (question only) or ``half`` (the receiver also reads distractors).
+    repeat_fraction: this fraction of the *training* examples asks the receiver to repeat the sharer's
+        context word for word instead of answering (:data:`REPEAT_QUESTION`; the answer is the whole
+        context): an autoencoding task with every token of the message as a target, so the translator
+        learns to carry strings it has not seen, the way In-Context Autoencoders pretrain memory slots
+        (Ge et al., arXiv 2307.06945). Validation examples always ask the question. Raise
+        ``max_response_tokens`` to fit the context.
     data_root: accepted for uniform recipes; unused.
     Other options as in :class:`~lcf.data.xcdata.XCData` (``val_size``/``train_size`` are
     ``num_val``/``num_train`` here).
@@ -146,7 +156,11 @@ class FactTransferData(XCData):
         max_prompt_tokens: int = 1024,
         max_response_tokens: int = 32,
         data_root: str | None = None,
+        repeat_fraction: float = 0.0,
     ) -> None:
+        if isinstance(repeat_fraction, bool) or not isinstance(repeat_fraction, (int, float)) \
+                or not 0 <= repeat_fraction <= 1:
+            raise DataError(f"fact_transfer: repeat_fraction must be a fraction in [0, 1], got {repeat_fraction!r}")
         people = list(num_paragraphs) if isinstance(num_paragraphs, (list, tuple)) else [num_paragraphs] * 2
         if len(people) != 2 or people[0] > people[1]:
             raise DataError(f"fact_transfer: num_paragraphs must be an int or [lo, hi] with lo <= hi, got "
@@ -182,6 +196,7 @@ class FactTransferData(XCData):
         self.people, self.values, self.phrasing = (people[0], people[1]), values, phrasing
         self.attributes = list(dict.fromkeys(attrs))
         self._pools = value_split(seed) if values == "open" else None
+        self.repeat_fraction = float(repeat_fraction)
 
     def __repr__(self) -> str:
         return (f"FactTransferData(num_train={self.num_train}, num_val={self.num_val}, "
@@ -250,8 +265,12 @@ class FactTransferData(XCData):
             # a separate generator, so the worlds are the same whichever receiver_context is chosen
             receiver_idx = sorted(random.Random(f"{id}/{self.seed}/half").sample(distractors, n // 2))
             sharer_idx = [i for i in range(n) if i not in receiver_idx]
+        context = "\n\n".join(paragraphs[i] for i in sharer_idx)
+        # a separate generator again: the same worlds whatever the fraction
+        if split == "train" and random.Random(f"{id}/{self.seed}/repeat").random() < self.repeat_fraction:
+            question, answer = REPEAT_QUESTION, context
         return XCExample(
-            id=id, sharer_context="\n\n".join(paragraphs[i] for i in sharer_idx), question=question, answers=[answer],
+            id=id, sharer_context=context, question=question, answers=[answer],
             receiver_context="\n\n".join(paragraphs[i] for i in receiver_idx), source=source,
             distractors=[v for i, v in enumerate(values) if i != target],
         )

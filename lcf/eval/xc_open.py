@@ -9,11 +9,16 @@ the right value) and *other* (it names another person's value of the same attrib
 does not bind values to people scores high here). Then, for adapters with per-span slots, the same
 adapter read with 2..16 slots and each quantisation: accuracy against message bytes
 (``accuracy_vs_bytes.png``).
+
+For adapters trained with repeats (``fact_transfer`` ``repeat_fraction`` > 0), or with ``--repeat``: the
+same held-out worlds with the receiver asked to repeat the message word for word (``repeat``):
+*contains* then says whether the asked value survives the message at all, whatever the question.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +44,54 @@ def set_slots(adapter: Any, slots: int) -> None:
     comp.slots = comp.summary_len = slots
 
 
+def repeat_check(adapter: Any, people: int, items: int, batch_size: int = 8) -> dict[str, Any]:
+    """The held-out worlds with :data:`~lcf.data.fact_transfer.REPEAT_QUESTION` as the question (the gold
+    answer stays the asked value, so *contains* = the value is in the repeated text): LCF-X, its
+    controls, and the receiver repeating the context it read as text."""
+    from dataclasses import replace
+
+    from lcf.data.fact_transfer import REPEAT_QUESTION
+
+    its, facts = held_out_items(adapter, open_data(adapter, people, items))
+    its = [replace(it, question=REPEAT_QUESTION) for it in its]
+    systems = [ReceiverOnly(adapter, own="full"), LatentXC(adapter), LatentXC(adapter, control="zero"),
+               LatentXC(adapter, control="mismatched")]
+    res = evaluate_xc(systems, its, max_new_tokens=48, batch_size=batch_size, latency_runs=0)
+    res["selection"] = facts
+    res["overlap"] = repeat_overlap(res["predictions"], [it.sharer_context for it in its])
+    return res
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def repeat_overlap(predictions: dict[str, list[dict]], contexts: list[str]) -> dict[str, dict[str, float]]:
+    """Per system: mean word-set Jaccard of each repeat with its own context (``own``) and with the next
+    item's context (``other``, the chance level of a fluent but uninformed repeat)."""
+    out = {}
+    for name, preds in predictions.items():
+        own = [_jaccard(_words(p["pred"]), _words(c)) for p, c in zip(preds, contexts)]
+        other = [_jaccard(_words(p["pred"]), _words(c)) for p, c in zip(preds, contexts[1:] + contexts[:1])]
+        out[name] = {"own": sum(own) / max(1, len(own)), "other": sum(other) / max(1, len(other))}
+    return out
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / max(1, len(a | b))
+
+
 def run(adapter: Any, people: list[int], items: int, slot_sweep: list[int], sweep_people: int,
-        batch_size: int = 8, on_result: Any = None) -> dict[str, Any]:
+        batch_size: int = 8, on_result: Any = None, repeat: bool | None = None) -> dict[str, Any]:
     """``on_result(results)`` is called after every setting (to save partial results of long runs)."""
     out: dict[str, Any] = {"people": {}, "sweep": {}}
+    trained = (adapter.config.get("training") or {}).get("data") or {}
+    if repeat or (repeat is None and float(trained.get("repeat_fraction") or 0) > 0):
+        out["repeat"] = repeat_check(adapter, min(people), items, batch_size)
+        print(f"## asked to repeat the message ({min(people)} people per context)\n"
+              f"{format_xc_table(out['repeat'])}\n", flush=True)
+        if on_result:
+            on_result(out)
     for n in people:
         its, facts = held_out_items(adapter, open_data(adapter, n, items))
         # the ceiling: the receiver reading the sharer's context as text (what a perfect message would give)
@@ -99,7 +148,8 @@ def plot(results: dict[str, Any], path: Path, people: int) -> None:
     ax.set_ylabel("answer contains the right value (%)")
     ax.set_title(f"LCF-X on unseen values (sweep: {people} people per context)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -107,6 +157,14 @@ def plot(results: dict[str, Any], path: Path, people: int) -> None:
 
 def report(results: dict[str, Any], sweep_people: int) -> str:
     lines = ["# LCF-X on open information (unseen values, several people per context)", ""]
+    if "repeat" in results:
+        lines += [f"## Asked to repeat the message ({results['repeat']['n']} held-out worlds)", "",
+                  format_xc_table(results["repeat"]), "",
+                  "contains here: the repeated text names the asked value (the message carried it).", "",
+                  "| system | word overlap with its context | with another item's context |", "|---|---:|---:|"]
+        for name, o in results["repeat"].get("overlap", {}).items():
+            lines.append(f"| {name} | {o['own']:.3f} | {o['other']:.3f} |")
+        lines.append("")
     for n, res in results["people"].items():
         lines += [f"## {n} people per context ({res['n']} held-out worlds)", "", format_xc_table(res), ""]
     if results["sweep"]:
@@ -134,6 +192,8 @@ def main() -> None:
     ap.add_argument("--slots", type=int, nargs="*", default=[2, 4, 8, 16], help="slot counts of the size sweep")
     ap.add_argument("--sweep-people", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeat", action="store_const", const=True, default=None,
+                    help="also ask for the message repeated (default: when the adapter was trained with repeats)")
     args = ap.parse_args()
     torch.manual_seed(0)
     adapter = load_adapter(resolve_adapter(args.adapter))
@@ -145,7 +205,8 @@ def main() -> None:
         (out / "report.md").write_text(report(results, args.sweep_people))
         plot(results, out / "accuracy_vs_bytes.png", args.sweep_people)
 
-    save(run(adapter, args.people, args.items, args.slots, args.sweep_people, args.batch_size, on_result=save))
+    save(run(adapter, args.people, args.items, args.slots, args.sweep_people, args.batch_size, on_result=save,
+             repeat=args.repeat))
     print(f"written to {out}")
 
 
