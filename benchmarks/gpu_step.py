@@ -14,9 +14,13 @@ process, with the same seed and data:
   with ``trainer.model_dtype=bfloat16`` and ``data.bucket_by_length=true``.
 - ``defaults``: the library's defaults (stacked; side streams for batches of 2+ rows; cuDNN attention
   off while training); ``defaults+bf16+bucket``: plus the two recipe switches.
+- ``compiled``, ``cudagraphs``: ``defaults+bf16+bucket`` with lengths padded to multiples of 64 and the
+  frozen LLMs' bodies under ``torch.compile`` (``trainer.compile_models=default`` / ``reduce-overhead``,
+  the latter with CUDA graphs). Their first steps of each shape compile: give them ``--steps`` to spare
+  and a later ``--profile-step``.
 
-Per setting: the median wall time of the steps after the first two (``torch.cuda.synchronize`` at
-both ends), and for one step (the 5th) a ``torch.profiler`` trace: the GPU kernels it ran (one launch
+Per setting: the median wall time of the steps after the first ``--skip`` (2; ``torch.cuda.synchronize``
+at both ends), and for one step (``--profile-step``, the 5th by default) a ``torch.profiler`` trace: the GPU kernels it ran (one launch
 each; memcpy/memset counted apart), their summed GPU time, and the CPU-side launch calls. Peak GPU
 memory per setting. The last line gives last / first setting for kernels and step time (targets
 <= 0.1 and <= 1/3). Random-weight real architectures are fine (``benchmarks/random_pair.py``): none of
@@ -52,6 +56,10 @@ SETTINGS = {
     "stacked+bf16-cudnn+bucket": (["trainer.model_dtype=bfloat16", "data.bucket_by_length=true"], True, False),
     "defaults": ([], True, None),
     "defaults+bf16+bucket": (["trainer.model_dtype=bfloat16", "data.bucket_by_length=true"], True, None),
+    "compiled": (["trainer.model_dtype=bfloat16", "data.bucket_by_length=true", "data.pad_to_multiple=64",
+                  "trainer.compile_models=default"], True, None),
+    "cudagraphs": (["trainer.model_dtype=bfloat16", "data.bucket_by_length=true", "data.pad_to_multiple=64",
+                    "trainer.compile_models=reduce-overhead"], True, None),
 }
 
 
@@ -105,9 +113,10 @@ def summarise(prof) -> dict:
     }
 
 
-def run_setting(name: str, recipe: str, overrides: list[str], steps: int, out: Path) -> dict:
+def run_setting(name: str, recipe: str, overrides: list[str], steps: int, out: Path, profile_step: int = 4,
+                skip: int = 2) -> dict:
     extra, stacked, overlap = SETTINGS[name]
-    probe = StepProbe(profile_step=4, stacked=stacked, overlap=overlap)
+    probe = StepProbe(profile_step=profile_step, stacked=stacked, overlap=overlap)
     callbacks = run_module._callbacks
     run_module._callbacks = lambda settings, folder: [*callbacks(settings, folder), probe]
     try:
@@ -119,7 +128,7 @@ def run_setting(name: str, recipe: str, overrides: list[str], steps: int, out: P
     finally:
         run_module._callbacks = callbacks
     summary = json.loads((run / "summary.json").read_text())
-    later = probe.steps[2:] or probe.steps
+    later = probe.steps[skip:] or probe.steps
     return {"setting": name, "paths": probe.paths, "step_ms": 1000 * statistics.median(later),
             "steps_ms": [round(1000 * s, 1) for s in probe.steps], "peak_gib": probe.peak / 2**30,
             "train_loss": summary["metrics"].get("train/loss"), **probe.trace}
@@ -131,17 +140,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--settings", nargs="+", default=["reference", "defaults"], choices=list(SETTINGS),
                     help="settings to run, in order; the first is the reference of the last line's ratios")
+    ap.add_argument("--profile-step", type=int, default=4, help="the step (from 0) whose kernels are counted")
+    ap.add_argument("--skip", type=int, default=2, help="steps left out of the median (the first ones)")
     ap.add_argument("--json", help="write the results here as JSON")
     ap.add_argument("overrides", nargs="*", help="recipe overrides for every setting, e.g. data_root=DIR")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_step.py needs a CUDA GPU (torch.cuda.is_available() is False)")
     print(f"{args.recipe} on {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.steps} steps per "
-          f"setting; median of steps 3-{args.steps}; kernels of step 5", flush=True)
+          f"setting; median of steps {args.skip + 1}-{args.steps}; kernels of step {args.profile_step + 1}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.settings:
-            row = run_setting(name, args.recipe, args.overrides, args.steps, Path(tmp))
+            row = run_setting(name, args.recipe, args.overrides, args.steps, Path(tmp), args.profile_step, args.skip)
             rows.append(row)
             print(f"{name:>26}: {'/'.join(row['paths'])}, median step {row['step_ms']:.1f} ms "
                   f"(steps {row['steps_ms']}), kernels {row.get('kernels')} + {row.get('copies')} copies "

@@ -15,6 +15,10 @@ loss for both paths, the largest loss difference (same batches only), the respon
 of tokens over sum of step times, first step excluded as warm-up) and, as the last line, the ratio.
 
 ``--paths per_layer`` runs one path only (also on a checkout older than the stacked path).
+``--compile MODE`` runs the stacked path with the frozen LLMs' decoder bodies under ``torch.compile``
+(``trainer.compile_models``; the per-layer reference stays eager: the compiled call is swapped in and
+out around each stacked step); ``--warmup N`` leaves the first N steps (compilation) out of the timing;
+``--pad-to-multiple N`` pads both paths' batches alike (``data.pad_to_multiple``: fewer shapes to compile).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from lcf.communicator import Communicator
 from lcf.config import load_recipe, validate_recipe
 from lcf.data.features import pad_token_id
 from lcf.data.instruct import collate
+from lcf.models.kv import decoder
 from lcf.pair import build_pair
 from lcf.training.run import build_data, build_translator
 from lcf.translators.base import annealed_temperature
@@ -63,6 +68,9 @@ def main() -> None:
     ap.add_argument("--no-overlap", action="store_true",
                     help="stacked path without the CPU prefill overlap (on by default with >= 2 threads)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--compile", default=None, help="torch.compile mode for the frozen LLMs on the stacked path")
+    ap.add_argument("--warmup", type=int, default=1, help="first steps left out of the timing")
+    ap.add_argument("--pad-to-multiple", type=int, default=1, help="pad every batch length to a multiple of this")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. data.max_prompt_tokens=64")
     args = ap.parse_args()
     if args.threads:
@@ -90,7 +98,8 @@ def main() -> None:
                              lengths=[receiver_length(f) for f in train]).order(0)
         orders["stacked"] = [train[i] for i in order]
     steps = len(train) // bs if args.bucket else args.steps  # bucketed: every example once on both paths
-    batches = {p: [collate(rows[i:i + bs], *pads) for i in range(0, len(rows) - bs + 1, bs)][:steps]
+    batches = {p: [collate(rows[i:i + bs], *pads, pad_to_multiple=args.pad_to_multiple)
+                   for i in range(0, len(rows) - bs + 1, bs)][:steps]
                for p, rows in orders.items()}
     for p in ("per_layer", "stacked") if args.bucket else ("stacked",):
         real = sum(int(b["receiver_prompt_mask"].sum() + b["response_mask"].sum()) for b in batches[p])
@@ -110,6 +119,8 @@ def main() -> None:
         torch.manual_seed(recipe.get("seed", 0))
         runs[path] = {"comm": comm, "tr": tr, "opt": opt, "sched": sched, "rng": torch.get_rng_state(),
                       "loss": [], "time": []}
+    bodies = [decoder(pair.receiver.model), decoder(pair.sharer.model)]
+    compiled = [torch.compile(b._call_impl, mode=args.compile) for b in bodies] if args.compile else None
     anneal = trainer.get("gate_anneal_steps") or trainer["max_steps"]
     tokens = {p: [] for p in paths}
     for step in range(steps):
@@ -118,6 +129,8 @@ def main() -> None:
             tokens[path].append(int(batch["response_mask"].sum()))
             r = runs[path]
             torch.set_rng_state(r["rng"])
+            for body, fn in zip(bodies, compiled or []):  # what nn.Module.compile sets; None: eager
+                body._compiled_call_impl = fn if path == "stacked" else None
             t0 = time.perf_counter()
             r["tr"].gates.set_temperature(annealed_temperature(
                 step, anneal, trainer["gate_temperature_start"], trainer["gate_temperature_end"]))
@@ -135,11 +148,13 @@ def main() -> None:
             f" loss {runs[p]['loss'][-1]:.6f} {runs[p]['time'][-1] * 1000:.0f} ms" for p in paths), flush=True)
     overlap = {p: runs[p]["comm"].cpu_overlap_prefills for p in paths}
     print(f"{steps} steps of batch {bs}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"translator {recipe['translator']}; step 0 excluded from timing (warm-up)")
+          f"translator {recipe['translator']}; steps 0-{args.warmup - 1} excluded from timing (warm-up)"
+          f"{f'; stacked path with the frozen LLMs compiled ({args.compile})' if args.compile else ''}"
+          f"{f'; lengths padded to multiples of {args.pad_to_multiple}' if args.pad_to_multiple > 1 else ''}")
     rate = {}
     for path in paths:
-        t = runs[path]["time"][1:]
-        rate[path] = sum(tokens[path][1:]) / sum(t)
+        t = runs[path]["time"][args.warmup:]
+        rate[path] = sum(tokens[path][args.warmup:]) / sum(t)
         print(f"  {path:<10} {rate[path]:8.1f} response tokens/s  (median step {statistics.median(t) * 1000:.0f} ms; "
               f"prefill overlap {'auto' if overlap[path] is None else overlap[path]}"
               f"{', length-bucketed' if args.bucket and path == 'stacked' else ''})")
@@ -147,7 +162,8 @@ def main() -> None:
         print("losses not compared: the two paths saw the same examples in different batches")
     elif len(paths) == 2:
         diff = max(abs(a - b) for a, b in zip(runs["per_layer"]["loss"], runs["stacked"]["loss"]))
-        per_step = statistics.median(a / b for a, b in zip(runs["per_layer"]["time"][1:], runs["stacked"]["time"][1:]))
+        per_step = statistics.median(a / b for a, b in zip(runs["per_layer"]["time"][args.warmup:],
+                                                           runs["stacked"]["time"][args.warmup:]))
         print(f"max loss difference over {steps} steps: {diff:.2e} (target <= 1e-4)")
         print(f"median per-step time ratio per_layer / stacked: {per_step:.3f}")
     if len(paths) == 2:

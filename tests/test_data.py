@@ -182,6 +182,11 @@ def test_collate_by_hand():
     assert b["align_mask"].dtype == torch.bool and all(
         b[k].dtype == torch.long for k in BATCH_KEYS if k != "align_mask")
     assert b["sharer_prompt_ids"][0, 3] == 22  # the aligned position reads the right sharer token
+    # pad_to_multiple: every length rounded up (more left padding on prompts, right padding on responses)
+    p = collate(feats, receiver_pad_id=0, sharer_pad_id=9, pad_to_multiple=4)
+    assert p["receiver_prompt_ids"].tolist() == [[0, 11, 12, 13], [0, 0, 14, 15]]
+    assert p["sharer_prompt_ids"].shape == (2, 4) and p["response_mask"].tolist() == [[1, 0, 0, 0], [1, 1, 1, 0]]
+    assert p["align_index"].tolist() == [[0, 0, 3, 0], [0, 0, 2, 3]]
 
 
 def test_collate_real_features_point_at_the_same_sharer_tokens(tmp_path, rtok, stok, aligner):

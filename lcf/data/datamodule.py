@@ -56,7 +56,8 @@ class InstructDataModule(lightning.LightningDataModule):
         self.val_features: list[dict] = []
         self._prepared = False
         self._collate = partial(
-            collate, receiver_pad_id=pad_token_id(receiver_tokenizer), sharer_pad_id=pad_token_id(sharer_tokenizer)
+            collate, receiver_pad_id=pad_token_id(receiver_tokenizer), sharer_pad_id=pad_token_id(sharer_tokenizer),
+            pad_to_multiple=int(getattr(data, "pad_to_multiple", 1)),
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -108,8 +108,14 @@ def prompt_features(alignment: Any) -> dict[str, list]:
     }
 
 
-def collate_prompts(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_pad_id: int) -> dict[str, torch.Tensor]:
-    """LEFT-pad the prompt part of ``features`` (receiver and sharer prompts, alignment).
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def collate_prompts(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_pad_id: int,
+                    pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """LEFT-pad the prompt part of ``features`` (receiver and sharer prompts, alignment), each side to its
+    longest prompt rounded up to a multiple of ``pad_to_multiple``.
 
     ``align_index`` indexes the *padded* sharer row: each value is shifted by that row's sharer left
     padding, and is 0 wherever ``align_mask`` is False (including receiver padding). When the features
@@ -119,8 +125,8 @@ def collate_prompts(features: Sequence[Mapping[str, Any]], receiver_pad_id: int,
     if not features:
         raise LCFError("collate: got an empty list of features; a batch needs at least one example")
     b = len(features)
-    tp = max(len(f["receiver_prompt_ids"]) for f in features)
-    ts = max(len(f["sharer_prompt_ids"]) for f in features)
+    tp = _round_up(max(len(f["receiver_prompt_ids"]) for f in features), pad_to_multiple)
+    ts = _round_up(max(len(f["sharer_prompt_ids"]) for f in features), pad_to_multiple)
     out = {
         "receiver_prompt_ids": torch.full((b, tp), receiver_pad_id, dtype=torch.long),
         "receiver_prompt_mask": torch.zeros(b, tp, dtype=torch.long),
@@ -170,13 +176,15 @@ def _collate_span_ids(features: Sequence[Mapping[str, Any]], with_spans: list[bo
     return out
 
 
-def collate(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_pad_id: int) -> dict[str, torch.Tensor]:
+def collate(features: Sequence[Mapping[str, Any]], receiver_pad_id: int, sharer_pad_id: int,
+            pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
     """Pad features into a batch (keys :data:`BATCH_KEYS`): prompts LEFT-padded (see
     :func:`collate_prompts`) so generation continues from the right edge; responses RIGHT-padded with
-    ``receiver_pad_id``. Masks are long 1/0 except ``align_mask`` (bool).
+    ``receiver_pad_id``. Masks are long 1/0 except ``align_mask`` (bool). ``pad_to_multiple``: every
+    length rounded up to a multiple of it (fewer distinct shapes for compiled models).
     """
-    out = collate_prompts(features, receiver_pad_id, sharer_pad_id)
-    b, tr = len(features), max(len(f["response_ids"]) for f in features)
+    out = collate_prompts(features, receiver_pad_id, sharer_pad_id, pad_to_multiple)
+    b, tr = len(features), _round_up(max(len(f["response_ids"]) for f in features), pad_to_multiple)
     out["response_ids"] = torch.full((b, tr), receiver_pad_id, dtype=torch.long)
     out["response_mask"] = torch.zeros(b, tr, dtype=torch.long)
     for i, f in enumerate(features):

@@ -246,6 +246,8 @@ class InstructData:
     receiver_template, sharer_template: ``auto`` / ``chat`` / ``plain`` (see ``lcf.align.templates``).
     bucket_by_length: training batches of examples of similar receiver length (less padding); the
         order stays seeded and resumable (``lcf.data.sampling``).
+    pad_to_multiple: pad every batch's prompt and response lengths up to a multiple of this (1: no
+        extra padding). Fewer distinct shapes, for compiled models or CUDA graphs (``trainer.compile_models``).
     """
 
     def __init__(
@@ -263,6 +265,7 @@ class InstructData:
         receiver_template: str = "auto",
         sharer_template: str = "auto",
         bucket_by_length: bool = False,
+        pad_to_multiple: int = 1,
     ) -> None:
         self._check_source(files, hub_id)
         if format not in FORMATS:
@@ -271,6 +274,9 @@ class InstructData:
                                  max_response_tokens, 1), ("val_size", val_size, 0)):
             if value < low:
                 raise DataError(f"instruct_json: {name} must be >= {low}, got {value}")
+        if isinstance(pad_to_multiple, bool) or not isinstance(pad_to_multiple, int) or pad_to_multiple < 1:
+            raise DataError(f"instruct_json: pad_to_multiple must be an integer >= 1 (1: no extra padding), "
+                            f"got {pad_to_multiple!r}")
         if train_size is not None and train_size < 1:
             raise DataError(f"instruct_json: train_size must be >= 1 or null (all rows), got {train_size}")
         self.files = list(files) if files else None
@@ -281,6 +287,7 @@ class InstructData:
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.receiver_template, self.sharer_template = receiver_template, sharer_template
         self.bucket_by_length = bool(bucket_by_length)  # training batches of similar length (lcf.data.sampling)
+        self.pad_to_multiple = pad_to_multiple
 
     @staticmethod
     def _check_source(files: list[str] | None, hub_id: str | None) -> None:

@@ -8,6 +8,7 @@ import torch
 
 from lcf.communicator import Communicator
 from lcf.errors import LCFError
+from lcf.models.kv import decoder
 from lcf.training.settings import TrainerSettings
 from lcf.training.options import option_terms
 from lcf.training.strategy import gathered, offloads_optimizer, register_gate_parameters
@@ -24,6 +25,7 @@ class LCFModule(L.LightningModule):
         self.communicator = communicator
         self.settings = settings
         self._cudnn_sdp: bool | None = None  # cuDNN attention's setting before fit, while fit turned it off
+        self._compiled: list[torch.nn.Module] = []  # frozen decoder bodies compiled for this fit
 
     # -- steps -------------------------------------------------------------------------------
     def _anneal(self) -> float:
@@ -118,8 +120,30 @@ class LCFModule(L.LightningModule):
         if self.device.type == "cuda" and not self.settings.cudnn_attention:  # see TrainerSettings.cudnn_attention
             self._cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
             torch.backends.cuda.enable_cudnn_sdp(False)
+        if self.settings.compile_models:
+            self.compile_frozen(self.settings.compile_models)
+
+    def compile_frozen(self, mode: str) -> None:
+        """``torch.compile`` the decoder bodies of the frozen LLMs (prefills and the receiver's continuation
+        run through them; the LM head stays eager). Undone by :meth:`uncompile_frozen` (at the end of fit)."""
+        comm = self.communicator
+        for model in [comm.receiver, *(s for s in comm.sharers if s is not None)]:
+            body = decoder(model)
+            if body not in self._compiled:
+                body.compile(mode=mode)
+                self._compiled.append(body)
+
+    def uncompile_frozen(self) -> None:
+        for body in self._compiled:
+            body._compiled_call_impl = None  # what nn.Module.compile set; None: the eager call
+        self._compiled = []
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self._compiled and self.settings.compile_models == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last step's graph outputs may be reused
 
     def on_fit_end(self) -> None:
+        self.uncompile_frozen()
         if self._cudnn_sdp is not None:
             torch.backends.cuda.enable_cudnn_sdp(self._cudnn_sdp)
             self._cudnn_sdp = None

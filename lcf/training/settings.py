@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+#: ``trainer.compile_models`` values: None (eager) or a ``torch.compile`` mode
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @dataclass
 class TrainerSettings:
@@ -58,6 +61,10 @@ class TrainerSettings:
     # it re-plans for every new sequence length, on the host (H200, docs/benchmarks.md: median step 799 ms with
     # 2-6 s steps, 522 ms without); the flash and memory-efficient kernels take over. Restored after training.
     cudnn_attention: bool = False
+    # torch.compile the frozen LLMs' decoder bodies for training (None: eager): a torch.compile mode, e.g.
+    # "default" (Inductor's fused kernels) or "reduce-overhead" (plus CUDA graphs; best with fixed shapes,
+    # data.pad_to_multiple). The first steps of each new shape pay the compilation. Undone after training.
+    compile_models: str | None = None
 
     def __post_init__(self):
         problems = []
@@ -85,6 +92,9 @@ class TrainerSettings:
             problems.append(f"option_score must be 'norm' (acc_norm) or 'sum' (acc), got {self.option_score!r}")
         if self.model_dtype not in (None, "float32", "bfloat16", "float16"):
             problems.append(f"model_dtype must be float32, bfloat16, float16 or null (the card's), got {self.model_dtype!r}")
+        if self.compile_models not in COMPILE_MODES:
+            problems.append(f"compile_models must be null (eager) or one of {', '.join(m for m in COMPILE_MODES if m)}, "
+                            f"got {self.compile_models!r}")
         from lcf.training.strategy import check_strategy
 
         check_strategy(self.strategy, self.accelerator)  # fails at validation time, not after loading models
