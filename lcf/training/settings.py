@@ -93,8 +93,8 @@ class TrainerSettings:
         if self.model_dtype not in (None, "float32", "bfloat16", "float16"):
             problems.append(f"model_dtype must be float32, bfloat16, float16 or null (the card's), got {self.model_dtype!r}")
         if self.compile_models not in COMPILE_MODES:
-            problems.append(f"compile_models must be null (eager) or one of {', '.join(m for m in COMPILE_MODES if m)}, "
-                            f"got {self.compile_models!r}")
+            modes = ", ".join(m for m in COMPILE_MODES if m)
+            problems.append(f"compile_models must be null (eager) or one of {modes}, got {self.compile_models!r}")
         from lcf.training.strategy import check_strategy
 
         check_strategy(self.strategy, self.accelerator)  # fails at validation time, not after loading models
