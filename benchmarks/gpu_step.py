@@ -23,8 +23,8 @@ Per setting: the median wall time of the steps after the first ``--skip`` (2; ``
 at both ends), and for one step (``--profile-step``, the 5th by default) a ``torch.profiler`` trace: the
 GPU kernels it ran (one launch each; memcpy/memset counted apart), their summed GPU time, and the
 CPU-side launch calls. Peak GPU memory per setting. The last line gives last / first setting for
-kernels and step time (targets <= 0.1 and <= 1/3). Random-weight real architectures are fine (``benchmarks/random_pair.py``): none of
-this depends on the weights.
+kernels and step time (targets <= 0.1 and <= 1/3). Random-weight real architectures are fine
+(``benchmarks/random_pair.py``): none of this depends on the weights.
 """
 from __future__ import annotations
 
