@@ -67,7 +67,8 @@ def xc_adapter(xc_adapter_dir):
 def test_export_holds_translator_and_compressor(xc_adapter_dir, xc_adapter):
     cfg = json.loads((xc_adapter_dir / "adapter_config.json").read_text())
     assert cfg["compressor"] == {"type": "span_pool", "args": {"spans": "paragraph", "span_tokens": 32, "max_spans": 64,
-                                                               "slots": 1, "slot_mode": "spans"}}
+                                                               "slots": 1, "slot_mode": "spans", "read": "attend",
+                                                               "read_offset": 1}}
     comp = xc_adapter.compressor
     assert cfg["num_parameters"] == xc_adapter.translator.num_parameters() + comp.num_parameters()
     ckpt = torch.load(xc_adapter_dir.parent / "runs" / "tiny" / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
