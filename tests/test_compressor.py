@@ -345,3 +345,5 @@ def test_positions_read_writes_each_slot_into_its_own_prompt_position():
         comp.read(comm.summaries(batch)[0], base, mask[:, :2])
     with pytest.raises(RecipeError, match="read must be"):
         compressors.build({"type": "span_pool", "read": "slots"}, "compressor", shapes=shapes)
+    with pytest.raises(RecipeError, match="read_offset` must be an integer >= 0"):
+        compressors.build({"type": "span_pool", "read": "positions", "read_offset": -1}, "compressor", shapes=shapes)

@@ -135,6 +135,9 @@ def test_exactly_one_source_and_arguments_checked():
             InstructData(**kwargs)
     with pytest.raises(DataError, match="max_prompt_tokens"):
         InstructData(files=["a.json"], max_prompt_tokens=0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(DataError, match="pad_to_multiple must be an integer >= 1"):
+            InstructData(files=["a.json"], pad_to_multiple=bad)
 
 
 # -- features ------------------------------------------------------------------------------------
