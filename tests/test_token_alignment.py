@@ -123,6 +123,35 @@ def test_empty_text(hand_a, hand_b):
     assert len(al) == 1 and not al.mask.any()
 
 
+def test_read_ahead_hand_case(hand_a, hand_b):
+    plain = align_texts(hand_b, hand_a, "hello world")  # mask [F, T, T, T, T], index [0, 0, 1, 2, 3]
+    ahead = MaximalCoverageAligner(read_ahead=1).align_texts(hand_b, hand_a, "hello world")
+    assert ahead.sharer_index.tolist() == [0, 1, 2, 3, 3]  # the last aligned position keeps its own token
+    assert torch.equal(ahead.mask, plain.mask) and torch.equal(ahead.coverage, plain.coverage)
+    two = MaximalCoverageAligner(read_ahead=2).align_texts(hand_b, hand_a, "hello world")
+    assert two.sharer_index.tolist() == [0, 2, 3, 2, 3]
+    far = MaximalCoverageAligner(read_ahead=9).align_texts(hand_b, hand_a, "hello world")
+    assert torch.equal(far.sharer_index, plain.sharer_index)  # fewer aligned positions than the shift
+
+
+def test_read_ahead_skips_template_tokens():
+    r, s = tiny_receiver_tokenizer(), tiny_sharer_tokenizer()
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the answer?"}]
+    plain = align_messages(r, s, msgs)
+    ahead = token_aligners.build({"type": "maximal_coverage", "read_ahead": 1}).align_messages(r, s, msgs)
+    aligned = torch.nonzero(plain.mask).flatten()  # two messages: a gap of template tokens between them
+    assert (aligned[1:] - aligned[:-1]).max() > 1
+    assert ahead.sharer_index[aligned[:-1]].tolist() == plain.sharer_index[aligned[1:]].tolist()
+    assert ahead.sharer_index[aligned[-1]] == plain.sharer_index[aligned[-1]]
+    assert torch.equal(ahead.sharer_index[~plain.mask], plain.sharer_index[~plain.mask])  # still 0, masked
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
+def test_read_ahead_validation(bad):
+    with pytest.raises(AlignmentError, match="read_ahead must be an integer >= 0"):
+        MaximalCoverageAligner(read_ahead=bad)
+
+
 def test_registered_component_and_validation():
     aligner = token_aligners.build({"type": "maximal_coverage", "pick": "first", "min_coverage": 0.25})
     assert isinstance(aligner, MaximalCoverageAligner) and aligner.pick == "first" and aligner.min_coverage == 0.25
@@ -253,3 +282,16 @@ def test_real_long_prompt_shapes(real_receiver_tokenizer, real_sharer_tokenizer)
     al = MaximalCoverageAligner().align_texts(real_receiver_tokenizer, real_sharer_tokenizer, text)
     assert len(al) > 2000 and al.num_aligned == len(al)
     assert al.coverage.min() > 0
+
+
+@pytest.mark.real
+def test_real_cloze_read_ahead_reaches_the_last_sharer_token(real_receiver_tokenizer, real_sharer_tokenizer):
+    msgs = [{"role": "user", "content": "Question: Which gas do plants absorb?\nAnswer:"}]
+    aligner = MaximalCoverageAligner(read_ahead=1)
+    al = aligner.align_messages(real_receiver_tokenizer, real_sharer_tokenizer, msgs,
+                                receiver_template="raw", sharer_template="raw")
+    last_sharer = len(al.sharer_ids) - 1  # ':' of "Answer:", where the sharer predicts the answer
+    assert int(al.sharer_index[-2]) == last_sharer  # the last fused position (all prompt tokens but the last)
+    plain = align_messages(real_receiver_tokenizer, real_sharer_tokenizer, msgs, receiver_template="raw",
+                           sharer_template="raw")
+    assert int(plain.sharer_index[:-1].max()) < last_sharer  # plain coverage never fuses it

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from lcf.align.ahead import read_ahead
 from lcf.align.templates import TemplateName, format_messages, tokenizer_label
 from lcf.errors import AlignmentError
 from lcf.registry import token_aligners
@@ -341,18 +342,25 @@ class MaximalCoverageAligner:
         ``"first"`` — the first sharer token covering any character of the receiver token.
     min_coverage: receiver tokens whose chosen sharer token covers a smaller fraction of their
         characters are masked (no fusion).
+    read_ahead: each aligned receiver position reads the sharer token chosen for the aligned receiver
+        position ``read_ahead`` places later (:func:`lcf.align.ahead.read_ahead`); 0 is plain coverage.
     """
 
-    def __init__(self, pick: Pick = "longest", min_coverage: float = 0.0) -> None:
+    def __init__(self, pick: Pick = "longest", min_coverage: float = 0.0, read_ahead: int = 0) -> None:
         if pick not in ("longest", "first"):
             raise AlignmentError(f"MaximalCoverageAligner: pick must be 'longest' or 'first', got {pick!r}")
         if not 0.0 <= float(min_coverage) <= 1.0:
             raise AlignmentError(f"MaximalCoverageAligner: min_coverage must lie in [0, 1], got {min_coverage!r}")
+        if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 0:
+            raise AlignmentError(f"MaximalCoverageAligner: read_ahead must be an integer >= 0 (0: each position "
+                                 f"reads its own token's sharer token), got {read_ahead!r}")
         self.pick: Pick = pick
         self.min_coverage = float(min_coverage)
+        self.read_ahead = read_ahead
 
     def __repr__(self) -> str:
-        return f"MaximalCoverageAligner(pick={self.pick!r}, min_coverage={self.min_coverage})"
+        ahead = f", read_ahead={self.read_ahead}" if self.read_ahead else ""
+        return f"MaximalCoverageAligner(pick={self.pick!r}, min_coverage={self.min_coverage}{ahead})"
 
     def align_texts(
         self,
@@ -365,10 +373,10 @@ class MaximalCoverageAligner:
         add_special_tokens: bool | tuple[bool, bool] = True,
     ) -> TokenAlignment:
         """``align_texts`` with this aligner's settings."""
-        return align_texts(
+        return read_ahead(align_texts(
             receiver_tokenizer, sharer_tokenizer, receiver_text, sharer_text, segments,
             add_special_tokens=add_special_tokens, pick=self.pick, min_coverage=self.min_coverage,
-        )
+        ), self.read_ahead)
 
     def align_messages(
         self,
@@ -381,8 +389,8 @@ class MaximalCoverageAligner:
         add_generation_prompt: bool = True,
     ) -> TokenAlignment:
         """``align_messages`` with this aligner's settings."""
-        return align_messages(
+        return read_ahead(align_messages(
             receiver_tokenizer, sharer_tokenizer, messages, receiver_template=receiver_template,
             sharer_template=sharer_template, add_generation_prompt=add_generation_prompt,
             pick=self.pick, min_coverage=self.min_coverage,
-        )
+        ), self.read_ahead)
