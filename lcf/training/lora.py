@@ -8,6 +8,7 @@ Output: ``<output_dir>/<name>-lora/lora/`` (a PEFT adapter folder) + ``summary.j
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from lcf.pair import build_pair
 from lcf.training.options import choice_log_likelihoods, option_terms, require_choices
 from lcf.training.run import build_data, build_translator, make_trainer, run_dir_of
 from lcf.training.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -133,6 +136,9 @@ def train_lora(recipe_path: str | Path, overrides=(), *, rank: int | None = None
     trainer = make_trainer(settings, out, callbacks=[], enable_checkpointing=False)
     save_resolved(cfg, out)
     teacher = pair.sharer.model if settings.sharer_option_weight > 0 else None
+    if settings.contrast_weight > 0:
+        log.warning("trainer.contrast_weight is ignored by the LoRA control: it compares sharer caches, and the "
+                    "LoRA receiver reads none (its other losses are the translator's)")
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     trainer.fit(LoRAReceiverModule(peft_model, settings, teacher), datamodule=dm)

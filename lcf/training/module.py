@@ -10,6 +10,7 @@ from lcf.communicator import Communicator
 from lcf.errors import LCFError
 from lcf.models.kv import decoder
 from lcf.training.settings import TrainerSettings
+from lcf.training.contrast import contrast_loss, mismatched_batch
 from lcf.training.options import option_terms
 from lcf.training.strategy import gathered, offloads_optimizer, register_gate_parameters
 from lcf.translators.base import annealed_temperature
@@ -52,6 +53,8 @@ class LCFModule(L.LightningModule):
         s = self.settings
         out = self._forward(batch)
         loss = self._with_option_loss(out, batch, "train")
+        if s.contrast_weight > 0:
+            loss = loss + s.contrast_weight * self._contrast(out, batch)
         if s.gate_sparsity > 0 and (open_frac := self.open_fraction()) is not None:
             penalty = s.gate_sparsity * (open_frac - s.gate_target_open) ** 2
             self.log("train/lm_loss", loss.detach(), batch_size=batch["response_ids"].shape[0])
@@ -111,6 +114,21 @@ class LCFModule(L.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name.endswith(("acc", "agree")),
                      batch_size=bs, sync_dist=sync)
         return out["loss"] + extra
+
+    def _contrast(self, out: dict, batch: dict) -> torch.Tensor:
+        """The contrastive term (:mod:`lcf.training.contrast`): a second fused pass with another item's cache."""
+        comm = self.communicator
+        if len(comm.sharers) != 1 or comm.compressor(0) is not None:
+            raise LCFError("trainer.contrast_weight > 0 needs exactly one token-aligned sharer (no compressor, not "
+                           "several sharers); set trainer.contrast_weight: 0 for this recipe")
+        other = comm(mismatched_batch(batch), choices=True)["choice_ll"]
+        loss, logs = contrast_loss(out["choice_ll"], other, batch, self.settings.contrast_margin,
+                                   self.settings.option_score)
+        bs = batch["response_ids"].shape[0]
+        self.log("train/contrast", loss.detach(), batch_size=bs)
+        for name, value in logs.items():
+            self.log(f"train/{name}", value, batch_size=bs)
+        return loss
 
     def setup(self, stage: str) -> None:
         if self._trainer is not None:

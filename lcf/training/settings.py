@@ -40,6 +40,11 @@ class TrainerSettings:
     # own (the sharer as teacher; one token-aligned sharer; the LoRA control gets the same term).
     sharer_option_weight: float = 0.0
     sharer_option_temperature: float = 1.0  # both distributions at this temperature (< 1 sharpens them)
+    # ... plus contrast_weight * mean relu(contrast_margin - (option CE with another item's sharer cache
+    # - option CE with the item's own)): the right cache must beat a wrong one (lcf.training.contrast;
+    # one token-aligned sharer; costs a second fused pass per step; the LoRA control has no sharer: off there).
+    contrast_weight: float = 0.0
+    contrast_margin: float = 0.2
     val_every_n_steps: int = 50
     limit_val_batches: int | None = None
     checkpoint_every_n_steps: int = 50
@@ -86,6 +91,10 @@ class TrainerSettings:
             problems.append(f"option_loss_weight must be >= 0 (0 turns the option loss off), got {self.option_loss_weight}")
         if not self.sharer_option_weight >= 0:
             problems.append(f"sharer_option_weight must be >= 0 (0 turns the sharer term off), got {self.sharer_option_weight}")
+        if not self.contrast_weight >= 0:
+            problems.append(f"contrast_weight must be >= 0 (0 turns the contrastive term off), got {self.contrast_weight}")
+        if not self.contrast_margin >= 0:
+            problems.append(f"contrast_margin must be >= 0 (nats of option cross-entropy), got {self.contrast_margin}")
         if not self.sharer_option_temperature > 0:
             problems.append(f"sharer_option_temperature must be > 0 (1: plain softmax), got {self.sharer_option_temperature}")
         if self.option_score not in ("norm", "sum"):
@@ -104,7 +113,7 @@ class TrainerSettings:
     @property
     def uses_choices(self) -> bool:
         """Whether a training step needs every option of each item (an option term is on)."""
-        return self.option_loss_weight > 0 or self.sharer_option_weight > 0
+        return self.option_loss_weight > 0 or self.sharer_option_weight > 0 or self.contrast_weight > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
