@@ -196,6 +196,7 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
     if not problems:  # depths are only meaningful once the models and the layer map are valid
         attempt(_check_layer_map_depths, data)
         attempt(_check_span_scheme, data)
+        attempt(_check_contrast, data)
     attempt(check_sharers, data, check_model=_check_model_spec, check_depths=_check_layer_map_depths,
             check_component=lambda kind, spec, path: get_registry(kind).check(
                 spec, path, extra={"shapes": None} if _accepts(get_registry(kind), spec, "shapes") else None))
@@ -247,6 +248,17 @@ def _span_scheme(kind: str, spec: Any) -> tuple[Any, Any] | None:
         return None
     default = {k: params[k].default if k in params else None for k in ("spans", "span_tokens")}
     return spec.get("spans", default["spans"]), spec.get("span_tokens", default["span_tokens"])
+
+
+def _check_contrast(data: dict) -> None:
+    """``trainer.contrast_weight`` swaps in another item's token-aligned sharer cache: one sharer, no compressor."""
+    trainer = data.get("trainer") or {}
+    if not (isinstance(trainer, dict) and (trainer.get("contrast_weight") or 0) > 0):
+        return
+    if data.get("compressor") is not None or data.get("sharers"):
+        what = "a compressor (cross-context)" if data.get("compressor") is not None else "a `sharers:` list"
+        raise RecipeError(f"trainer.contrast_weight > 0 compares one token-aligned sharer's caches, but this recipe "
+                          f"has {what}; set trainer.contrast_weight: 0")
 
 
 def _check_span_scheme(data: dict) -> None:

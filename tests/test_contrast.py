@@ -71,3 +71,17 @@ def test_contrast_settings_are_validated():
     with pytest.raises(ValueError, match="contrast_margin must be >= 0"):
         TrainerSettings(contrast_margin=-0.1)
     assert TrainerSettings(contrast_weight=0.5).uses_choices
+
+
+def test_recipes_that_cannot_contrast_are_refused_at_validation():
+    from lcf.config import load_recipe, validate_recipe
+    from lcf.errors import RecipeError
+
+    def check(path, *overrides):
+        return validate_recipe(load_recipe(path, list(overrides)))
+
+    with pytest.raises(RecipeError, match="contrast_weight > 0 compares one token-aligned sharer"):
+        check("recipes/crosscontext.yaml", "trainer.contrast_weight=1")
+    with pytest.raises(RecipeError, match="batch_size must be >= 2"):
+        check("recipes/science_mc_contrast.yaml", "trainer.batch_size=1")
+    assert check("recipes/science_mc_contrast.yaml")["trainer"]["contrast_weight"] == 1.0

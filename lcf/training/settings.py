@@ -93,6 +93,9 @@ class TrainerSettings:
             problems.append(f"sharer_option_weight must be >= 0 (0 turns the sharer term off), got {self.sharer_option_weight}")
         if not self.contrast_weight >= 0:
             problems.append(f"contrast_weight must be >= 0 (0 turns the contrastive term off), got {self.contrast_weight}")
+        if self.contrast_weight > 0 and self.batch_size < 2:
+            problems.append(f"contrast_weight > 0 pairs each item with another item of its batch: batch_size must "
+                            f"be >= 2 (got {self.batch_size})")
         if not self.contrast_margin >= 0:
             problems.append(f"contrast_margin must be >= 0 (nats of option cross-entropy), got {self.contrast_margin}")
         if not self.sharer_option_temperature > 0:
