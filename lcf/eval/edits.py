@@ -40,7 +40,8 @@ def _position_norms(a: torch.Tensor, b: torch.Tensor | None, mask: torch.Tensor)
 def edit_norms(adapter: Any, contexts: Sequence[str], *, batch_size: int = 8) -> dict[str, Any]:
     """Mean per-layer norms over the fused positions of ``contexts`` (see the module docstring)."""
     if len(set(contexts)) < 2:
-        raise LCFError("edit norms compare each item with another item's sharer cache: give at least 2 distinct prompts")
+        raise LCFError("edit norms compare each item with another item's sharer cache: give at least 2 "
+                       "distinct prompts")
     system = AdapterSystem(adapter)
     comm = adapter.communicator
     sums: dict[tuple[int, str, str], float] = {}

@@ -92,7 +92,8 @@ class TrainerSettings:
         if not self.sharer_option_weight >= 0:
             problems.append(f"sharer_option_weight must be >= 0 (0 turns the sharer term off), got {self.sharer_option_weight}")
         if not self.contrast_weight >= 0:
-            problems.append(f"contrast_weight must be >= 0 (0 turns the contrastive term off), got {self.contrast_weight}")
+            problems.append(f"contrast_weight must be >= 0 (0 turns the contrastive term off), "
+                            f"got {self.contrast_weight}")
         if self.contrast_weight > 0 and self.batch_size < 2:
             problems.append(f"contrast_weight > 0 pairs each item with another item of its batch: batch_size must "
                             f"be >= 2 (got {self.batch_size})")
