@@ -94,7 +94,7 @@ def test_rope_mean_pools_keys_without_their_phase(setup):
 def test_batched_greedy_equals_one_row_at_a_time(setup):
     model, tok = setup
     rows = [cc.prepare_item(model, tok, q, c) for q, c in
-            [(QUESTION, CONTEXT), ("Who?", "Bo."), ("What does the third person keep at home?", CONTEXT + " " + CONTEXT)]]
+            [(QUESTION, CONTEXT), ("Who?", "Bo."), ("What does the third one keep?", CONTEXT + " " + CONTEXT)]]
     made = [cc.compress(p, "mean-2") for p in rows]
     batched = cc.greedy(model, [v for v, _ in made], [p.tail for p in rows], [s for _, s in made], 6, set())
     for p, (v, s), got in zip(rows, made, batched):
@@ -120,7 +120,7 @@ def test_rank_projection_is_exact_at_full_rank_and_lossy_below(setup):
 def test_mismatched_uses_the_other_items_context_and_tail_positions(setup):
     model, tok = setup
     p = cc.prepare_item(model, tok, QUESTION, CONTEXT)
-    o = cc.prepare_item(model, tok, QUESTION, "Bo lives in Oslo and keeps a goat. He is a carpenter by trade, they say.")
+    o = cc.prepare_item(model, tok, QUESTION, "Bo lives in Oslo and keeps a goat. He is a carpenter by trade.")
     view, start = cc.compress(p, "mismatched", other=o)
     assert start == p.a + (o.b - o.a) and view.seq_len == start
     torch.testing.assert_close(view.keys[0][:, :, p.a:], o.view.keys[0][:, :, o.a:o.b])

@@ -45,8 +45,11 @@ from lcf.errors import LCFError
 from lcf.models.kv import KVView, cache_kwargs, prefill
 from lcf.runtime.messages import pack_int4, unpack_int4
 
-DEFAULT_METHODS = ("text", "mean-2", "mean-4", "mean-8", "rmean-2", "rmean-4", "last-2", "last-4", "mean-all", "rank-32", "rank-64",
+DEFAULT_METHODS = ("text", "mean-2", "mean-4", "mean-8", "rmean-2", "rmean-4", "last-2", "last-4", "mean-all",
+                   "rank-32", "rank-64",
                    "rank-128", "rank-256", "int8", "int4", "zero", "mismatched")
+
+METHOD_FORMS = "text, mean-S, rmean-S, mean-all, last-S, rank-R, int8, int4, zero, mismatched"
 
 
 @dataclass
@@ -200,8 +203,7 @@ def compress(p: Prepared, method: str, *, basis: Basis | None = None, other: Pre
                 raise LCFError("rank-R needs a fitted Basis")
             ck, cv = basis.project(layer, ck, cv, int(arg))
         else:
-            raise LCFError(f"unknown method {method!r}; expected one of text, mean-S, rmean-S, mean-all, last-S, rank-R, int8, "
-                           f"int4, zero, mismatched")
+            raise LCFError(f"unknown method {method!r}; expected one of {METHOD_FORMS}")
         keys.append(torch.cat([hk[:, :, :p.a], ck], dim=2))
         values.append(torch.cat([hv[:, :, :p.a], cv], dim=2))
     return KVView(keys, values, keys[0].shape[2], p.view.specs), p.a + n
@@ -268,8 +270,7 @@ def run(model: Any, tokenizer: Any, items: Sequence[Any], methods: Sequence[str]
 
     bad = [m for m in methods if not valid_method(m)]
     if bad:
-        raise LCFError(f"unknown methods {bad}; expected text, mean-S, rmean-S, mean-all, last-S, rank-R, int8, int4, zero, "
-                       f"mismatched (S, R: positive integers)")
+        raise LCFError(f"unknown methods {bad}; expected {METHOD_FORMS} (S, R: positive integers)")
     prep = [prepare_item(model, tokenizer, it.question, it.sharer_context, template) for it in items]
     basis = None
     if any(m.startswith("rank-") for m in methods):
@@ -291,7 +292,8 @@ def run(model: Any, tokenizer: Any, items: Sequence[Any], methods: Sequence[str]
                          max_new_tokens, stop)
             texts += [tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
         preds = [_first_line(t) for t in texts]
-        scores = squad_scores(preds, golds) | {"contains": contains_rate(texts, golds), "slots": sum(slots) / len(slots)}
+        scores = squad_scores(preds, golds) | {"contains": contains_rate(texts, golds),
+                                               "slots": sum(slots) / len(slots)}
         if any(it.distractors for it in items):
             scores["other"] = contains_rate(texts, [it.distractors or [""] for it in items])
         res["scores"][method] = scores
