@@ -126,6 +126,36 @@ def test_mismatched_uses_the_other_items_context_and_tail_positions(setup):
     torch.testing.assert_close(view.keys[0][:, :, p.a:], o.view.keys[0][:, :, o.a:o.b])
 
 
+def test_late_question_is_computed_without_the_context(setup):
+    """late:M: the question's K/V equal a pass over the whole prompt with the context masked out."""
+    from lcf.align.templates import format_messages
+    from lcf.data.crosscontext import _encode_prompt, receiver_message
+    from transformers import DynamicCache
+
+    from lcf.models.kv import cache_kwargs, extract_kv
+
+    model, tok = setup
+    p = cc.prepare_item(model, tok, QUESTION, CONTEXT)
+    late = cc.late_tail(model, p)
+    assert late.seq_len == len(p.tail) - 1
+    text = format_messages(tok, [{"role": "user", "content": receiver_message(QUESTION, CONTEXT)}]).text
+    ids = torch.tensor([_encode_prompt(tok, text)[0][:-1]])
+    mask = torch.ones_like(ids)
+    mask[:, p.a:p.b] = 0
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model.model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(ids.shape[1])[None],
+                    use_cache=True, **cache_kwargs(model.model, cache))
+    ref = extract_kv(cache, model.config, seq_len=ids.shape[1])
+    for layer in range(2):
+        torch.testing.assert_close(late.keys[layer], ref.keys[layer][:, :, p.b:])
+        torch.testing.assert_close(late.values[layer], ref.values[layer][:, :, p.b:])
+    res = cc.run(model, tok, [XCExample(id="0", sharer_context=CONTEXT, question=QUESTION, answers=["x"])],
+                 ["text", "late:text", "late:mean-2"], max_new_tokens=3)
+    assert res["scores"]["late:text"]["slots"] == res["scores"]["text"]["slots"]
+    assert cc.valid_method("late:rank-64") and not cc.valid_method("late:late:text")
+
+
 def test_run_scores_and_rejects_unknown_methods(setup):
     model, tok = setup
     items = [XCExample(id=str(i), sharer_context=CONTEXT.replace("Tromsø", c), question=QUESTION, answers=[c])

@@ -21,7 +21,10 @@ context's tokens is then replaced by one of these before the question is read on
   projected onto the R leading principal directions of that layer, fitted on training-split contexts:
   what a joint low-rank bottleneck of width R keeps at best, linearly (LCF-128 has R = 128);
 * ``int8`` / ``int4``: K/V quantised as latent messages quantise them (``lcf.runtime.messages``);
-* controls ``zero`` (the context's K/V all zero) and ``mismatched`` (the next item's context cache).
+* controls ``zero`` (the context's K/V all zero) and ``mismatched`` (the next item's context cache);
+* ``late:M`` (any method M): the question's tokens are computed *without* the context and only the last
+  prompt token and the answer read the (compressed) context, as in fusion, where the receiver's prompt
+  is prefilled first and its cache then edited by the message.
 
 The tokens after the context (question, answer prompt) then run on the compressed cache at their
 original positions, so nothing they compute can come from the uncompressed context. Greedy answers,
@@ -49,7 +52,8 @@ DEFAULT_METHODS = ("text", "mean-2", "mean-4", "mean-8", "rmean-2", "rmean-4", "
                    "rank-32", "rank-64",
                    "rank-128", "rank-256", "int8", "int4", "zero", "mismatched")
 
-METHOD_FORMS = "text, mean-S, rmean-S, mean-all, last-S, rank-R, int8, int4, zero, mismatched"
+METHOD_FORMS = "text, mean-S, rmean-S, mean-all, last-S, rank-R, int8, int4, zero, mismatched (each also as late:M)"
+LATE = "late:"
 
 
 @dataclass
@@ -85,6 +89,25 @@ def prepare_item(model: Any, tokenizer: Any, question: str, context: str, templa
         raise LCFError("the receiver has sliding-window layers shorter than this prompt; cache_ceiling needs every "
                        "position cached (use a model without sliding windows, or shorter contexts)")
     return Prepared(view, a, b, ids_t[0, b:])
+
+
+@torch.no_grad()
+def late_tail(model: Any, p: Prepared) -> KVView:
+    """K/V of the tail's tokens but the last, computed on the head alone: the question read *without* the
+    context, as in fusion, where the prompt is prefilled before the message edits its cache."""
+    from lcf.models.kv import decoder, extract_kv
+
+    n = len(p.tail) - 1
+    head = KVView([k[:, :, :p.a] for k in p.view.keys], [v[:, :, :p.a] for v in p.view.values], p.a, p.view.specs)
+    if n == 0:
+        return KVView([k[:, :, :0] for k in head.keys], [v[:, :, :0] for v in head.values], 0, head.specs)
+    cache = head.to_cache(model)
+    body = decoder(model)
+    body(input_ids=p.tail[None, :-1], position_ids=torch.arange(p.b, p.b + n, device=p.tail.device)[None],
+         attention_mask=torch.ones(1, p.a + n, dtype=torch.long, device=p.tail.device), use_cache=True,
+         **cache_kwargs(body, cache))
+    full = extract_kv(cache, model.config, seq_len=p.a + n)
+    return KVView([k[:, :, p.a:] for k in full.keys], [v[:, :, p.a:] for v in full.values], n, full.specs)
 
 
 def _groups(n: int, size: int) -> list[range]:
@@ -209,6 +232,12 @@ def compress(p: Prepared, method: str, *, basis: Basis | None = None, other: Pre
     return KVView(keys, values, keys[0].shape[2], p.view.specs), p.a + n
 
 
+def _join(first: KVView, second: KVView) -> KVView:
+    return KVView([torch.cat([a, b], dim=2) for a, b in zip(first.keys, second.keys)],
+                  [torch.cat([a, b], dim=2) for a, b in zip(first.values, second.values)],
+                  first.seq_len + second.seq_len, first.specs)
+
+
 def batch_views(views: Sequence[KVView]) -> tuple[KVView, list[int]]:
     """Left-pad single-row views to one batch; returns it and each row's number of padded positions."""
     n = max(v.seq_len for v in views)
@@ -255,6 +284,7 @@ def greedy(model: Any, views: Sequence[KVView], tails: Sequence[torch.Tensor], s
 
 
 def valid_method(m: str) -> bool:
+    m = m.removeprefix(LATE)
     kind, _, arg = m.partition("-")
     return (m in ("text", "int8", "int4", "zero", "mismatched", "mean-all")
             or (kind in ("mean", "rmean", "last", "rank") and arg.isdigit() and int(arg) > 0))
@@ -286,10 +316,15 @@ def run(model: Any, tokenizer: Any, items: Sequence[Any], methods: Sequence[str]
         texts, slots = [], []
         for lo in range(0, len(prep), batch_size):
             chunk = range(lo, min(lo + batch_size, len(prep)))
-            made = [compress(prep[i], method, basis=basis, other=prep[(i + 1) % len(prep)], rope=rope) for i in chunk]
+            base = method.removeprefix(LATE)
+            made = [compress(prep[i], base, basis=basis, other=prep[(i + 1) % len(prep)], rope=rope) for i in chunk]
             slots += [view.seq_len - prep[i].a for i, (view, _) in zip(chunk, made)]
-            new = greedy(model, [v for v, _ in made], [prep[i].tail for i in chunk], [s for _, s in made],
-                         max_new_tokens, stop)
+            tails = [prep[i].tail for i in chunk]
+            if method != base:  # the question's K/V come from a pass without the context; only the last token reads
+                made = [(_join(v, late_tail(model, prep[i])), s + len(prep[i].tail) - 1)
+                        for i, (v, s) in zip(chunk, made)]
+                tails = [t[-1:] for t in tails]
+            new = greedy(model, [v for v, _ in made], tails, [s for _, s in made], max_new_tokens, stop)
             texts += [tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
         preds = [_first_line(t) for t in texts]
         scores = squad_scores(preds, golds) | {"contains": contains_rate(texts, golds),
