@@ -151,7 +151,9 @@ def test_late_question_is_computed_without_the_context(setup):
         torch.testing.assert_close(late.keys[layer], ref.keys[layer][:, :, p.b:])
         torch.testing.assert_close(late.values[layer], ref.values[layer][:, :, p.b:])
     res = cc.run(model, tok, [XCExample(id="0", sharer_context=CONTEXT, question=QUESTION, answers=["x"])],
-                 ["text", "late:text", "late:mean-2"], max_new_tokens=3)
+                 ["text", "late:text", "late:mean-2", "late:rank-2"], max_new_tokens=3,
+                 fit=[XCExample(id=str(i), sharer_context=f"P{i} lives in T{i}.", question="Who?", answers=["x"])
+                      for i in range(3)])
     assert res["scores"]["late:text"]["slots"] == res["scores"]["text"]["slots"]
     assert cc.valid_method("late:rank-64") and not cc.valid_method("late:late:text")
 

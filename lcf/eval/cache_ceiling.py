@@ -303,7 +303,7 @@ def run(model: Any, tokenizer: Any, items: Sequence[Any], methods: Sequence[str]
         raise LCFError(f"unknown methods {bad}; expected {METHOD_FORMS} (S, R: positive integers)")
     prep = [prepare_item(model, tokenizer, it.question, it.sharer_context, template) for it in items]
     basis = None
-    if any(m.startswith("rank-") for m in methods):
+    if any(m.removeprefix(LATE).startswith("rank-") for m in methods):
         basis = Basis.fit([prepare_item(model, tokenizer, it.question, it.sharer_context, template) for it in fit])
     stop: set[int] = set()
     for t in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
