@@ -127,7 +127,7 @@ def test_mismatched_uses_the_other_items_context_and_tail_positions(setup):
 
 
 def test_late_question_is_computed_without_the_context(setup):
-    """late:M: the question's K/V equal a pass over the whole prompt with the context masked out."""
+    """late-M: the question's K/V equal a pass over the whole prompt with the context masked out."""
     from lcf.align.templates import format_messages
     from lcf.data.crosscontext import _encode_prompt, receiver_message
     from transformers import DynamicCache
@@ -151,11 +151,11 @@ def test_late_question_is_computed_without_the_context(setup):
         torch.testing.assert_close(late.keys[layer], ref.keys[layer][:, :, p.b:])
         torch.testing.assert_close(late.values[layer], ref.values[layer][:, :, p.b:])
     res = cc.run(model, tok, [XCExample(id="0", sharer_context=CONTEXT, question=QUESTION, answers=["x"])],
-                 ["text", "late:text", "late:mean-2", "late:rank-2"], max_new_tokens=3,
+                 ["text", "late-text", "late-mean-2", "late-rank-2"], max_new_tokens=3,
                  fit=[XCExample(id=str(i), sharer_context=f"P{i} lives in T{i}.", question="Who?", answers=["x"])
                       for i in range(3)])
-    assert res["scores"]["late:text"]["slots"] == res["scores"]["text"]["slots"]
-    assert cc.valid_method("late:rank-64") and not cc.valid_method("late:late:text")
+    assert res["scores"]["late-text"]["slots"] == res["scores"]["text"]["slots"]
+    assert cc.valid_method("late-rank-64") and not cc.valid_method("late-late-text")
 
 
 def test_run_scores_and_rejects_unknown_methods(setup):

@@ -22,9 +22,9 @@ context's tokens is then replaced by one of these before the question is read on
   what a joint low-rank bottleneck of width R keeps at best, linearly (LCF-128 has R = 128);
 * ``int8`` / ``int4``: K/V quantised as latent messages quantise them (``lcf.runtime.messages``);
 * controls ``zero`` (the context's K/V all zero) and ``mismatched`` (the next item's context cache);
-* ``late:M`` (any method M): the question's tokens are computed *without* the context and only the last
-  prompt token and the answer read the (compressed) context, as in fusion, where the receiver's prompt
-  is prefilled first and its cache then edited by the message.
+* ``late-M`` (any method M, e.g. ``late-rank-128``): the question's tokens are computed *without* the
+  context and only the last prompt token and the answer read the (compressed) context, as in fusion,
+  where the receiver's prompt is prefilled first and its cache then edited by the message.
 
 The tokens after the context (question, answer prompt) then run on the compressed cache at their
 original positions, so nothing they compute can come from the uncompressed context. Greedy answers,
@@ -52,8 +52,8 @@ DEFAULT_METHODS = ("text", "mean-2", "mean-4", "mean-8", "rmean-2", "rmean-4", "
                    "rank-32", "rank-64",
                    "rank-128", "rank-256", "int8", "int4", "zero", "mismatched")
 
-METHOD_FORMS = "text, mean-S, rmean-S, mean-all, last-S, rank-R, int8, int4, zero, mismatched (each also as late:M)"
-LATE = "late:"
+METHOD_FORMS = "text, mean-S, rmean-S, mean-all, last-S, rank-R, int8, int4, zero, mismatched (each also as late-M)"
+LATE = "late-"
 
 
 @dataclass
