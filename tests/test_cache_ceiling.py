@@ -158,6 +158,17 @@ def test_late_question_is_computed_without_the_context(setup):
     assert cc.valid_method("late-rank-64") and not cc.valid_method("late-late-text")
 
 
+def test_refuses_sliding_windows_and_mismatched_without_another_item(real_receiver_tokenizer):
+    from tests.conftest import tiny_gemma3
+
+    tok = real_receiver_tokenizer
+    with pytest.raises(LCFError, match="sliding-window"):
+        cc.prepare_item(tiny_gemma3(vocab_size=len(tok), sliding_window=4), tok, QUESTION, CONTEXT)
+    model = tiny_llama(vocab_size=len(tok))
+    with pytest.raises(LCFError, match="another item"):
+        cc.compress(cc.prepare_item(model, tok, QUESTION, CONTEXT), "mismatched")
+
+
 def test_run_scores_and_rejects_unknown_methods(setup):
     model, tok = setup
     items = [XCExample(id=str(i), sharer_context=CONTEXT.replace("Tromsø", c), question=QUESTION, answers=[c])

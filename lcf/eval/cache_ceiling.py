@@ -320,9 +320,10 @@ def run(model: Any, tokenizer: Any, items: Sequence[Any], methods: Sequence[str]
             made = [compress(prep[i], base, basis=basis, other=prep[(i + 1) % len(prep)], rope=rope) for i in chunk]
             slots += [view.seq_len - prep[i].a for i, (view, _) in zip(chunk, made)]
             tails = [prep[i].tail for i in chunk]
-            if method != base:  # the question's K/V come from a pass without the context; only the last token reads
-                made = [(_join(v, late_tail(model, prep[i])), s + len(prep[i].tail) - 1)
-                        for i, (v, s) in zip(chunk, made)]
+            if method != base:  # the question's K/V come from a pass without the context (at the item's own
+                # positions, whatever context is cached); only the last prompt token reads the context
+                made = [(_join(v, late_tail(model, prep[i])), prep[i].b + len(prep[i].tail) - 1)
+                        for i, (v, _) in zip(chunk, made)]
                 tails = [t[-1:] for t in tails]
             new = greedy(model, [v for v, _ in made], tails, [s for _, s in made], max_new_tokens, stop)
             texts += [tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
