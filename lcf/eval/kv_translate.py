@@ -1,0 +1,356 @@
+"""Per-token K/V translation: how much of a context the receiver reads when its own cache of the context
+is replaced by a linear translation of the *sharer's* cache of the same context. No summary, no fusion.
+
+    python -m lcf.eval.kv_translate smollm2-135m-instruct gemma3-270m --out DIR --items 60 \\
+        --data type=fact_transfer values=open phrasing=varied num_paragraphs=1 \\
+        --fit type=fact_transfer values=open num_train=1200 seed=1 --fit type=squad_xc --fit-items 1500
+
+``lcf.eval.cache_ceiling`` showed that the receiver cannot read pooled slots even of its own cache, but
+reads a rank-128 projection of every position well. This asks the next question: can the sharer's
+cache stand in for the receiver's, token by token? For each receiver token of the context (aligned to
+the sharer's tokens by maximal string coverage), the sharer's keys and values of all layers, with the
+rotary phase undone, are mapped by one ridge regression onto the receiver's keys and values of all
+layers (phase undone too); the prediction is rotated at the receiver's positions and placed where the
+receiver's own cache of the context was. The question then runs on top of it, as in ``cache_ceiling``:
+
+* ``text``: the receiver's own cache (must equal ``receiver + full context``);
+* ``translated``: the sharer's cache of the context, translated;
+* ``mismatched``: the translated cache of the next item's context (control);
+* ``zero``: all-zero keys and values at the context's positions (control);
+* ``mean``: the translator's mean output at every position (control: a cache with no item in it).
+
+The map is fitted in closed form on the training split of ``--fit`` data sets (Gram matrices summed
+over tokens, an eigendecomposition, ridge strength chosen on held-out contexts by R^2). Outputs are
+scored as ``lcf eval-xc`` scores them and written in its layout (``python -m lcf.eval.paired`` pairs them).
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lcf.errors import LCFError
+from lcf.eval.cache_ceiling import Prepared, _turn, format_table, greedy, prepare_item
+from lcf.models.kv import KVView, decoder, prefill
+
+METHODS = ("text", "translated", "mismatched", "zero", "mean")
+Rope = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def layer_rope(model: Any) -> Rope:
+    """(positions (T,), layer) -> rotary (cos, sin), each (T, head_dim), for models whose layers may use
+    different rotary bases (Gemma-3: local and global layers)."""
+    emb = getattr(decoder(model), "rotary_emb", None)
+    if emb is None:
+        raise LCFError(f"{type(model).__name__} has no decoder.rotary_emb; kv_translate needs rotary positions")
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    types = getattr(cfg, "layer_types", None)
+    typed = "layer_type" in inspect.signature(emb.forward).parameters
+    dtype = next(model.parameters()).dtype
+
+    def fn(positions: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        probe = torch.zeros(1, dtype=dtype, device=positions.device)
+        cos, sin = emb(probe, positions[None], types[layer]) if typed and types else emb(probe, positions[None])
+        return cos[0], sin[0]
+    return fn
+
+
+def flat_kv(view: KVView, rope: Rope, positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of every layer's [K | V] (heads flattened, keys without their rotary phase) -> (T, dim)."""
+    parts = []
+    for layer in range(view.num_layers):
+        k, v = view.layer(layer)
+        cos, sin = rope(positions[index], layer)
+        k = _turn(k[0][:, index], cos, -sin)
+        parts += [k.transpose(0, 1).flatten(1), v[0][:, index].transpose(0, 1).flatten(1)]
+    return torch.cat(parts, dim=1)
+
+
+def unflat_kv(rows: torch.Tensor, p: Prepared, rope: Rope) -> tuple[KVView, int]:
+    """Inverse of :func:`flat_kv` placed at the context's positions: [head; rows as K/V], tail start."""
+    t, need = rows.shape[0], sum(2 * spec.kv_heads * spec.head_dim for spec in p.view.specs)
+    if rows.shape[1] != need:
+        raise LCFError(f"translated rows have {rows.shape[1]} columns; the receiver's layers need {need}")
+    positions = torch.arange(p.a, p.a + t, device=rows.device)
+    keys, values, at = [], [], 0
+    for layer, spec in enumerate(p.view.specs):
+        width = spec.kv_heads * spec.head_dim
+        k, v = (rows[:, at + i * width: at + (i + 1) * width].view(t, spec.kv_heads, spec.head_dim)
+                .transpose(0, 1)[None] for i in (0, 1))
+        at += 2 * width
+        cos, sin = rope(positions, layer)
+        hk, hv = p.view.layer(layer)
+        keys.append(torch.cat([hk[:, :, :p.a], _turn(k, cos, sin).to(hk.dtype)], dim=2))
+        values.append(torch.cat([hv[:, :, :p.a], v.to(hv.dtype)], dim=2))
+    return KVView(keys, values, p.a + t, p.view.specs), p.a + t
+
+
+@dataclass
+class Pair:
+    """Both models with their tokenizers and rotary functions."""
+
+    receiver: Any
+    receiver_tokenizer: Any
+    sharer: Any
+    sharer_tokenizer: Any
+    template: str = "auto"
+    sharer_template: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.receiver_rope, self.sharer_rope = layer_rope(self.receiver), layer_rope(self.sharer)
+
+    @torch.no_grad()
+    def features(self, item: Any) -> tuple[torch.Tensor, torch.Tensor, Prepared]:
+        """Sharer rows x (T, Ds) and receiver rows y (T, Dr) for the T receiver tokens of the item's context,
+        and the receiver's prepared prompt. The sharer reads the context alone, as LCF-X's sharer does."""
+        from lcf.align.templates import format_messages
+        from lcf.align.tokens import align_texts, auto_special_tokens
+        from lcf.data.crosscontext import _encode_prompt, receiver_message
+
+        rt, st = self.receiver_tokenizer, self.sharer_tokenizer
+        p = prepare_item(self.receiver, rt, item.question, item.sharer_context, self.template)
+        context = item.sharer_context.strip()
+        user = receiver_message(item.question, item.sharer_context)
+        r_text = format_messages(rt, [{"role": "user", "content": user}], self.template).text
+        s_text = format_messages(st, [{"role": "user", "content": item.sharer_context}], self.sharer_template).text
+        s_ids = _encode_prompt(st, s_text)[0]
+        al = align_texts(rt, st, r_text, s_text, segments=[(r_text.find(context), s_text.find(context), len(context))],
+                         add_special_tokens=(auto_special_tokens(rt, r_text), auto_special_tokens(st, s_text)))
+        if len(al) != p.b + len(p.tail) or not bool(al.mask[p.a:p.b].all()):
+            raise LCFError("the context's receiver tokens do not all align to sharer tokens; check the templates")
+        sv = prefill(self.sharer, torch.tensor([s_ids], device=self.sharer.device))
+        if any(sv.length(i) != sv.seq_len for i in range(sv.num_layers)):
+            raise LCFError(f"the sharer's prompt ({len(s_ids)} tokens) is longer than its sliding window, so its cache "
+                           "no longer holds every context token; use shorter contexts for kv_translate")
+        s_dev, r_dev = self.sharer.device, self.receiver.device
+        x = flat_kv(sv, self.sharer_rope, torch.arange(len(s_ids), device=s_dev), al.sharer_index[p.a:p.b].to(s_dev))
+        y = flat_kv(p.view, self.receiver_rope, torch.arange(p.b, device=r_dev), torch.arange(p.a, p.b, device=r_dev))
+        return x, y, p
+
+
+class Ridge:
+    """y = ((x - x_mean) / x_std) @ w + y_mean, fitted by ridge regression on standardised inputs."""
+
+    def __init__(self, w: torch.Tensor, x_mean: torch.Tensor, x_std: torch.Tensor, y_mean: torch.Tensor):
+        self.w, self.x_mean, self.x_std, self.y_mean = w, x_mean, x_std, y_mean
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = ((x.to(self.w.dtype) - self.x_mean) / self.x_std) @ self.w + self.y_mean
+        return out.to(x.dtype)
+
+    def save(self, path: str | Path, report: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {"w": self.w, "x_mean": self.x_mean, "x_std": self.x_std, "y_mean": self.y_mean}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"report": json.dumps(report)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[Ridge, dict[str, Any]]:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            t = {k: f.get_tensor(k) for k in f.keys()}
+            report = json.loads((f.metadata() or {}).get("report", "{}"))
+        return cls(t["w"], t["x_mean"], t["x_std"], t["y_mean"]), report
+
+    @classmethod
+    def fit(cls, rows: Iterable[tuple[torch.Tensor, torch.Tensor]], held: Sequence[tuple[torch.Tensor, torch.Tensor]],
+            lambdas: Sequence[float] = (1e-3, 1e-2, 3e-2, 1e-1, 1.0), chunk: int = 4096) -> tuple[Ridge, dict]:
+        """Fit on ``rows`` (streamed (x, y) blocks); pick the ridge strength with the best R^2 on ``held``."""
+        sums: dict[str, torch.Tensor] = {}
+        n, bx, by = 0, [], []
+
+        def flush() -> None:
+            nonlocal n
+            x, y = torch.cat(bx).float(), torch.cat(by).float()
+            bx.clear(), by.clear()
+            for key, val in (("xx", x.T @ x), ("xy", x.T @ y), ("x", x.sum(0)), ("y", y.sum(0))):
+                sums[key] = sums.get(key, 0) + val.double()
+            n += len(x)
+
+        for x, y in rows:
+            bx.append(x), by.append(y)
+            if sum(len(b) for b in bx) >= chunk:
+                flush()
+        if bx:
+            flush()
+        if n == 0 or not held:
+            raise LCFError("Ridge.fit needs training rows and held-out rows")
+        mx, my = sums["x"] / n, sums["y"] / n
+        cxx = sums["xx"] / n - torch.outer(mx, mx)
+        sd = cxx.diag().clamp(min=1e-12).sqrt()
+        eig, q = torch.linalg.eigh(cxx / torch.outer(sd, sd))
+        qc = q.T @ ((sums["xy"] / n - torch.outer(mx, my)) / sd[:, None])
+        hx = (torch.cat([h[0] for h in held]).double() - mx) / sd
+        hy = torch.cat([h[1] for h in held]).double()
+        total = ((hy - my) ** 2).sum()
+        report: dict[str, Any] = {"tokens": n, "held_tokens": len(hy), "r2": {}}
+        best = None
+        for lam in lambdas:
+            w = q @ (qc / (eig.clamp(min=0) + lam)[:, None])
+            r2 = float(1 - ((hy - (hx @ w + my)) ** 2).sum() / total)
+            report["r2"][str(lam)] = r2
+            if best is None or r2 > best[0]:
+                best = (r2, lam, w)
+        report["lambda"] = best[1]
+        return cls(best[2].float(), mx.float(), sd.float(), my.float()), report
+
+
+def run(pair: Pair, translator: Ridge, items: Sequence[Any], methods: Sequence[str] = METHODS, *,
+        max_new_tokens: int = 16, batch_size: int = 8) -> dict[str, Any]:
+    """Scores and predictions per method, in the layout of ``lcf eval-xc``'s results."""
+    from lcf.eval.crosscontext import contains_rate
+    from lcf.eval.harness import _first_line
+    from lcf.eval.metrics import squad_scores
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise LCFError(f"unknown methods {bad}; expected some of {list(METHODS)}")
+    feats = [pair.features(it) for it in items]
+    model, tok = pair.receiver, pair.receiver_tokenizer
+    stop: set[int] = set()
+    for t in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        stop |= set(t) if isinstance(t, (list, tuple)) else ({t} if t is not None else set())
+    res: dict[str, Any] = {"n": len(items), "item_ids": [it.id for it in items], "scores": {}, "predictions": {}}
+    for method in methods:
+        made = []
+        for i, (x, y, p) in enumerate(feats):
+            if method == "text":
+                rows = y
+            elif method == "translated":
+                rows = translator(x)
+            elif method == "mismatched":
+                rows = translator(feats[(i + 1) % len(feats)][0])
+            elif method == "zero":
+                rows = torch.zeros_like(y)
+            else:
+                rows = translator.y_mean.expand_as(y)
+            made.append(unflat_kv(rows.to(y.dtype), p, pair.receiver_rope))
+        texts = []
+        for lo in range(0, len(made), batch_size):
+            chunk = range(lo, min(lo + batch_size, len(made)))
+            new = greedy(model, [made[i][0] for i in chunk], [feats[i][2].tail for i in chunk],
+                         [made[i][1] for i in chunk], max_new_tokens, stop)
+            texts += [tok.decode(t, skip_special_tokens=True).strip() for t in new]
+        golds = [it.answers for it in items]
+        preds = [_first_line(t) for t in texts]
+        scores = squad_scores(preds, golds) | {"contains": contains_rate(texts, golds),
+                                               "slots": sum(len(f[0]) for f in feats) / len(feats)}
+        if any(it.distractors for it in items):
+            scores["other"] = contains_rate(texts, [it.distractors or [""] for it in items])
+        res["scores"][method] = scores
+        res["predictions"][method] = [{"id": it.id, "pred": pr, "text": t, "gold": it.answers}
+                                      for it, pr, t in zip(items, preds, texts)]
+    return res
+
+
+def _dataset(pairs: Sequence[str], data_root: str | None) -> tuple[list, list, dict]:
+    from omegaconf import OmegaConf
+
+    from lcf.registry import datasets
+
+    spec = OmegaConf.to_container(OmegaConf.from_dotlist(list(pairs)))
+    if data_root:
+        spec["data_root"] = data_root
+    dataset = datasets.build(spec, "data")
+    if not hasattr(dataset, "split_examples"):
+        raise LCFError(f"data.type={spec.get('type')!r} is not a cross-context dataset")
+    train, val = dataset.split_examples()
+    return list(train), list(val), spec
+
+
+def fit_contexts(specs: Sequence[Sequence[str]], per_set: Sequence[int], data_root: str | None, seed: int
+                 ) -> list[Any]:
+    """Up to ``per_set[i]`` distinct contexts from the training split of data set i, shuffled together."""
+    if len(per_set) not in (1, len(specs)):
+        raise LCFError(f"--fit-items takes one number or one per --fit data set ({len(specs)}), got {list(per_set)}")
+    fit: list[Any] = []
+    for spec, limit in zip(specs, list(per_set) * len(specs) if len(per_set) == 1 else per_set):
+        seen: dict[str, Any] = {}
+        for it in _dataset(spec, data_root)[0]:
+            seen.setdefault(it.sharer_context, it)
+        contexts = list(seen.values())
+        random.Random(seed).shuffle(contexts)
+        fit += contexts[:limit]
+    random.Random(seed + 1).shuffle(fit)
+    return fit
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from lcf.models.loading import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("receiver", help="card name, local folder or hub id")
+    ap.add_argument("sharer", help="card name, local folder or hub id")
+    ap.add_argument("--out", required=True, help="folder for results.json and report.md")
+    ap.add_argument("--data", nargs="+", required=True, metavar="KEY=VALUE", help="evaluation data (its val split)")
+    ap.add_argument("--fit", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                    help="a data set whose training contexts fit the map (repeat the option for several)")
+    ap.add_argument("--fit-items", type=int, nargs="+", default=[1500],
+                    help="distinct contexts per --fit data set (one number for all, or one per set)")
+    ap.add_argument("--held", type=int, default=40, help="fitting contexts held out to choose the ridge strength")
+    ap.add_argument("--translator", default=None, help="safetensors file: loaded if it exists, else fitted and saved "
+                    "there (a few hundred MB; keep it out of the repository)")
+    ap.add_argument("--finetune-steps", type=int, default=0, help="fine-tune a rank --rank cut of the ridge map "
+                    "end to end for this many steps (0: report the ridge map itself)")
+    ap.add_argument("--train", nargs="+", default=None, metavar="KEY=VALUE", help="fine-tuning data (train split)")
+    ap.add_argument("--train-items", type=int, default=400)
+    ap.add_argument("--rank", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--mse-weight", type=float, default=1.0)
+    ap.add_argument("--tuned", default=None, help="safetensors file of the fine-tuned translation: loaded if it "
+                    "exists, else trained and saved there")
+    ap.add_argument("--data-root", default=None, help="data files root (default $LCF_DATA_ROOT)")
+    ap.add_argument("--items", type=int, default=60)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    _, val, spec = _dataset(args.data, args.data_root)
+    rng = random.Random(args.seed)
+    items = [val[i] for i in sorted(rng.sample(range(len(val)), min(args.items, len(val))))]
+    loading = bool(args.translator) and Path(args.translator).exists()
+    if not loading and not args.fit:
+        raise LCFError("nothing to translate with: give --fit data to fit the map, or --translator FILE "
+                       "of a fitted one")
+    r, s = load_model(args.receiver, dtype="float32"), load_model(args.sharer, dtype="float32")
+    pair = Pair(r.model, r.tokenizer, s.model, s.tokenizer)
+    if loading:
+        translator, report = Ridge.load(args.translator)
+        if (report.get("sharer"), report.get("receiver")) != (args.sharer, args.receiver):
+            raise LCFError(f"{args.translator} was fitted for sharer {report.get('sharer')!r} -> receiver "
+                           f"{report.get('receiver')!r}, not {args.sharer!r} -> {args.receiver!r}; "
+                           f"pass another --translator")
+    else:
+        fit = fit_contexts(args.fit, args.fit_items, args.data_root, args.seed)
+        held = [pair.features(it)[:2] for it in fit[:args.held]]
+        translator, report = Ridge.fit((pair.features(it)[:2] for it in fit[args.held:]), held)
+        report |= {"fit": [dict(kv.split("=", 1) for kv in f) for f in args.fit], "fit_contexts": len(fit),
+                   "sharer": args.sharer, "receiver": args.receiver}
+        if args.translator:
+            translator.save(args.translator, report)
+    if args.finetune_steps > 0 or (args.tuned and Path(args.tuned).exists()):
+        from lcf.eval.kv_tune import tuned_from_args
+
+        translator, report = tuned_from_args(args, pair, translator, report)
+    res = run(pair, translator, items, args.methods)
+    res["setup"] = {"data": spec, "items": len(items), "seed": args.seed} | report
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, separators=(",", ":")))
+    table = format_table(res)
+    (out / "report.md").write_text(f"# Receiver reading the sharer's translated cache of the context\n\n{table}\n\n"
+                                   f"{len(items)} items of {spec.get('type')}; ridge fitted on {report['tokens']} "
+                                   f"tokens, lambda {report['lambda']}, held-out R^2 {report['r2']}.\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

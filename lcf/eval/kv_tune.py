@@ -1,0 +1,152 @@
+"""The ridge K/V translation of :mod:`lcf.eval.kv_translate`, cut to rank r and fine-tuned end to end.
+
+    y = ((x - x_mean) / x_std) @ down @ up + y_mean        x: (T, Ds) sharer rows, y: (T, Dr) receiver rows
+
+``down`` (Ds, r) and ``up`` (r, Dr) start as the ridge map's leading singular pairs; then the receiver
+(frozen) reads the translated cache of a training context, and the loss is its cross-entropy on the
+answer (the answer's tokens and the end-of-turn token) plus ``mse_weight`` times the mean squared error
+to the receiver's own cache of the context, each column divided by its variance. For Gemma-3-270M ->
+SmolLM2-135M-Instruct, r = 512 holds 10.6 M parameters (42 MB in fp32); the full ridge map holds 106 M.
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lcf.errors import LCFError
+from lcf.eval import kv_translate as kt
+from lcf.eval.kv_translate import Pair, Ridge, unflat_kv
+from lcf.models.kv import cache_kwargs
+
+
+class LowRank(torch.nn.Module):
+    """A rank-r K/V translation with the same call as :class:`~lcf.eval.kv_translate.Ridge`."""
+
+    def __init__(self, down: torch.Tensor, up: torch.Tensor, x_mean: torch.Tensor, x_std: torch.Tensor,
+                 y_mean: torch.Tensor):
+        super().__init__()
+        if down.shape[1] != up.shape[0] or down.shape[0] != x_mean.numel() or up.shape[1] != y_mean.numel():
+            raise LCFError(f"LowRank shapes do not chain: down {tuple(down.shape)}, up {tuple(up.shape)}, "
+                           f"x_mean {x_mean.numel()}, y_mean {y_mean.numel()}")
+        self.down, self.up = torch.nn.Parameter(down.clone()), torch.nn.Parameter(up.clone())
+        for name, t in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean)):
+            self.register_buffer(name, t.clone())
+
+    @classmethod
+    def from_ridge(cls, ridge: Ridge, rank: int, seed: int = 0) -> LowRank:
+        if not 0 < rank <= min(ridge.w.shape):
+            raise LCFError(f"rank must be in 1..{min(ridge.w.shape)}, got {rank}")
+        torch.manual_seed(seed)
+        u, s, v = torch.svd_lowrank(ridge.w, q=min(rank + 32, min(ridge.w.shape)), niter=4)
+        return cls(u[:, :rank] * s[:rank], v[:, :rank].T, ridge.x_mean, ridge.x_std, ridge.y_mean)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = ((x.to(self.down.dtype) - self.x_mean) / self.x_std) @ self.down @ self.up + self.y_mean
+        return out.to(x.dtype)
+
+    def save(self, path: str | Path, report: dict[str, Any]) -> None:
+        import json
+
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(path),
+                  metadata={"report": json.dumps(report)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[LowRank, dict[str, Any]]:
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            t = {k: f.get_tensor(k) for k in f.keys()}
+            report = json.loads((f.metadata() or {}).get("report", "{}"))
+        if "down" not in t:
+            raise LCFError(f"{path} holds no rank-r translation (tensors {sorted(t)}); was it saved by Ridge?")
+        return cls(t["down"], t["up"], t["x_mean"], t["x_std"], t["y_mean"]), report
+
+
+def answer_ids(tokenizer: Any, answer: str) -> torch.Tensor:
+    """The answer's tokens followed by the tokenizer's end-of-turn (EOS) token."""
+    if tokenizer.eos_token_id is None:
+        raise LCFError("the receiver's tokenizer has no eos_token_id, so the answer's end cannot be trained")
+    return torch.tensor(tokenizer(answer.strip(), add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
+
+
+def finetune(pair: Pair, translator: LowRank, items: Sequence[Any], *, steps: int, batch_size: int = 8,
+             lr: float = 1e-4, mse_weight: float = 1.0, grad_clip: float = 1.0, seed: int = 0,
+             log_every: int = 10) -> list[dict[str, float]]:
+    """Train ``translator`` in place on ``items`` (cross-context examples with answers); returns the log."""
+    model, tok = pair.receiver, pair.receiver_tokenizer
+    frozen = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    t0 = time.time()
+    data = [(x, y, p, answer_ids(tok, it.answers[0]).to(y.device)) for it in items if it.answers
+            for x, y, p in [pair.features(it)]]
+    if not data:
+        raise LCFError("finetune needs training items with answers")
+    var = ((torch.cat([d[1] for d in data]) - translator.y_mean) ** 2).mean(0).clamp(min=1e-6)
+    opt = torch.optim.Adam(translator.parameters(), lr=lr)
+    rng, log = random.Random(seed), []
+    try:
+        for step in range(steps):
+            opt.zero_grad()
+            ce_sum = mse_sum = 0.0
+            for i in rng.sample(range(len(data)), min(batch_size, len(data))):
+                x, y, p, ans = data[i]
+                rows = translator(x)
+                view, start = unflat_kv(rows, p, pair.receiver_rope)
+                ids = torch.cat([p.tail, ans])[None]
+                cache = view.to_cache(model)
+                pos = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
+                out = model(input_ids=ids, position_ids=pos,
+                            attention_mask=torch.ones(1, start + ids.shape[1], dtype=torch.long, device=ids.device),
+                            use_cache=True, **cache_kwargs(model, cache))
+                ce = torch.nn.functional.cross_entropy(out.logits[0, len(p.tail) - 1:-1].float(), ans)
+                mse = (((rows - y) ** 2) / var).mean()
+                ((ce + mse_weight * mse) / batch_size).backward()
+                ce_sum, mse_sum = ce_sum + ce.item(), mse_sum + mse.item()
+            torch.nn.utils.clip_grad_norm_(list(translator.parameters()), grad_clip)
+            opt.step()
+            n = min(batch_size, len(data))
+            log.append({"step": step, "ce": ce_sum / n, "mse": mse_sum / n, "seconds": time.time() - t0})
+            if log_every and step % log_every == 0:
+                print(f"step {step}: ce {ce_sum / n:.3f}, mse {mse_sum / n:.3f}, {time.time() - t0:.0f} s",
+                      file=sys.stderr, flush=True)
+    finally:
+        for p, flag in zip(model.parameters(), frozen):
+            p.requires_grad_(flag)
+    return log
+
+
+def tuned_from_args(args: Any, pair: Pair, ridge: Ridge, report: dict[str, Any]) -> tuple[LowRank, dict[str, Any]]:
+    """The fine-tuned rank-r translation: loaded from --tuned if it exists, else trained (and saved there)."""
+    if args.tuned and Path(args.tuned).exists():
+        low, saved = LowRank.load(args.tuned)
+        if saved.get("ridge") != report:
+            raise LCFError(f"{args.tuned} was tuned from another ridge map than {args.translator}; "
+                           "pass another --tuned")
+        return low, saved
+    if not args.train:
+        raise LCFError("--finetune-steps needs --train KEY=VALUE ... (cross-context data with answers)")
+    train, _, spec = kt._dataset(args.train, args.data_root)
+    random.Random(args.seed).shuffle(train)
+    train = train[:args.train_items]
+    low = LowRank.from_ridge(ridge, args.rank, seed=args.seed)
+    log = finetune(pair, low, train, steps=args.finetune_steps, lr=args.lr, mse_weight=args.mse_weight,
+                   seed=args.seed)
+    tail = log[-10:]
+    report = {"ridge": report, "sharer": report["sharer"], "receiver": report["receiver"], "rank": args.rank,
+              "finetune": {"train": spec, "train_items": len(train), "steps": args.finetune_steps, "lr": args.lr,
+                           "mse_weight": args.mse_weight, "seconds": round(log[-1]["seconds"]),
+                           "ce_last10": sum(r["ce"] for r in tail) / len(tail),
+                           "mse_last10": sum(r["mse"] for r in tail) / len(tail)}}
+    if args.tuned:
+        low.save(args.tuned, report)
+    return low, report

@@ -1,0 +1,122 @@
+"""lcf.eval.kv_translate: the sharer's per-token cache, translated, in place of the receiver's own."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import tiny_gemma3, tiny_llama
+from lcf.data.crosscontext import XCExample
+from lcf.errors import LCFError
+from lcf.eval import kv_translate as kt
+
+CONTEXTS = [
+    "Ada Lindqvist moved to Tromsø a few years ago. She works as a luthier.",
+    "Bo Renner keeps three goats and a cat called Pilsner on a farm near Ghent.",
+    "The locker assigned to Cleo Marsh is number 556; her home town is Jakarta.",
+    "Dario Vesk repairs clocks in Trieste and sings in a choir on Sundays.",
+    "Emi Tanaka grew up in Osaka, studied chemistry, and now teaches in Leeds.",
+    "Farid Nour owns a red kayak and paddles on Lake Geneva every morning.",
+    "Greta Holm writes crossword puzzles for a newspaper in Aarhus.",
+]
+
+
+def _items() -> list[XCExample]:
+    return [XCExample(id=str(i), sharer_context=c, question="Where does this person live?", answers=["x"])
+            for i, c in enumerate(CONTEXTS)]
+
+
+@pytest.fixture(scope="module")
+def same_pair(real_receiver_tokenizer):
+    model = tiny_llama(vocab_size=len(real_receiver_tokenizer), layers=2).double()
+    return kt.Pair(model, real_receiver_tokenizer, model, real_receiver_tokenizer)
+
+
+def test_own_rows_round_trip_to_the_own_cache(same_pair):
+    x, y, p = same_pair.features(_items()[0])
+    torch.testing.assert_close(x, y)  # one model, one tokenizer: the sharer's rows are the receiver's
+    assert y.shape == (p.b - p.a, 2 * 2 * 2 * 4)
+    view, start = kt.unflat_kv(y, p, same_pair.receiver_rope)
+    assert start == p.b
+    for layer in range(view.num_layers):
+        torch.testing.assert_close(view.keys[layer], p.view.keys[layer])
+        torch.testing.assert_close(view.values[layer], p.view.values[layer])
+    with pytest.raises(LCFError, match="columns"):
+        kt.unflat_kv(y[:, :-1], p, same_pair.receiver_rope)
+
+
+def test_ridge_recovers_the_identity_and_the_text_answers(same_pair, tmp_path):
+    items = _items()
+    rows = [same_pair.features(it)[:2] for it in items]
+    ridge, report = kt.Ridge.fit(iter(rows[2:]), rows[:2], lambdas=(1e-9, 10.0), chunk=16)
+    assert report["lambda"] == 1e-9 and report["r2"]["1e-09"] > 0.999 > report["r2"]["10.0"]
+    assert report["tokens"] == sum(len(r[0]) for r in rows[2:])
+    torch.testing.assert_close(ridge(rows[0][0].float()), rows[0][1].float(), atol=1e-3, rtol=1e-3)
+    ridge.save(tmp_path / "ridge.safetensors", report)
+    again, saved = kt.Ridge.load(tmp_path / "ridge.safetensors")
+    assert saved == report
+    torch.testing.assert_close(again(rows[1][0]), ridge(rows[1][0]))
+    res = kt.run(same_pair, again, items[:4], max_new_tokens=5)
+    text = [p["text"] for p in res["predictions"]["text"]]
+    assert [p["text"] for p in res["predictions"]["translated"]] == text
+    # every item asks the same question, so item i given item i+1's message answers as item i+1 does
+    assert [p["text"] for p in res["predictions"]["mismatched"]] == text[1:] + text[:1]
+    assert set(res["scores"]) == set(kt.METHODS)
+    with pytest.raises(LCFError, match="unknown methods"):
+        kt.run(same_pair, ridge, items[:1], ["fused"])
+
+
+@pytest.mark.parametrize("first", ["sliding_attention", "full_attention"])
+def test_layer_rope_undoes_each_layers_own_phase(first):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from lcf.models.kv import prefill
+
+    other = "full_attention" if first == "sliding_attention" else "sliding_attention"
+    cfg = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=64,
+                           layer_types=[first, other], pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(cfg).eval()
+    rope = kt.layer_rope(model)
+    assert not torch.allclose(rope(torch.arange(5, 6), 0)[0], rope(torch.arange(5, 6), 1)[0])
+    ids = torch.tensor([[5, 7, 9, 5, 11, 13, 5]])
+    with torch.no_grad():
+        rows = kt.flat_kv(prefill(model, ids), rope, torch.arange(7), torch.arange(7))
+    first_keys = rows[:, :8]  # layer 0's keys depend on the token alone once the phase is undone
+    torch.testing.assert_close(first_keys[3], first_keys[0])
+    torch.testing.assert_close(first_keys[6], first_keys[0])
+    assert not torch.allclose(first_keys[1], first_keys[0])
+
+
+def test_a_sharer_window_shorter_than_the_prompt_is_refused(real_receiver_tokenizer, real_sharer_tokenizer):
+    receiver = tiny_llama(vocab_size=len(real_receiver_tokenizer), layers=2)
+    sharer = tiny_gemma3(vocab_size=len(real_sharer_tokenizer), sliding_window=4)
+    pair = kt.Pair(receiver, real_receiver_tokenizer, sharer, real_sharer_tokenizer)
+    with pytest.raises(LCFError, match="sliding window"):
+        pair.features(_items()[0])
+
+
+def test_low_rank_cut_fine_tunes_and_round_trips(same_pair, tmp_path):
+    from lcf.eval import kv_tune
+
+    items = [XCExample(id=str(i), sharer_context=c, question="Who is it about?", answers=[c.split()[0]])
+             for i, c in enumerate(CONTEXTS)]
+    rows = [same_pair.features(it)[:2] for it in items]
+    ridge, report = kt.Ridge.fit(iter(rows[2:]), rows[:2], lambdas=(1e-6,), chunk=16)
+    full = kv_tune.LowRank.from_ridge(ridge, ridge.w.shape[0])
+    torch.testing.assert_close(full(rows[0][0]), ridge(rows[0][0]), atol=1e-4, rtol=1e-4)
+    with pytest.raises(LCFError, match="rank must be"):
+        kv_tune.LowRank.from_ridge(ridge, 0)
+    low = kv_tune.LowRank.from_ridge(ridge, 8).double()
+    before = low.down.detach().clone()
+    log = kv_tune.finetune(same_pair, low, items, steps=6, batch_size=4, lr=1e-2, mse_weight=0.1, log_every=0)
+    assert len(log) == 6 and not torch.equal(before, low.down.detach())
+    assert sum(r["ce"] for r in log[-2:]) < sum(r["ce"] for r in log[:2])
+    assert all(p.requires_grad for p in same_pair.receiver.parameters())  # its flags restored
+    low.save(tmp_path / "low.safetensors", {"rank": 8})
+    again, saved = kv_tune.LowRank.load(tmp_path / "low.safetensors")
+    assert saved == {"rank": 8}
+    torch.testing.assert_close(again.double()(rows[1][0]), low(rows[1][0]))
+    ridge.save(tmp_path / "ridge.safetensors", report)
+    with pytest.raises(LCFError, match="no rank-r"):
+        kv_tune.LowRank.load(tmp_path / "ridge.safetensors")
