@@ -345,10 +345,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, separators=(",", ":")))
-    table = format_table(res)
+    table, fitted = format_table(res), report.get("ridge", report)
+    tuned = (f" Cut to rank {report['rank']} and fine-tuned: {json.dumps(report['finetune'])}."
+             if "finetune" in report else "")
     (out / "report.md").write_text(f"# Receiver reading the sharer's translated cache of the context\n\n{table}\n\n"
-                                   f"{len(items)} items of {spec.get('type')}; ridge fitted on {report['tokens']} "
-                                   f"tokens, lambda {report['lambda']}, held-out R^2 {report['r2']}.\n")
+                                   f"{len(items)} items of {spec.get('type')}; ridge fitted on {fitted['tokens']} "
+                                   f"tokens, lambda {fitted['lambda']}, held-out R^2 {fitted['r2']}.{tuned}\n")
     print(table)
 
 
