@@ -203,9 +203,11 @@ class Ridge:
         return cls(best[2].float(), mx.float(), sd.float(), my.float()), report
 
 
-def run(pair: Pair, translator: Ridge, items: Sequence[Any], methods: Sequence[str] = METHODS, *,
+@torch.no_grad()
+def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str] = METHODS, *,
         max_new_tokens: int = 16, batch_size: int = 8) -> dict[str, Any]:
-    """Scores and predictions per method, in the layout of ``lcf eval-xc``'s results."""
+    """Scores and predictions per method, in the layout of ``lcf eval-xc``'s results. ``translator``: a
+    :class:`Ridge` or ``lcf.eval.kv_tune.LowRank`` (callable on sharer rows, with ``y_mean``)."""
     from lcf.eval.crosscontext import contains_rate
     from lcf.eval.harness import _first_line
     from lcf.eval.metrics import squad_scores
