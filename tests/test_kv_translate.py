@@ -120,3 +120,17 @@ def test_low_rank_cut_fine_tunes_and_round_trips(same_pair, tmp_path):
     ridge.save(tmp_path / "ridge.safetensors", report)
     with pytest.raises(LCFError, match="no rank-r"):
         kv_tune.LowRank.load(tmp_path / "ridge.safetensors")
+
+
+def test_bad_inputs_are_refused_with_their_reason():
+    from lcf.eval import kv_tune
+
+    with pytest.raises(LCFError, match="training rows and held-out rows"):
+        kt.Ridge.fit(iter([]), [])
+    with pytest.raises(LCFError, match="do not chain"):
+        kv_tune.LowRank(torch.zeros(4, 2), torch.zeros(3, 5), torch.zeros(4), torch.ones(4), torch.zeros(5))
+    with pytest.raises(LCFError, match="one number or one per --fit"):
+        kt.fit_contexts([["type=fact_transfer"], ["type=fact_transfer"]], [1, 2, 3], None, 0)
+    with pytest.raises(LCFError, match="nothing to translate with"):
+        kt.main(["r", "s", "--out", "unused", "--items", "2",
+                 "--data", "type=fact_transfer", "num_train=4", "num_val=2"])
