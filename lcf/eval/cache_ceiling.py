@@ -283,6 +283,14 @@ def greedy(model: Any, views: Sequence[KVView], tails: Sequence[torch.Tensor], s
     return out
 
 
+def stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    """End-of-turn ids: the tokenizer's EOS and the model's generation-config EOS (one id or a list)."""
+    stop: set[int] = set()
+    for t in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        stop |= set(t) if isinstance(t, (list, tuple)) else ({t} if t is not None else set())
+    return stop
+
+
 def valid_method(m: str) -> bool:
     m = m.removeprefix(LATE)
     kind, _, arg = m.partition("-")
@@ -305,9 +313,7 @@ def run(model: Any, tokenizer: Any, items: Sequence[Any], methods: Sequence[str]
     basis = None
     if any(m.removeprefix(LATE).startswith("rank-") for m in methods):
         basis = Basis.fit([prepare_item(model, tokenizer, it.question, it.sharer_context, template) for it in fit])
-    stop: set[int] = set()
-    for t in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        stop |= set(t) if isinstance(t, (list, tuple)) else ({t} if t is not None else set())
+    stop = stop_ids(model, tokenizer)
     golds = [it.answers for it in items]
     rope = rotary(model)
     res: dict[str, Any] = {"n": len(items), "item_ids": [it.id for it in items], "scores": {}, "predictions": {},

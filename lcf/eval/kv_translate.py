@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from lcf.errors import LCFError
-from lcf.eval.cache_ceiling import Prepared, _turn, format_table, greedy, prepare_item
+from lcf.eval.cache_ceiling import Prepared, _turn, format_table, greedy, prepare_item, stop_ids
 from lcf.models.kv import KVView, decoder, prefill
 
 METHODS = ("text", "translated", "mismatched", "zero", "mean")
@@ -217,9 +217,7 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
         raise LCFError(f"unknown methods {bad}; expected some of {list(METHODS)}")
     feats = [pair.features(it) for it in items]
     model, tok = pair.receiver, pair.receiver_tokenizer
-    stop: set[int] = set()
-    for t in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        stop |= set(t) if isinstance(t, (list, tuple)) else ({t} if t is not None else set())
+    stop = stop_ids(model, tok)
     res: dict[str, Any] = {"n": len(items), "item_ids": [it.id for it in items], "scores": {}, "predictions": {}}
     for method in methods:
         made = []
