@@ -81,10 +81,10 @@ def test_rope_mean_pools_keys_without_their_phase(setup):
     rope = cc.rotary(model)
     k = p.view.keys[0][:, :, p.a:p.b]
     cos, sin = rope(torch.arange(p.a, p.b))
-    raw = cc._turn(k, cos, -sin)
-    torch.testing.assert_close(cc._turn(raw, cos, sin), k)  # undo then redo the rotation
+    raw = cc.turn(k, cos, -sin)
+    torch.testing.assert_close(cc.turn(raw, cos, sin), k)  # undo then redo the rotation
     view, _ = cc.compress(p, "rmean-2", rope=rope)
-    want = cc._turn(raw[:, :, 0:2].mean(2, keepdim=True), cos[1:2], sin[1:2])[:, :, 0]
+    want = cc.turn(raw[:, :, 0:2].mean(2, keepdim=True), cos[1:2], sin[1:2])[:, :, 0]
     torch.testing.assert_close(view.keys[0][:, :, p.a], want)
     torch.testing.assert_close(view.values[0][:, :, p.a], p.view.values[0][:, :, p.a:p.a + 2].mean(2))
     with pytest.raises(LCFError, match="rotary"):

@@ -92,7 +92,7 @@ def test_a_sharer_window_shorter_than_the_prompt_is_refused(real_receiver_tokeni
     receiver = tiny_llama(vocab_size=len(real_receiver_tokenizer), layers=2)
     sharer = tiny_gemma3(vocab_size=len(real_sharer_tokenizer), sliding_window=4)
     pair = kt.Pair(receiver, real_receiver_tokenizer, sharer, real_sharer_tokenizer)
-    with pytest.raises(LCFError, match="sliding window"):
+    with pytest.raises(LCFError, match="sliding-window"):
         pair.features(_items()[0])
 
 

@@ -38,14 +38,14 @@ import json
 import random
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lcf.errors import LCFError
-from lcf.models.kv import KVView, cache_kwargs, prefill
+from lcf.models.kv import KVView, cache_kwargs
+from lcf.models.rows import Prepared, greedy, prepare_item, stop_ids, turn  # noqa: F401 (re-exported)
 from lcf.runtime.messages import pack_int4, unpack_int4
 
 DEFAULT_METHODS = ("text", "mean-2", "mean-4", "mean-8", "rmean-2", "rmean-4", "last-2", "last-4", "mean-all",
@@ -54,41 +54,6 @@ DEFAULT_METHODS = ("text", "mean-2", "mean-4", "mean-8", "rmean-2", "rmean-4", "
 
 METHOD_FORMS = "text, mean-S, rmean-S, mean-all, last-S, rank-R, int8, int4, zero, mismatched (each also as late-M)"
 LATE = "late-"
-
-
-@dataclass
-class Prepared:
-    """One item's receiver prompt cut around its context: ``head`` = positions [0, a), the context
-    = [a, b), ``tail`` = the token ids after it; ``view`` = the cache of [0, b)."""
-
-    view: KVView
-    a: int
-    b: int
-    tail: torch.Tensor
-
-
-def prepare_item(model: Any, tokenizer: Any, question: str, context: str, template: str = "auto") -> Prepared:
-    """Prefill the receiver on its ``receiver + full context`` prompt up to the end of the context."""
-    from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import _encode_prompt, receiver_message
-
-    text = format_messages(tokenizer, [{"role": "user", "content": receiver_message(question, context)}], template).text
-    start = text.find(context.strip())
-    if start < 0:
-        raise LCFError("the context does not occur verbatim in the receiver's prompt (template rewrote it?)")
-    end = start + len(context.strip())
-    ids, offsets, special = _encode_prompt(tokenizer, text)
-    inside = [i for i, (s, e) in enumerate(offsets) if not special[i] and e > s and s < end and e > start]
-    a, b = inside[0], inside[-1] + 1
-    if b >= len(ids):
-        raise LCFError("nothing follows the context in the prompt; the question must come after it")
-    ids_t = torch.tensor([ids], device=model.device)
-    with torch.no_grad():
-        view = prefill(model, ids_t[:, :b])
-    if any(view.length(i) != view.seq_len for i in range(view.num_layers)):
-        raise LCFError("the receiver has sliding-window layers shorter than this prompt; cache_ceiling needs every "
-                       "position cached (use a model without sliding windows, or shorter contexts)")
-    return Prepared(view, a, b, ids_t[0, b:])
 
 
 @torch.no_grad()
@@ -176,21 +141,15 @@ def rotary(model: Any) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Ten
     return fn
 
 
-def _turn(k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (..., T, D) keys by the rotary angles of their positions (negate ``sin`` to undo)."""
-    half = k.shape[-1] // 2
-    return k * cos + torch.cat([-k[..., half:], k[..., :half]], dim=-1) * sin
-
-
 def _rope_mean(k: torch.Tensor, groups: list[range], first: int, rope: Callable | None) -> torch.Tensor:
     """Mean of each group's keys taken without their rotary phase, re-rotated at the group's last position."""
     if rope is None:
         raise LCFError("rmean-S needs the model's rotary embedding (decoder.rotary_emb); this model has none")
     cos, sin = rope(torch.arange(first, first + k.shape[2], device=k.device))
-    flat = _turn(k, cos, -sin)
+    flat = turn(k, cos, -sin)
     mean = torch.stack([flat[:, :, g.start:g.stop].mean(2) for g in groups], dim=2)
     last = torch.tensor([g[-1] for g in groups], device=k.device)
-    return _turn(mean, cos[last], sin[last])
+    return turn(mean, cos[last], sin[last])
 
 
 def compress(p: Prepared, method: str, *, basis: Basis | None = None, other: Prepared | None = None,
@@ -236,59 +195,6 @@ def _join(first: KVView, second: KVView) -> KVView:
     return KVView([torch.cat([a, b], dim=2) for a, b in zip(first.keys, second.keys)],
                   [torch.cat([a, b], dim=2) for a, b in zip(first.values, second.values)],
                   first.seq_len + second.seq_len, first.specs)
-
-
-def batch_views(views: Sequence[KVView]) -> tuple[KVView, list[int]]:
-    """Left-pad single-row views to one batch; returns it and each row's number of padded positions."""
-    n = max(v.seq_len for v in views)
-    pads = [n - v.seq_len for v in views]
-
-    def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([torch.nn.functional.pad(t, (0, 0, pad, 0)) for t, pad in zip(tensors, pads)])
-
-    layers = range(views[0].num_layers)
-    return KVView([stack([v.keys[i] for v in views]) for i in layers],
-                  [stack([v.values[i] for v in views]) for i in layers], n, views[0].specs), pads
-
-
-@torch.no_grad()
-def greedy(model: Any, views: Sequence[KVView], tails: Sequence[torch.Tensor], starts: Sequence[int],
-           max_new_tokens: int, stop: set[int]) -> list[list[int]]:
-    """Greedy tokens per row after running ``tails[i]`` at positions starts[i], starts[i] + 1, ... on top of
-    ``views[i]``. Rows are batched: caches and tails are left-padded, padding masked out."""
-    view, pads = batch_views(views)
-    dev, width = tails[0].device, max(len(t) for t in tails)
-    ids = torch.zeros(len(tails), width, dtype=torch.long, device=dev)
-    mask = torch.zeros(len(tails), view.seq_len + width, dtype=torch.long, device=dev)
-    pos = torch.zeros(len(tails), width, dtype=torch.long, device=dev)
-    for r, (tail, start, pad) in enumerate(zip(tails, starts, pads)):
-        ids[r, width - len(tail):] = tail
-        mask[r, pad:view.seq_len] = 1
-        mask[r, view.seq_len + width - len(tail):] = 1
-        pos[r] = torch.arange(start + len(tail) - width, start + len(tail)).clamp(min=0)
-    cache = view.to_cache(model)
-    out: list[list[int]] = [[] for _ in tails]
-    done = [False] * len(tails)
-    for _ in range(max_new_tokens):
-        res = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, **cache_kwargs(model, cache))
-        nxt = res.logits[:, -1].argmax(-1)  # the cache object is updated in place
-        for r, t in enumerate(nxt.tolist()):
-            done[r] = done[r] or t in stop
-            if not done[r]:
-                out[r].append(t)
-        if all(done):
-            break
-        ids, pos = nxt[:, None], pos[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones(len(tails), 1, dtype=torch.long, device=dev)], dim=1)
-    return out
-
-
-def stop_ids(model: Any, tokenizer: Any) -> set[int]:
-    """End-of-turn ids: the tokenizer's EOS and the model's generation-config EOS (one id or a list)."""
-    stop: set[int] = set()
-    for t in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        stop |= set(t) if isinstance(t, (list, tuple)) else ({t} if t is not None else set())
-    return stop
 
 
 def valid_method(m: str) -> bool:

@@ -26,10 +26,9 @@ scored as ``lcf eval-xc`` scores them and written in its layout (``python -m lcf
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,59 +36,11 @@ from typing import Any
 import torch
 
 from lcf.errors import LCFError
-from lcf.eval.cache_ceiling import Prepared, _turn, format_table, greedy, prepare_item, stop_ids
-from lcf.models.kv import KVView, decoder, prefill
+from lcf.eval.cache_ceiling import format_table
+from lcf.models.rows import (Prepared, context_span, flat_kv, greedy, layer_rope, prepare_item, sharer_rows, stop_ids,
+                             unflat_kv)
 
 METHODS = ("text", "translated", "mismatched", "zero", "mean")
-Rope = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
-
-
-def layer_rope(model: Any) -> Rope:
-    """(positions (T,), layer) -> rotary (cos, sin), each (T, head_dim), for models whose layers may use
-    different rotary bases (Gemma-3: local and global layers)."""
-    emb = getattr(decoder(model), "rotary_emb", None)
-    if emb is None:
-        raise LCFError(f"{type(model).__name__} has no decoder.rotary_emb; kv_translate needs rotary positions")
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    types = getattr(cfg, "layer_types", None)
-    typed = "layer_type" in inspect.signature(emb.forward).parameters
-    dtype = next(model.parameters()).dtype
-
-    def fn(positions: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        probe = torch.zeros(1, dtype=dtype, device=positions.device)
-        cos, sin = emb(probe, positions[None], types[layer]) if typed and types else emb(probe, positions[None])
-        return cos[0], sin[0]
-    return fn
-
-
-def flat_kv(view: KVView, rope: Rope, positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` of every layer's [K | V] (heads flattened, keys without their rotary phase) -> (T, dim)."""
-    parts = []
-    for layer in range(view.num_layers):
-        k, v = view.layer(layer)
-        cos, sin = rope(positions[index], layer)
-        k = _turn(k[0][:, index], cos, -sin)
-        parts += [k.transpose(0, 1).flatten(1), v[0][:, index].transpose(0, 1).flatten(1)]
-    return torch.cat(parts, dim=1)
-
-
-def unflat_kv(rows: torch.Tensor, p: Prepared, rope: Rope) -> tuple[KVView, int]:
-    """Inverse of :func:`flat_kv` placed at the context's positions: [head; rows as K/V], tail start."""
-    t, need = rows.shape[0], sum(2 * spec.kv_heads * spec.head_dim for spec in p.view.specs)
-    if rows.shape[1] != need:
-        raise LCFError(f"translated rows have {rows.shape[1]} columns; the receiver's layers need {need}")
-    positions = torch.arange(p.a, p.a + t, device=rows.device)
-    keys, values, at = [], [], 0
-    for layer, spec in enumerate(p.view.specs):
-        width = spec.kv_heads * spec.head_dim
-        k, v = (rows[:, at + i * width: at + (i + 1) * width].view(t, spec.kv_heads, spec.head_dim)
-                .transpose(0, 1)[None] for i in (0, 1))
-        at += 2 * width
-        cos, sin = rope(positions, layer)
-        hk, hv = p.view.layer(layer)
-        keys.append(torch.cat([hk[:, :, :p.a], _turn(k, cos, sin).to(hk.dtype)], dim=2))
-        values.append(torch.cat([hv[:, :, :p.a], v.to(hv.dtype)], dim=2))
-    return KVView(keys, values, p.a + t, p.view.specs), p.a + t
 
 
 @dataclass
@@ -110,28 +61,13 @@ class Pair:
     def features(self, item: Any) -> tuple[torch.Tensor, torch.Tensor, Prepared]:
         """Sharer rows x (T, Ds) and receiver rows y (T, Dr) for the T receiver tokens of the item's context,
         and the receiver's prepared prompt. The sharer reads the context alone, as LCF-X's sharer does."""
-        from lcf.align.templates import format_messages
-        from lcf.align.tokens import align_texts, auto_special_tokens
-        from lcf.data.crosscontext import _encode_prompt, receiver_message
-
-        rt, st = self.receiver_tokenizer, self.sharer_tokenizer
-        p = prepare_item(self.receiver, rt, item.question, item.sharer_context, self.template)
-        context = item.sharer_context.strip()
-        user = receiver_message(item.question, item.sharer_context)
-        r_text = format_messages(rt, [{"role": "user", "content": user}], self.template).text
-        s_text = format_messages(st, [{"role": "user", "content": item.sharer_context}], self.sharer_template).text
-        s_ids = _encode_prompt(st, s_text)[0]
-        al = align_texts(rt, st, r_text, s_text, segments=[(r_text.find(context), s_text.find(context), len(context))],
-                         add_special_tokens=(auto_special_tokens(rt, r_text), auto_special_tokens(st, s_text)))
-        if len(al) != p.b + len(p.tail) or not bool(al.mask[p.a:p.b].all()):
-            raise LCFError("the context's receiver tokens do not all align to sharer tokens; check the templates")
-        sv = prefill(self.sharer, torch.tensor([s_ids], device=self.sharer.device))
-        if any(sv.length(i) != sv.seq_len for i in range(sv.num_layers)):
-            raise LCFError(f"the sharer's prompt ({len(s_ids)} tokens) is longer than its sliding window, so its cache "
-                           "no longer holds every context token; use shorter contexts for kv_translate")
-        s_dev, r_dev = self.sharer.device, self.receiver.device
-        x = flat_kv(sv, self.sharer_rope, torch.arange(len(s_ids), device=s_dev), al.sharer_index[p.a:p.b].to(s_dev))
-        y = flat_kv(p.view, self.receiver_rope, torch.arange(p.b, device=r_dev), torch.arange(p.a, p.b, device=r_dev))
+        span = context_span(self.receiver_tokenizer, item.question, item.sharer_context, self.template)
+        p = prepare_item(self.receiver, self.receiver_tokenizer, item.question, item.sharer_context, self.template, span)
+        x = sharer_rows(self.sharer, self.sharer_tokenizer, self.sharer_rope, self.receiver_tokenizer, span,
+                        item.sharer_context, self.sharer_template)
+        r_dev = self.receiver.device
+        y = flat_kv(p.view, self.receiver_rope, torch.arange(p.b, device=r_dev),
+                    torch.arange(p.a, p.b, device=r_dev))
         return x, y, p
 
 
