@@ -37,10 +37,12 @@ import torch
 
 from lcf.errors import LCFError
 from lcf.eval.cache_ceiling import format_table
+from lcf.runtime.token_kv import TokenMessage, dequantize_rows, quantize_rows
 from lcf.models.rows import (Prepared, context_span, flat_kv, greedy, layer_rope, prepare_item, sharer_rows, stop_ids,
                              unflat_kv)
 
 METHODS = ("text", "translated", "mismatched", "zero", "mean")
+QUANTIZED = ("translated-int8", "translated-int4")  # rank-r maps: the codes sent as int8 / int4 messages
 
 
 @dataclass
@@ -148,9 +150,12 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
     from lcf.eval.harness import _first_line
     from lcf.eval.metrics import squad_scores
 
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHODS + QUANTIZED]
     if bad:
-        raise LCFError(f"unknown methods {bad}; expected some of {list(METHODS)}")
+        raise LCFError(f"unknown methods {bad}; expected some of {list(METHODS + QUANTIZED)}")
+    if any(m in QUANTIZED for m in methods) and not hasattr(translator, "encode"):
+        raise LCFError("translated-int8 / translated-int4 quantise a rank-r map's codes; the full ridge map has none "
+                       "(cut and tune it with --finetune-steps, or load one with --tuned)")
     feats = [pair.features(it) for it in items]
     model, tok = pair.receiver, pair.receiver_tokenizer
     stop = stop_ids(model, tok)
@@ -162,6 +167,9 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
                 rows = y
             elif method == "translated":
                 rows = translator(x)
+            elif method in QUANTIZED:
+                scheme = method.split("-")[1]
+                rows = translator.decode(dequantize_rows(quantize_rows(translator.encode(x), scheme), scheme))
             elif method == "mismatched":
                 rows = translator(feats[(i + 1) % len(feats)][0])
             elif method == "zero":
@@ -179,6 +187,10 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
         preds = [_first_line(t) for t in texts]
         scores = squad_scores(preds, golds) | {"contains": contains_rate(texts, golds),
                                                "slots": sum(len(f[0]) for f in feats) / len(feats)}
+        if method in ("translated",) + QUANTIZED and hasattr(translator, "encode"):
+            scheme = method.split("-")[1] if "-" in method else "none"
+            scores["bytes_sent"] = sum(len(TokenMessage(translator.encode(f[0]), {}).to_bytes(scheme))
+                                       for f in feats) / len(feats)
         if any(it.distractors for it in items):
             scores["other"] = contains_rate(texts, [it.distractors or [""] for it in items])
         res["scores"][method] = scores
@@ -243,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--mse-weight", type=float, default=1.0)
     ap.add_argument("--tuned", default=None, help="safetensors file of the fine-tuned translation: loaded if it "
                     "exists, else trained and saved there")
+    ap.add_argument("--export", default=None, metavar="DIR", help="write the rank-r map as a per-token adapter "
+                    "(adapter_config.json + adapter.safetensors) that `lcf send` / `lcf receive` and load_adapter use")
     ap.add_argument("--data-root", default=None, help="data files root (default $LCF_DATA_ROOT)")
     ap.add_argument("--items", type=int, default=60)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -276,6 +290,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         from lcf.eval.kv_tune import tuned_from_args
 
         translator, report = tuned_from_args(args, pair, translator, report)
+    if args.export:
+        if not hasattr(translator, "encode"):
+            raise LCFError("--export writes a rank-r map; add --finetune-steps N (or --tuned FILE of a tuned one)")
+        from lcf.runtime.token_adapter import export_token_adapter
+
+        export_token_adapter(translator, args.export, sharer=s, receiver=r, training=report)
     res = run(pair, translator, items, args.methods)
     res["setup"] = {"data": spec, "items": len(items), "seed": args.seed} | report
     out = Path(args.out)

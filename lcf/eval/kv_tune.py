@@ -23,53 +23,7 @@ from lcf.errors import LCFError
 from lcf.eval import kv_translate as kt
 from lcf.eval.kv_translate import Pair, Ridge, unflat_kv
 from lcf.models.kv import cache_kwargs
-
-
-class LowRank(torch.nn.Module):
-    """A rank-r K/V translation with the same call as :class:`~lcf.eval.kv_translate.Ridge`."""
-
-    def __init__(self, down: torch.Tensor, up: torch.Tensor, x_mean: torch.Tensor, x_std: torch.Tensor,
-                 y_mean: torch.Tensor):
-        super().__init__()
-        if down.shape[1] != up.shape[0] or down.shape[0] != x_mean.numel() or up.shape[1] != y_mean.numel():
-            raise LCFError(f"LowRank shapes do not chain: down {tuple(down.shape)}, up {tuple(up.shape)}, "
-                           f"x_mean {x_mean.numel()}, y_mean {y_mean.numel()}")
-        self.down, self.up = torch.nn.Parameter(down.clone()), torch.nn.Parameter(up.clone())
-        for name, t in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean)):
-            self.register_buffer(name, t.clone())
-
-    @classmethod
-    def from_ridge(cls, ridge: Ridge, rank: int, seed: int = 0) -> LowRank:
-        if not 0 < rank <= min(ridge.w.shape):
-            raise LCFError(f"rank must be in 1..{min(ridge.w.shape)}, got {rank}")
-        torch.manual_seed(seed)
-        u, s, v = torch.svd_lowrank(ridge.w, q=min(rank + 32, min(ridge.w.shape)), niter=4)
-        return cls(u[:, :rank] * s[:rank], v[:, :rank].T, ridge.x_mean, ridge.x_std, ridge.y_mean)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = ((x.to(self.down.dtype) - self.x_mean) / self.x_std) @ self.down @ self.up + self.y_mean
-        return out.to(x.dtype)
-
-    def save(self, path: str | Path, report: dict[str, Any]) -> None:
-        import json
-
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(path),
-                  metadata={"report": json.dumps(report)})
-
-    @classmethod
-    def load(cls, path: str | Path) -> tuple[LowRank, dict[str, Any]]:
-        import json
-
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            t = {k: f.get_tensor(k) for k in f.keys()}
-            report = json.loads((f.metadata() or {}).get("report", "{}"))
-        if "down" not in t:
-            raise LCFError(f"{path} holds no rank-r translation (tensors {sorted(t)}); was it saved by Ridge?")
-        return cls(t["down"], t["up"], t["x_mean"], t["x_std"], t["y_mean"]), report
+from lcf.runtime.token_kv import LowRank
 
 
 def answer_ids(tokenizer: Any, answer: str) -> torch.Tensor:

@@ -10,14 +10,19 @@ Needs only torch, transformers and safetensors (no Lightning, DeepSpeed or Omega
 - :mod:`lcf.runtime.adapter`   :func:`load_adapter` and :class:`Adapter` (shared-context generation)
 - :mod:`lcf.runtime.xcontext`  cross-context ``send`` / ``receive`` (LCF-X)
 - :mod:`lcf.runtime.messages`  latent messages: the bytes that travel between a sender and a receiver
+- :mod:`lcf.runtime.token_kv`  per-token messages (one short code per context token) and their map
+- :mod:`lcf.runtime.token_adapter`  adapters that send them (``load_adapter`` returns one for such a folder)
 """
 from lcf.runtime.adapter import Adapter, build_compressor, build_translator, check_fingerprint, load_adapter
 from lcf.runtime.format import (COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, KNOWN_KEYS, WEIGHTS_NAME,
                                 AdapterError, load_weights, read_config, split_state)
 from lcf.runtime.messages import LatentMessage, MessageError
+from lcf.runtime.token_adapter import TokenAdapter, export_token_adapter
+from lcf.runtime.token_kv import TokenMessage
 
 __all__ = [
-    "Adapter", "AdapterError", "LatentMessage", "MessageError", "load_adapter", "read_config", "load_weights",
+    "Adapter", "AdapterError", "LatentMessage", "MessageError", "TokenAdapter", "TokenMessage",
+    "export_token_adapter", "load_adapter", "read_config", "load_weights",
     "split_state", "build_translator", "build_compressor", "check_fingerprint",
     "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "COMPRESSOR_PREFIX", "KNOWN_KEYS",
 ]

@@ -29,6 +29,7 @@ from lcf.models.fingerprint import fingerprint
 from lcf.models.loading import LoadedModel, load_model
 from lcf.registry import compressors, token_aligners, translators
 from lcf.runtime.format import AdapterError, load_weights, read_config, split_state
+from lcf.runtime.token_kv import TRANSLATOR_TYPE as TOKEN_TRANSLATOR
 from lcf.runtime.several import (SharerSide, batch_to, more_sharer_features, sharer_configs, sharer_states,
                                  translator_config)
 from lcf.runtime.xcontext import CrossContextMixin
@@ -206,14 +207,27 @@ class Adapter(CrossContextMixin):
 
 
 def load_adapter(path: str | Path, *, sharer: Any = None, receiver: Any = None, device: str | None = None,
-                 dtype: str | None = None, check_fingerprints: bool = True, with_sharer: bool = True) -> Adapter:
+                 dtype: str | None = None, check_fingerprints: bool = True, with_sharer: bool = True,
+                 with_receiver: bool = True) -> Adapter:
     """Load an exported adapter. ``sharer``/``receiver``: a model spec (card name, local dir, hub id),
     a ``LoadedModel``, a ``(model, tokenizer)`` tuple, or None for the models named in the adapter.
-    ``with_sharer=False`` skips the sharer (a process that only receives latent messages)."""
+    ``with_sharer=False`` skips the sharer (a process that only receives latent messages);
+    ``with_receiver=False`` the receiver model (a process that only sends per-token messages).
+    Per-token adapters (:mod:`lcf.runtime.token_kv`) load as a
+    :class:`~lcf.runtime.token_adapter.TokenAdapter` with the same ``send`` / ``receive``."""
     check_dtype(dtype)
     check_device(device)
     folder = Path(path)
     cfg = read_config(folder)
+    if cfg["translator"]["type"] == TOKEN_TRANSLATOR:
+        from lcf.runtime.token_adapter import load_token_adapter
+
+        return load_token_adapter(folder, cfg, sharer=sharer, receiver=receiver, device=device, dtype=dtype,
+                                  check_fingerprints=check_fingerprints, with_sharer=with_sharer,
+                                  with_receiver=with_receiver)
+    if not with_receiver:
+        raise AdapterError(f"{folder}: with_receiver=False is only for per-token adapters; this one fuses into the "
+                           f"receiver's cache, so it needs the receiver")
     t_state, c_state = split_state(load_weights(folder))
     states = sharer_states(cfg, t_state)  # one per sharer (several-sharer adapters: "sharers.<i>." prefixes)
     entries = sharer_configs(cfg)

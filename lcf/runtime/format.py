@@ -87,3 +87,14 @@ def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     :data:`COMPRESSOR_PREFIX`."""
     comp = {k[len(COMPRESSOR_PREFIX):]: v for k, v in state.items() if k.startswith(COMPRESSOR_PREFIX)}
     return {k: v for k, v in state.items() if not k.startswith(COMPRESSOR_PREFIX)}, comp
+
+
+def file_fingerprint(path: Path) -> str:
+    """Short sha256 of a file (messages name the adapter weights that made them)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]

@@ -89,6 +89,9 @@ class LatentMessage:
                 f"the latent message ({len(data)} bytes) is truncated or corrupted ({type(exc).__name__}: {exc}); "
                 f"send it again"
             ) from exc
+        if header.get("kind", "summary") != "summary":
+            raise MessageError(f"this latent message is of kind {header.get('kind')!r}, not an LCF-X summary: read it "
+                               f"with the adapter that made it (load_adapter returns the right reader)")
         if header.get("format_version") != MESSAGE_FORMAT:
             raise MessageError(f"latent message format {header.get('format_version')!r} is not supported (expected "
                                f"{MESSAGE_FORMAT}); upgrade lcf on the side that reads it")

@@ -10,7 +10,6 @@ The sender needs the sharer, the receiver only the receiver: ``load_adapter(path
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 
 from lcf.errors import LCFError
 from lcf.models.kv import cat_views
-from lcf.runtime.format import WEIGHTS_NAME
+from lcf.runtime.format import WEIGHTS_NAME, file_fingerprint
 from lcf.runtime.messages import LatentMessage, MessageError
 
 
@@ -52,11 +51,7 @@ class CrossContextMixin:
         if cached is None:
             if self.folder is None:
                 raise LCFError("this adapter was not loaded from a folder, so it has no weights fingerprint")
-            digest = hashlib.sha256()
-            with open(self.folder / WEIGHTS_NAME, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-            cached = self.__dict__["_weights_sha"] = digest.hexdigest()[:16]
+            cached = self.__dict__["_weights_sha"] = file_fingerprint(self.folder / WEIGHTS_NAME)
         return cached
 
     def expected_header(self) -> dict[str, Any]:

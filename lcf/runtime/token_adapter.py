@@ -1,0 +1,185 @@
+"""Adapters that send the sharer's cache token by token (:mod:`lcf.runtime.token_kv`): export, load, send,
+receive. :func:`lcf.runtime.load_adapter` returns a :class:`TokenAdapter` for such a folder, so ``lcf send`` /
+``lcf receive`` and code written for LCF-X adapters use them unchanged::
+
+    data = load_adapter("kv-adapter").send(context).to_bytes(quantize="int8")
+    load_adapter("kv-adapter", with_sharer=False).receive(data, "Which city does Ravel Doskin live in?")
+
+The receiver never sees the context: it builds its prompt around a placeholder, keeps the template's
+tokens before and after it, and puts the message's T translated tokens in between.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lcf.errors import LCFError
+from lcf.models.kv import prefill
+from lcf.models.rows import Prepared, context_span, greedy, layer_rope, sharer_rows, stop_ids, unflat_kv
+from lcf.runtime.format import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, AdapterError, file_fingerprint
+from lcf.runtime.messages import MessageError
+from lcf.runtime.token_kv import PLACEHOLDER, PROBE_QUESTION, TRANSLATOR_TYPE, LowRank, TokenMessage
+
+
+def export_token_adapter(low: LowRank, folder: str | Path, *, sharer: Any, receiver: Any,
+                         templates: dict[str, str] | None = None, training: dict[str, Any] | None = None) -> Path:
+    """Write ``adapter_config.json`` + ``adapter.safetensors`` for a trained per-token map; ``sharer`` and
+    ``receiver`` are :class:`~lcf.models.loading.LoadedModel` (names and fingerprints go in the config)."""
+    import lcf
+    from lcf.export import model_identity
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in low.state_dict().items()}
+    from safetensors.torch import save_file
+
+    save_file(state, str(folder / WEIGHTS_NAME))
+    config = {"format_version": FORMAT_VERSION, "lcf_version": lcf.__version__,
+              "translator": {"type": TRANSLATOR_TYPE, "args": {"rank": low.rank}},
+              "shapes": {"sharer_row": int(low.down.shape[0]), "receiver_row": int(low.up.shape[1])},
+              "sharer": model_identity(sharer), "receiver": model_identity(receiver),
+              "templates": templates or {"receiver": "auto", "sharer": "auto"},
+              "token_alignment": {"type": "maximal_coverage"},
+              "num_parameters": low.down.numel() + low.up.numel(),
+              "size_bytes": sum(t.numel() * t.element_size() for t in state.values()), "training": training or {}}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    return folder
+
+
+@dataclass
+class TokenAdapter:
+    """A per-token adapter with its models; ``sharer`` is None in a receiving process, ``receiver`` None in a
+    sending one (then ``receiver_tokenizer`` still tokenizes the context the receiver's way)."""
+
+    config: dict[str, Any]
+    map: LowRank
+    sharer: Any
+    receiver: Any
+    receiver_tokenizer: Any
+    folder: Path
+
+    is_cross_context = True
+
+    def __post_init__(self) -> None:
+        self._ropes = {role: layer_rope(m.model) for role, m in (("sharer", self.sharer), ("receiver", self.receiver))
+                       if m is not None}
+        self._fingerprint = file_fingerprint(self.folder / WEIGHTS_NAME)
+
+    @property
+    def templates(self) -> dict[str, str]:
+        return self.config.get("templates") or {}
+
+    def expected_header(self) -> dict[str, Any]:
+        return {"sharer": self.config["sharer"]["fingerprint"], "receiver": self.config["receiver"]["fingerprint"],
+                "adapter": self._fingerprint, "rank": self.map.rank}
+
+    def _device(self) -> torch.device:
+        return self.map.down.device
+
+    # -- sending -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def send(self, context: str, *, spans: str | None = None, **unused: Any) -> TokenMessage:
+        """The message of one context: a code of ``rank`` numbers per receiver token of it."""
+        if self.sharer is None:
+            raise LCFError("this adapter was loaded without its sharer (with_sharer=False): it can receive messages "
+                           "but not read contexts; load it with the sharer to send")
+        if spans is not None:
+            raise LCFError("per-token messages have no spans (one code per token); drop --spans / spans=")
+        template = self.templates.get("receiver", "auto")
+        span = context_span(self.receiver_tokenizer, PROBE_QUESTION, context, template)
+        probe = context_span(self.receiver_tokenizer, PROBE_QUESTION, PLACEHOLDER, template)
+        if span.ids[:span.a] != probe.ids[:probe.a] or span.ids[span.b:] != probe.ids[probe.b:]:
+            raise MessageError("the receiver's template tokens next to this context differ from those next to a "
+                               "placeholder (its first or last characters merge with the template's), so the "
+                               "receiver could not rebuild its prompt; strip or end the context with punctuation")
+        x = sharer_rows(self.sharer.model, self.sharer.tokenizer, self._ropes["sharer"], self.receiver_tokenizer,
+                        span, context, self.templates.get("sharer", "auto"))
+        return TokenMessage(self.map.encode(x.to(self._device())), self.expected_header() | {"head": span.a})
+
+    # -- receiving -----------------------------------------------------------------------------------
+    def read_message(self, message: TokenMessage | bytes) -> TokenMessage:
+        """Parse (bytes) and check a message against this adapter; raises :class:`MessageError`."""
+        msg = TokenMessage.from_bytes(message) if isinstance(message, (bytes, bytearray)) else message
+        if not isinstance(msg, TokenMessage):
+            raise MessageError(f"expected a TokenMessage or its bytes, got {type(message).__name__}")
+        for role, want in self.expected_header().items():
+            if msg.header.get(role) != want:
+                raise MessageError(f"this message was made for {role} {msg.header.get(role)!r}, but this side uses "
+                                   f"{want!r}: it comes from another model pair or adapter; send it with the "
+                                   f"adapter the receiver has loaded")
+        if msg.codes.dim() != 2 or msg.codes.shape[1] != self.map.rank or not bool(torch.isfinite(msg.codes).all()):
+            raise MessageError(f"the message's codes have shape {tuple(msg.codes.shape)} or non-finite values; this "
+                               f"adapter expects finite (tokens, {self.map.rank})")
+        return msg
+
+    @torch.no_grad()
+    def receive(self, message: TokenMessage | bytes | Sequence[TokenMessage | bytes], question: str | Sequence[str],
+                *, own_context: str | Sequence[str] = "", max_new_tokens: int = 32, **unused: Any) -> str | list[str]:
+        """Answer ``question`` (or each of a list) reading the message's tokens as its context."""
+        if self.receiver is None:
+            raise LCFError("this adapter was loaded without its receiver; load it with the receiver to answer")
+        if any(own_context if isinstance(own_context, (list, tuple)) else [own_context]):
+            raise LCFError("per-token messages stand for the whole context; own_context is not supported with them")
+        single = isinstance(question, str)
+        questions = [question] if single else list(question)
+        msgs = list(message) if isinstance(message, (list, tuple)) else [message] * len(questions)
+        if len(msgs) != len(questions):
+            raise LCFError(f"receive: {len(msgs)} messages for {len(questions)} questions")
+        model, tok = self.receiver.model, self.receiver.tokenizer
+        views, tails, starts = [], [], []
+        for m, q in zip(msgs, questions):
+            msg = self.read_message(m)
+            span = context_span(tok, q, PLACEHOLDER, self.templates.get("receiver", "auto"))
+            if span.a != msg.header.get("head"):
+                raise MessageError(f"the receiver's prompt puts the context at token {span.a}, the sender's at "
+                                   f"{msg.header.get('head')}: the two sides use different receiver templates")
+            ids = torch.tensor([span.ids], device=model.device)
+            p = Prepared(prefill(model, ids[:, :span.a]), span.a, span.a, ids[0, span.b:])
+            view, start = unflat_kv(self.map.decode(msg.codes.to(self._device())).to(model.device), p,
+                                    self._ropes["receiver"])
+            views.append(view)
+            tails.append(p.tail)
+            starts.append(start)
+        new = greedy(model, views, tails, starts, max_new_tokens, stop_ids(model, tok))
+        texts = [tok.decode(t, skip_special_tokens=True).strip() for t in new]
+        return texts[0] if single else texts
+
+
+def load_token_adapter(folder: Path, cfg: dict[str, Any], *, sharer: Any, receiver: Any, device: str | None,
+                       dtype: str | None, check_fingerprints: bool, with_sharer: bool,
+                       with_receiver: bool) -> TokenAdapter:
+    """:func:`lcf.runtime.load_adapter` for per-token adapters (strict about tensors and models)."""
+    from lcf.models.fingerprint import tokenizer_fingerprint
+    from lcf.models.loading import load_tokenizer
+    from lcf.runtime.adapter import _as_loaded, check_fingerprint
+    from lcf.runtime.format import load_weights
+
+    low = LowRank.from_state(load_weights(folder), str(folder / WEIGHTS_NAME))
+    shapes = cfg.get("shapes") or {}
+    got = {"sharer_row": low.down.shape[0], "receiver_row": low.up.shape[1]}
+    if any(shapes.get(k) != v for k, v in got.items()) or cfg["translator"].get("args", {}).get("rank") != low.rank:
+        raise AdapterError(f"{folder}: the tensors (rows {got}, rank {low.rank}) do not match the config (shapes "
+                           f"{shapes}, args {cfg['translator'].get('args')}); re-export the adapter")
+    if not (with_sharer or with_receiver):
+        raise AdapterError("with_sharer=False and with_receiver=False leave nothing to run; keep one side")
+    s = _as_loaded(sharer, cfg["sharer"]["name"], dtype) if with_sharer else None
+    r = _as_loaded(receiver, cfg["receiver"]["name"], dtype) if with_receiver else None
+    r_tok = r.tokenizer if r is not None else load_tokenizer(cfg["receiver"]["name"])
+    if check_fingerprints:
+        if s is not None:
+            check_fingerprint("sharer", cfg["sharer"], s)
+        if r is not None:
+            check_fingerprint("receiver", cfg["receiver"], r)
+        elif tokenizer_fingerprint(r_tok) != cfg["receiver"]["fingerprint"].get("tokenizer"):
+            raise AdapterError(f"the receiver tokenizer of {cfg['receiver']['name']!r} differs from the one this "
+                               f"adapter was trained with; load the receiver the adapter names")
+    for m in (s, r):
+        if m is not None and device:
+            m.model.to(device)
+    low = low.to(device) if device else low
+    return TokenAdapter(cfg, low.eval(), s, r, r_tok, folder)

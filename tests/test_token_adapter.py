@@ -1,0 +1,157 @@
+"""Per-token adapters (lcf.runtime.token_kv / token_adapter): export, load, send, receive, refusals."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_llama
+from lcf.data.crosscontext import XCExample
+from lcf.errors import LCFError
+from lcf.eval import kv_translate as kt
+from lcf.models.loading import LoadedModel
+from lcf.models.rows import context_span, greedy, prepare_item, stop_ids
+from lcf.runtime import (AdapterError, LatentMessage, MessageError, TokenAdapter, TokenMessage, export_token_adapter,
+                         load_adapter)
+from lcf.runtime.token_kv import LowRank
+
+REPO = Path(__file__).resolve().parent.parent
+CONTEXT = "Ada Lindqvist moved to Tromso a few years ago. She works as a luthier."
+QUESTION = "Where does Ada Lindqvist live?"
+
+
+def _identity(dim: int) -> LowRank:
+    eye = torch.eye(dim)
+    return LowRank(eye, eye, torch.zeros(dim), torch.ones(dim), torch.zeros(dim))
+
+
+@pytest.fixture(scope="module")
+def tiny(real_receiver_tokenizer, tmp_path_factory):
+    """One tiny model on both sides and the identity map: the message must be the receiver's own cache."""
+    tok = real_receiver_tokenizer
+    model = tiny_llama(vocab_size=len(tok), layers=2).eval()
+    loaded = LoadedModel(name="smollm2-135m-instruct", model=model, tokenizer=tok, card=None, path="")
+    folder = export_token_adapter(_identity(32), tmp_path_factory.mktemp("tok") / "adapter", sharer=loaded,
+                                  receiver=loaded, training={"note": "identity"})
+    return folder, model, tok
+
+
+def _load(tiny, **kw) -> TokenAdapter:
+    folder, model, tok = tiny
+    return load_adapter(folder, sharer=(model, tok), receiver=(model, tok), **kw)
+
+
+def test_send_receive_reads_like_the_context_itself(tiny):
+    folder, model, tok = tiny
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    assert cfg["translator"] == {"type": "token_kv_lowrank", "args": {"rank": 32}}
+    adapter = _load(tiny)
+    assert isinstance(adapter, TokenAdapter) and adapter.is_cross_context
+    msg = adapter.send(CONTEXT)
+    span = context_span(tok, QUESTION, CONTEXT)
+    assert msg.codes.shape == (span.b - span.a, 32) and msg.header["head"] == span.a
+    p = prepare_item(model, tok, QUESTION, CONTEXT)
+    want = tok.decode(greedy(model, [p.view], [p.tail], [p.b], 8, stop_ids(model, tok))[0], skip_special_tokens=True)
+    data = msg.to_bytes()
+    assert adapter.receive(data, QUESTION, max_new_tokens=8) == want.strip()
+    assert adapter.receive([data, msg], [QUESTION, QUESTION], max_new_tokens=8) == [want.strip()] * 2
+    again = TokenMessage.from_bytes(data)
+    assert torch.equal(again.codes, msg.codes) and again.header["tokens"] == len(msg.codes)
+
+
+def test_receiving_side_needs_no_sharer_and_int8_int4_shrink_the_message(tiny):
+    sender = _load(tiny)
+    receiver = _load(tiny, with_sharer=False)
+    assert receiver.sharer is None
+    msg = sender.send(CONTEXT)
+    sizes = {q: len(msg.to_bytes(q)) for q in ("none", "int8", "int4")}
+    assert sizes["none"] > sizes["int8"] > sizes["int4"]
+    for q, tol in (("int8", 0.01), ("int4", 0.15)):
+        codes = TokenMessage.from_bytes(msg.to_bytes(q)).codes
+        assert ((codes - msg.codes).abs().amax(1) / msg.codes.abs().amax(1)).max() <= tol
+        assert isinstance(receiver.receive(msg.to_bytes(q), QUESTION, max_new_tokens=4), str)
+    with pytest.raises(LCFError, match="loaded without its sharer"):
+        receiver.send(CONTEXT)
+
+
+def test_bad_messages_and_calls_are_refused(tiny, tmp_path):
+    folder, model, tok = tiny
+    adapter = _load(tiny)
+    data = adapter.send(CONTEXT).to_bytes("int8")
+    with pytest.raises(MessageError, match="truncated or corrupted"):
+        adapter.receive(data[:50], QUESTION)
+    tampered = bytearray(data)
+    tampered[-3] ^= 0xFF
+    with pytest.raises(MessageError, match="checksum"):
+        adapter.receive(bytes(tampered), QUESTION)
+    with pytest.raises(MessageError, match="not an LCF-X summary"):
+        LatentMessage.from_bytes(data)
+    summary = LatentMessage({0: torch.zeros(1, 1, 4)}, {0: torch.zeros(1, 1, 4)}, {}).to_bytes()
+    with pytest.raises(MessageError, match="not a per-token message"):
+        adapter.receive(summary, QUESTION)
+    other = export_token_adapter(LowRank(*(t * 2 if i < 2 else t for i, t in enumerate(_identity(32).state_dict()
+                                                                                        .values()))),
+                                 tmp_path / "other", sharer=LoadedModel("s", model, tok, None, ""),
+                                 receiver=LoadedModel("smollm2-135m-instruct", model, tok, None, ""))
+    with pytest.raises(MessageError, match="made for adapter"):
+        load_adapter(other, sharer=(model, tok), receiver=(model, tok)).receive(data, QUESTION)
+    with pytest.raises(LCFError, match="own_context is not supported"):
+        adapter.receive(data, QUESTION, own_context="something")
+    with pytest.raises(LCFError, match="no spans"):
+        adapter.send(CONTEXT, spans="sentence")
+    with pytest.raises(LCFError, match="2 messages for 1 questions"):
+        adapter.receive([data, data], [QUESTION])
+
+
+def test_broken_folders_are_refused(tiny, tmp_path):
+    import shutil
+
+    folder, model, tok = tiny
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    cfg["translator"]["args"]["rank"] = 8
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterError, match="do not match the config"):
+        load_adapter(bad, sharer=(model, tok), receiver=(model, tok))
+    with pytest.raises(AdapterError, match="leave nothing to run"):
+        load_adapter(folder, sharer=(model, tok), receiver=(model, tok), with_sharer=False, with_receiver=False)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2, 2)}, str(bad / "adapter.safetensors"))
+    with pytest.raises(AdapterError, match="rank-r per-token map"):
+        load_adapter(bad, sharer=(model, tok), receiver=(model, tok))
+
+
+@pytest.mark.real
+def test_real_pair_runtime_matches_the_evaluated_system_and_the_cli(tmp_path, real_receiver, real_sharer):
+    """A random rank-16 map for Gemma-3-270M -> SmolLM2-135M-Instruct (answers are noise, the mechanics are
+    not): the runtime's answer equals kv_translate's for the same map, and `lcf send` / `lcf receive` run it
+    in two processes, the sender without the receiver model."""
+    torch.manual_seed(0)
+    pair = kt.Pair(real_receiver.model, real_receiver.tokenizer, real_sharer.model, real_sharer.tokenizer)
+    item = XCExample(id="0", sharer_context=CONTEXT, question=QUESTION, answers=["Tromso"])
+    x, y, _ = pair.features(item)
+    low = LowRank(torch.randn(x.shape[1], 16) * 0.02, torch.randn(16, y.shape[1]) * 0.02, x.mean(0),
+                  x.std(0) + 1e-3, y.mean(0))
+    folder = export_token_adapter(low, tmp_path / "adapter", sharer=real_sharer, receiver=real_receiver)
+    adapter = load_adapter(folder, sharer=real_sharer, receiver=real_receiver)
+    msg = adapter.send(CONTEXT)
+    assert msg.codes.shape == (len(x), 16)
+    want = kt.run(pair, adapter.map, [item], ["translated"])["predictions"]["translated"][0]["text"]
+    assert adapter.receive(msg.to_bytes(), QUESTION, max_new_tokens=16) == want
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    out = tmp_path / "msg.safetensors"
+    cmd = [sys.executable, "-m", "lcf.cli"]
+    sent = subprocess.run([*cmd, "send", str(folder), "--context", CONTEXT, "--out", str(out), "--quantize", "int4"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    got = subprocess.run([*cmd, "receive", str(folder), str(out), "--question", QUESTION, "--max-new-tokens", "6"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.strip() == adapter.receive(out.read_bytes(), QUESTION, max_new_tokens=6)
