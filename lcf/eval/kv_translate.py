@@ -64,7 +64,8 @@ class Pair:
         """Sharer rows x (T, Ds) and receiver rows y (T, Dr) for the T receiver tokens of the item's context,
         and the receiver's prepared prompt. The sharer reads the context alone, as LCF-X's sharer does."""
         span = context_span(self.receiver_tokenizer, item.question, item.sharer_context, self.template)
-        p = prepare_item(self.receiver, self.receiver_tokenizer, item.question, item.sharer_context, self.template, span)
+        p = prepare_item(self.receiver, self.receiver_tokenizer, item.question, item.sharer_context, self.template,
+                         span)
         x = sharer_rows(self.sharer, self.sharer_tokenizer, self.sharer_rope, self.receiver_tokenizer, span,
                         item.sharer_context, self.sharer_template)
         r_dev = self.receiver.device

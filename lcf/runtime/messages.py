@@ -76,19 +76,7 @@ class LatentMessage:
     @classmethod
     def from_bytes(cls, data: bytes) -> LatentMessage:
         """Parse safetensors bytes written by :meth:`to_bytes` (int8 messages are dequantised)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
-        if not data:
-            raise MessageError("the latent message is empty (0 bytes); was the sender's output written?")
-        try:
-            tensors = load(data)
-            header = _header(data)
-        except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
-            raise MessageError(
-                f"the latent message ({len(data)} bytes) is truncated or corrupted ({type(exc).__name__}: {exc}); "
-                f"send it again"
-            ) from exc
+        tensors, header = parse_bytes(data)
         if header.get("kind", "summary") != "summary":
             raise MessageError(f"this latent message is of kind {header.get('kind')!r}, not an LCF-X summary: read it "
                                f"with the adapter that made it (load_adapter returns the right reader)")
@@ -198,6 +186,20 @@ def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return f"{CHECKSUM}:{h.hexdigest()}"
+
+
+def parse_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, JSON header) of a message's safetensors bytes; :class:`MessageError` if empty or damaged."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if not data:
+        raise MessageError("the latent message is empty (0 bytes); was the sender's output written?")
+    try:
+        return load(bytes(data)), _header(bytes(data))
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise MessageError(f"the latent message ({len(data)} bytes) is truncated or corrupted "
+                           f"({type(exc).__name__}: {exc}); send it again") from exc
 
 
 def _header(data: bytes) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch
 
 from lcf.errors import LCFError
 from lcf.runtime.format import AdapterError
-from lcf.runtime.messages import (HEADER_KEY, MESSAGE_FORMAT, QUANTIZATIONS, MessageError, _header, pack_int4,
+from lcf.runtime.messages import (HEADER_KEY, MESSAGE_FORMAT, QUANTIZATIONS, MessageError, pack_int4, parse_bytes,
                                   tensor_checksum, unpack_int4)
 
 TRANSLATOR_TYPE = "token_kv_lowrank"  # the adapter_config.json translator type of per-token adapters
@@ -140,16 +140,7 @@ class TokenMessage:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TokenMessage:
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
-        if not data:
-            raise MessageError("the latent message is empty (0 bytes); was the sender's output written?")
-        try:
-            tensors, header = load(bytes(data)), _header(bytes(data))
-        except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
-            raise MessageError(f"the latent message ({len(data)} bytes) is truncated or corrupted "
-                               f"({type(exc).__name__}: {exc}); send it again") from exc
+        tensors, header = parse_bytes(data)
         if header.get("kind") != MESSAGE_KIND:
             raise MessageError(f"this is not a per-token message (kind {header.get('kind')!r}, expected "
                                f"{MESSAGE_KIND!r}): it was made by a summary (LCF-X) adapter; read it with that one")
