@@ -164,6 +164,8 @@ def test_receiver_only_process_loads_no_sharer(xc_adapter_dir, xc_adapter):
         xc_adapter.receive(data, "Where did the cat sit?", max_new_tokens=4)
     with pytest.raises(LCFError, match="loaded without its sharer"):
         receiver_side.send(CONTEXT)
+    with pytest.raises(AdapterError, match="only for per-token adapters"):
+        load_adapter(xc_adapter_dir, with_receiver=False)
 
 
 def test_cli_send_and_receive_in_two_processes(xc_adapter_dir, xc_adapter, tmp_path):

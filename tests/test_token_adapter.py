@@ -77,6 +77,11 @@ def test_receiving_side_needs_no_sharer_and_int8_int4_shrink_the_message(tiny):
         assert isinstance(receiver.receive(msg.to_bytes(q), QUESTION, max_new_tokens=4), str)
     with pytest.raises(LCFError, match="loaded without its sharer"):
         receiver.send(CONTEXT)
+    folder, model, tok = tiny
+    sender = load_adapter(folder, sharer=(model, tok), with_receiver=False)  # the receiver's tokenizer only
+    assert sender.receiver is None and torch.equal(sender.send(CONTEXT).codes, msg.codes)
+    with pytest.raises(LCFError, match="loaded without its receiver"):
+        sender.receive(msg, QUESTION)
 
 
 def test_bad_messages_and_calls_are_refused(tiny, tmp_path):
