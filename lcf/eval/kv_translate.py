@@ -37,9 +37,9 @@ import torch
 
 from lcf.errors import LCFError
 from lcf.eval.cache_ceiling import format_table
-from lcf.runtime.token_kv import TokenMessage, dequantize_rows, quantize_rows
 from lcf.models.rows import (Prepared, context_span, flat_kv, greedy, layer_rope, prepare_item, sharer_rows, stop_ids,
                              unflat_kv)
+from lcf.runtime.token_kv import TokenMessage, dequantize_rows, quantize_rows
 
 METHODS = ("text", "translated", "mismatched", "zero", "mean")
 QUANTIZED = ("translated-int8", "translated-int4")  # rank-r maps: the codes sent as int8 / int4 messages

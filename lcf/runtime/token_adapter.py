@@ -30,14 +30,14 @@ def export_token_adapter(low: LowRank, folder: str | Path, *, sharer: Any, recei
                          templates: dict[str, str] | None = None, training: dict[str, Any] | None = None) -> Path:
     """Write ``adapter_config.json`` + ``adapter.safetensors`` for a trained per-token map; ``sharer`` and
     ``receiver`` are :class:`~lcf.models.loading.LoadedModel` (names and fingerprints go in the config)."""
+    from safetensors.torch import save_file
+
     import lcf
     from lcf.export import model_identity
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in low.state_dict().items()}
-    from safetensors.torch import save_file
-
     save_file(state, str(folder / WEIGHTS_NAME))
     config = {"format_version": FORMAT_VERSION, "lcf_version": lcf.__version__,
               "translator": {"type": TRANSLATOR_TYPE, "args": {"rank": low.rank}},
