@@ -122,6 +122,20 @@ def test_low_rank_cut_fine_tunes_and_round_trips(same_pair, tmp_path):
         kv_tune.LowRank.load(tmp_path / "ridge.safetensors")
 
 
+def test_training_items_mix_several_sets_with_their_own_counts():
+    from lcf.eval import kv_tune
+
+    a = ["type=fact_transfer", "num_train=6", "num_val=2", "seed=0"]
+    b = ["type=fact_transfer", "num_train=6", "num_val=2", "seed=1", "values=open"]
+    items, used = kv_tune.training_items([a, b], [2, 5], None, seed=0)
+    assert [u["items"] for u in used] == [2, 5] and used[1]["values"] == "open"
+    assert len(items) == 7 and all(it.answers for it in items)
+    again, _ = kv_tune.training_items([a, b], [2, 5], None, seed=0)
+    assert [it.id for it in again] == [it.id for it in items]  # the mixture is reproducible
+    one, used = kv_tune.training_items([a, b], [3], None, seed=0)
+    assert len(one) == 6 and [u["items"] for u in used] == [3, 3]
+
+
 def test_bad_inputs_are_refused_with_their_reason():
     from lcf.eval import kv_tune
 
@@ -131,6 +145,10 @@ def test_bad_inputs_are_refused_with_their_reason():
         kv_tune.LowRank(torch.zeros(4, 2), torch.zeros(3, 5), torch.zeros(4), torch.ones(4), torch.zeros(5))
     with pytest.raises(LCFError, match="one number or one per --fit"):
         kt.fit_contexts([["type=fact_transfer"], ["type=fact_transfer"]], [1, 2, 3], None, 0)
+    with pytest.raises(LCFError, match="one number or one per --train"):
+        kv_tune.training_items([["type=fact_transfer"]], [1, 2], None, 0)
+    with pytest.raises(LCFError, match="needs --train"):
+        kv_tune.training_items([], [400], None, 0)
     with pytest.raises(LCFError, match="nothing to translate with"):
         kt.main(["r", "s", "--out", "unused", "--items", "2",
                  "--data", "type=fact_transfer", "num_train=4", "num_val=2"])

@@ -249,8 +249,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "there (a few hundred MB; keep it out of the repository)")
     ap.add_argument("--finetune-steps", type=int, default=0, help="fine-tune a rank --rank cut of the ridge map "
                     "end to end for this many steps (0: report the ridge map itself)")
-    ap.add_argument("--train", nargs="+", default=None, metavar="KEY=VALUE", help="fine-tuning data (train split)")
-    ap.add_argument("--train-items", type=int, default=400)
+    ap.add_argument("--train", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                    help="fine-tuning data, its train split (repeat the option to mix several sets)")
+    ap.add_argument("--train-items", type=int, nargs="+", default=[400],
+                    help="items per --train data set (one number for all, or one per set)")
     ap.add_argument("--rank", type=int, default=512)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--mse-weight", type=float, default=1.0)

@@ -79,6 +79,29 @@ def finetune(pair: Pair, translator: LowRank, items: Sequence[Any], *, steps: in
     return log
 
 
+def training_items(specs: Sequence[Sequence[str]], per_set: Sequence[int], data_root: str | None, seed: int
+                   ) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Up to ``per_set[i]`` items (with answers) from the training split of data set i, shuffled together.
+
+    Returns the items and each set's spec with the number of items it gave.
+    """
+    if not specs:
+        raise LCFError("--finetune-steps needs --train KEY=VALUE ... (cross-context data with answers)")
+    if len(per_set) not in (1, len(specs)):
+        raise LCFError(f"--train-items takes one number or one per --train data set ({len(specs)}), "
+                       f"got {list(per_set)}")
+    items: list[Any] = []
+    used: list[dict[str, Any]] = []
+    for spec, limit in zip(specs, list(per_set) * len(specs) if len(per_set) == 1 else per_set):
+        train, _, info = kt._dataset(spec, data_root)
+        train = [it for it in train if it.answers]
+        random.Random(seed).shuffle(train)
+        items += train[:limit]
+        used.append({k: v for k, v in info.items() if k != "data_root"} | {"items": len(train[:limit])})
+    random.Random(seed + 1).shuffle(items)
+    return items, used
+
+
 def tuned_from_args(args: Any, pair: Pair, ridge: Ridge, report: dict[str, Any]) -> tuple[LowRank, dict[str, Any]]:
     """The fine-tuned rank-r translation: loaded from --tuned if it exists, else trained (and saved there)."""
     if args.tuned and Path(args.tuned).exists():
@@ -87,17 +110,13 @@ def tuned_from_args(args: Any, pair: Pair, ridge: Ridge, report: dict[str, Any])
             raise LCFError(f"{args.tuned} was tuned from another ridge map than {args.translator}; "
                            "pass another --tuned")
         return low, saved
-    if not args.train:
-        raise LCFError("--finetune-steps needs --train KEY=VALUE ... (cross-context data with answers)")
-    train, _, spec = kt._dataset(args.train, args.data_root)
-    random.Random(args.seed).shuffle(train)
-    train = train[:args.train_items]
+    train, used = training_items(args.train, args.train_items, args.data_root, args.seed)
     low = LowRank.from_ridge(ridge, args.rank, seed=args.seed)
     log = finetune(pair, low, train, steps=args.finetune_steps, lr=args.lr, mse_weight=args.mse_weight,
                    seed=args.seed)
     tail = log[-10:]
     report = {"ridge": report, "sharer": report["sharer"], "receiver": report["receiver"], "rank": args.rank,
-              "finetune": {"train": spec, "train_items": len(train), "steps": args.finetune_steps, "lr": args.lr,
+              "finetune": {"train": used[0] if len(used) == 1 else used, "train_items": len(train), "steps": args.finetune_steps, "lr": args.lr,
                            "mse_weight": args.mse_weight, "seconds": round(log[-1]["seconds"]),
                            "ce_last10": sum(r["ce"] for r in tail) / len(tail),
                            "mse_last10": sum(r["mse"] for r in tail) / len(tail)}}
