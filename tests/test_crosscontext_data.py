@@ -353,6 +353,18 @@ def test_hotpotqa_xc_one_supporting_paragraph_each(data_root, mode):
         assert ex.receiver_context == ("\n\n".join(paragraphs[i] for i in receiver) if mode == "half" else "")
 
 
+def test_hotpotqa_xc_without_distractors_keeps_the_supporting_split(data_root):
+    full = HotpotQAXCData(data_root=str(data_root), receiver_context="half")
+    bare = HotpotQAXCData(data_root=str(data_root), receiver_context="half", distractors=False)
+    rows = json.loads((data_root / full.file).read_text())
+    for row, ex in zip(rows, bare.examples()):
+        _, paragraphs = hotpot_paragraphs(row, "row")
+        (s,), (r,) = bare.split_paragraphs(row, "row", ex.id)
+        sharer, receiver = full.split_paragraphs(row, "row", ex.id)
+        assert s in sharer and r in receiver  # the same supporting paragraph on each side
+        assert (ex.sharer_context, ex.receiver_context) == (paragraphs[s], paragraphs[r])
+
+
 def test_hotpotqa_xc_hub_schema_and_errors(tmp_path):
     hub_row = {"id": "h1", "question": "Q?", "answer": "A",
                "supporting_facts": {"title": ["a", "b"], "sent_id": [0, 0]},

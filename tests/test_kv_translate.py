@@ -65,6 +65,26 @@ def test_ridge_recovers_the_identity_and_the_text_answers(same_pair, tmp_path):
         kt.run(same_pair, ridge, items[:1], ["fused"])
 
 
+def test_text_the_receiver_holds_itself_comes_first_and_is_kept(same_pair, real_receiver_tokenizer):
+    own, ctx = CONTEXTS[0], CONTEXTS[1]
+    split = XCExample(id="s", sharer_context=ctx, question="Who keeps goats?", answers=["Bo"], receiver_context=own)
+    joined = XCExample(id="j", sharer_context=f"{own}\n\n{ctx}", question="Who keeps goats?", answers=["Bo"])
+    x, y, p = same_pair.features(split)
+    _, _, q = same_pair.features(joined)
+    assert p.a > q.a and p.b == q.b and len(x) == len(y) == p.b - p.a  # only the sharer's part is translated
+    span = kt.context_span(real_receiver_tokenizer, split.question, ctx, "auto", own)
+    assert real_receiver_tokenizer.decode(span.ids[span.a:span.b]).strip() == ctx
+    assert span.text.index(own) < span.start
+    ridge = kt.Ridge(torch.eye(y.shape[1], dtype=y.dtype), torch.zeros(y.shape[1], dtype=y.dtype),
+                     torch.ones(y.shape[1], dtype=y.dtype), torch.zeros(y.shape[1], dtype=y.dtype))
+    res = kt.run(same_pair, ridge, [split, joined], ["text", "zero"], max_new_tokens=5)
+    text = [r["text"] for r in res["predictions"]["text"]]
+    assert text[0] == text[1]  # the same prompt, read by the receiver itself, whichever part is "sent"
+    head = p.view.layer(0)[0][:, :, :p.a]
+    zero, _ = kt.unflat_kv(torch.zeros_like(y), p, same_pair.receiver_rope)
+    torch.testing.assert_close(zero.layer(0)[0][:, :, :p.a], head)  # the zero control keeps the receiver's own text
+
+
 @pytest.mark.parametrize("first", ["sliding_attention", "full_attention"])
 def test_layer_rope_undoes_each_layers_own_phase(first):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig

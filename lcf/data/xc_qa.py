@@ -152,6 +152,8 @@ class HotpotQAXCData(_FileXCData):
     hub_config / hub_split: a hub dataset (``hotpotqa/hotpot_qa``, config ``distractor``).
     receiver_context: ``none`` (the receiver reads only the question) or ``half`` (it also reads its
     half of the paragraphs, holding the other supporting paragraph).
+    distractors: ``False`` keeps only the two supporting paragraphs, one per side (short enough for
+    per-token messages under Gemma-3's 512-token sliding window); which side holds which is unchanged.
     """
 
     name = "hotpotqa_xc"
@@ -169,6 +171,7 @@ class HotpotQAXCData(_FileXCData):
         train_size: int | None = None,
         seed: int = 0,
         receiver_context: Literal["none", "half"] = "none",
+        distractors: bool = True,
         receiver_template: str = "auto",
         sharer_template: str = "auto",
         spans: Literal["paragraph", "sentence", "tokens"] = "paragraph",
@@ -183,6 +186,7 @@ class HotpotQAXCData(_FileXCData):
                          max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens,
                          receiver_context=receiver_context)
         self._source(file, hub_id, hub_config, hub_split)
+        self.distractors = distractors
 
     def split_paragraphs(self, row: Row, where: str, id: str) -> tuple[list[int], list[int]]:
         """``(sharer_indices, receiver_indices)`` of the row's paragraphs, each side holding one supporting one."""
@@ -197,6 +201,8 @@ class HotpotQAXCData(_FileXCData):
             )
         rng = random.Random(f"hotpotqa_xc/{self.seed}/{id}")
         s_sup, r_sup = rng.sample([titles.index(t) for t in support], 2)
+        if not self.distractors:
+            return [s_sup], [r_sup]
         others = [i for i in range(len(titles)) if i not in (s_sup, r_sup)]
         rng.shuffle(others)
         k = math.ceil(len(titles) / 2) - 1

@@ -62,8 +62,10 @@ class Pair:
     @torch.no_grad()
     def features(self, item: Any) -> tuple[torch.Tensor, torch.Tensor, Prepared]:
         """Sharer rows x (T, Ds) and receiver rows y (T, Dr) for the T receiver tokens of the item's context,
-        and the receiver's prepared prompt. The sharer reads the context alone, as LCF-X's sharer does."""
-        span = context_span(self.receiver_tokenizer, item.question, item.sharer_context, self.template)
+        and the receiver's prepared prompt. The sharer reads the context alone, as LCF-X's sharer does; text
+        the receiver holds itself (``item.receiver_context``) precedes the context in its prompt, read by itself."""
+        own = getattr(item, "receiver_context", "")
+        span = context_span(self.receiver_tokenizer, item.question, item.sharer_context, self.template, own)
         p = prepare_item(self.receiver, self.receiver_tokenizer, item.question, item.sharer_context, self.template,
                          span)
         x = sharer_rows(self.sharer, self.sharer_tokenizer, self.sharer_rope, self.receiver_tokenizer, span,

@@ -45,14 +45,17 @@ class Span:
     start: int
 
 
-def context_span(tokenizer: Any, question: str, context: str, template: str = "auto") -> Span:
-    """Tokenize the receiver's ``receiver + full context`` prompt and locate the context's tokens in it."""
+def context_span(tokenizer: Any, question: str, context: str, template: str = "auto",
+                 receiver_context: str = "") -> Span:
+    """Tokenize the receiver's ``receiver + full context`` prompt and locate the context's tokens in it.
+    ``receiver_context`` (text the receiver holds itself) comes first, then ``context``, then the question."""
     from lcf.align.templates import format_messages
     from lcf.data.crosscontext import _encode_prompt, receiver_message
 
-    context = context.strip()
-    text = format_messages(tokenizer, [{"role": "user", "content": receiver_message(question, context)}], template).text
-    start = text.find(context)
+    context, own = context.strip(), receiver_context.strip()
+    message = receiver_message(question, f"{own}\n\n{context}" if own else context)
+    text = format_messages(tokenizer, [{"role": "user", "content": message}], template).text
+    start = text.rfind(context)
     if not context or start < 0:
         raise LCFError("the context is empty or does not occur verbatim in the receiver's prompt (did the template "
                        "rewrite it?); per-token rows need the context's own tokens in the prompt")
@@ -74,9 +77,9 @@ def check_window(view: KVView, who: str, length: int) -> None:
 
 
 def prepare_item(model: Any, tokenizer: Any, question: str, context: str, template: str = "auto",
-                 span: Span | None = None) -> Prepared:
+                 span: Span | None = None, receiver_context: str = "") -> Prepared:
     """Prefill the receiver on its ``receiver + full context`` prompt up to the end of the context."""
-    span = span or context_span(tokenizer, question, context, template)
+    span = span or context_span(tokenizer, question, context, template, receiver_context)
     ids_t = torch.tensor([span.ids], device=model.device)
     with torch.no_grad():
         view = prefill(model, ids_t[:, :span.b])
