@@ -14,6 +14,7 @@ from tests.conftest import tiny_llama
 from lcf.data.crosscontext import XCExample
 from lcf.errors import LCFError
 from lcf.eval import kv_translate as kt
+from lcf.models.kv import prefill
 from lcf.models.loading import LoadedModel
 from lcf.models.rows import context_span, greedy, prepare_item, stop_ids
 from lcf.runtime import (AdapterError, LatentMessage, MessageError, TokenAdapter, TokenMessage, export_token_adapter,
@@ -64,6 +65,24 @@ def test_send_receive_reads_like_the_context_itself(tiny):
     assert torch.equal(again.codes, msg.codes) and again.header["tokens"] == len(msg.codes)
 
 
+def test_text_the_receiver_holds_itself_is_read_before_the_message(tiny, monkeypatch):
+    from lcf.runtime import token_adapter
+
+    folder, model, tok = tiny
+    read = []
+    monkeypatch.setattr(token_adapter, "prefill", lambda m, ids: read.append(tok.decode(ids[0])) or prefill(m, ids))
+    own = "Bo Renner keeps three goats and a cat called Pilsner on a farm near Ghent."
+    adapter = _load(tiny)
+    msg = adapter.send(CONTEXT)
+    got = adapter.receive(msg, [QUESTION, "Who keeps goats?"], own_context=own, max_new_tokens=8)
+    # the evaluation's path: the receiver reads its own text, then the sharer's rows of the context
+    items = [XCExample(id=str(i), sharer_context=CONTEXT, question=q, answers=["x"], receiver_context=own)
+             for i, q in enumerate([QUESTION, "Who keeps goats?"])]
+    res = kt.run(kt.Pair(model, tok, model, tok), adapter.map, items, ["translated"], max_new_tokens=8)
+    assert got == [r["text"] for r in res["predictions"]["translated"]]
+    assert len(read) == 2 and all(r.rstrip().endswith(own) for r in read)  # the prefix ends with the own text
+
+
 def test_receiving_side_needs_no_sharer_and_int8_int4_shrink_the_message(tiny):
     sender = _load(tiny)
     receiver = _load(tiny, with_sharer=False)
@@ -105,11 +124,11 @@ def test_bad_messages_and_calls_are_refused(tiny, tmp_path):
                                  receiver=LoadedModel("smollm2-135m-instruct", model, tok, None, ""))
     with pytest.raises(MessageError, match="made for adapter"):
         load_adapter(other, sharer=(model, tok), receiver=(model, tok)).receive(data, QUESTION)
-    with pytest.raises(LCFError, match="own_context is not supported"):
-        adapter.receive(data, QUESTION, own_context="something")
+    with pytest.raises(LCFError, match="2 own contexts for 1 questions"):
+        adapter.receive(data, QUESTION, own_context=["a", "b"])
     with pytest.raises(LCFError, match="no spans"):
         adapter.send(CONTEXT, spans="sentence")
-    with pytest.raises(LCFError, match="2 messages for 1 questions"):
+    with pytest.raises(LCFError, match="2 messages and 1 own contexts for 1 questions"):
         adapter.receive([data, data], [QUESTION])
 
 

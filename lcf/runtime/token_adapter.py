@@ -6,7 +6,8 @@ receive. :func:`lcf.runtime.load_adapter` returns a :class:`TokenAdapter` for su
     load_adapter("kv-adapter", with_sharer=False).receive(data, "Which city does Ravel Doskin live in?")
 
 The receiver never sees the context: it builds its prompt around a placeholder, keeps the template's
-tokens before and after it, and puts the message's T translated tokens in between.
+tokens before and after it, and puts the message's T translated tokens in between (after ``own_context``,
+text it holds itself, when one is given).
 """
 from __future__ import annotations
 
@@ -120,24 +121,28 @@ class TokenAdapter:
     @torch.no_grad()
     def receive(self, message: TokenMessage | bytes | Sequence[TokenMessage | bytes], question: str | Sequence[str],
                 *, own_context: str | Sequence[str] = "", max_new_tokens: int = 32, **unused: Any) -> str | list[str]:
-        """Answer ``question`` (or each of a list) reading the message's tokens as its context."""
+        """Answer ``question`` (or each of a list) reading the message's tokens as its context; ``own_context``
+        (one text, or one per question) is text the receiver holds itself, read before the message's tokens."""
         if self.receiver is None:
             raise LCFError("this adapter was loaded without its receiver; load it with the receiver to answer")
-        if any(own_context if isinstance(own_context, (list, tuple)) else [own_context]):
-            raise LCFError("per-token messages stand for the whole context; own_context is not supported with them")
         single = isinstance(question, str)
         questions = [question] if single else list(question)
         msgs = list(message) if isinstance(message, (list, tuple)) else [message] * len(questions)
-        if len(msgs) != len(questions):
-            raise LCFError(f"receive: {len(msgs)} messages for {len(questions)} questions")
+        owns = list(own_context) if isinstance(own_context, (list, tuple)) else [own_context] * len(questions)
+        if len(msgs) != len(questions) or len(owns) != len(questions):
+            raise LCFError(f"receive: {len(msgs)} messages and {len(owns)} own contexts for {len(questions)} "
+                           f"questions; give one of each per question (or a single one for all)")
         model, tok = self.receiver.model, self.receiver.tokenizer
+        template = self.templates.get("receiver", "auto")
         views, tails, starts = [], [], []
-        for m, q in zip(msgs, questions):
+        for m, q, own in zip(msgs, questions, owns):
             msg = self.read_message(m)
-            span = context_span(tok, q, PLACEHOLDER, self.templates.get("receiver", "auto"))
+            span = context_span(tok, q, PLACEHOLDER, template)
             if span.a != msg.header.get("head"):
                 raise MessageError(f"the receiver's prompt puts the context at token {span.a}, the sender's at "
                                    f"{msg.header.get('head')}: the two sides use different receiver templates")
+            if own.strip():
+                span = context_span(tok, q, PLACEHOLDER, template, own)
             ids = torch.tensor([span.ids], device=model.device)
             p = Prepared(prefill(model, ids[:, :span.a]), span.a, span.a, ids[0, span.b:])
             view, start = unflat_kv(self.map.decode(msg.codes.to(self._device())).to(model.device), p,
