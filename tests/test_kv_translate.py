@@ -77,9 +77,11 @@ def test_text_the_receiver_holds_itself_comes_first_and_is_kept(same_pair, real_
     assert span.text.index(own) < span.start
     ridge = kt.Ridge(torch.eye(y.shape[1], dtype=y.dtype), torch.zeros(y.shape[1], dtype=y.dtype),
                      torch.ones(y.shape[1], dtype=y.dtype), torch.zeros(y.shape[1], dtype=y.dtype))
-    res = kt.run(same_pair, ridge, [split, joined], ["text", "zero"], max_new_tokens=5)
+    only_own = XCExample(id="o", sharer_context=own, question="Who keeps goats?", answers=["Bo"])
+    res = kt.run(same_pair, ridge, [split, joined, only_own], ["alone", "text", "zero"], max_new_tokens=5)
     text = [r["text"] for r in res["predictions"]["text"]]
     assert text[0] == text[1]  # the same prompt, read by the receiver itself, whichever part is "sent"
+    assert res["predictions"]["alone"][0]["text"] == text[2]  # alone = the receiver reading only its own text
     head = p.view.layer(0)[0][:, :, :p.a]
     zero, _ = kt.unflat_kv(torch.zeros_like(y), p, same_pair.receiver_rope)
     torch.testing.assert_close(zero.layer(0)[0][:, :, :p.a], head)  # the zero control keeps the receiver's own text

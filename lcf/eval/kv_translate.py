@@ -13,6 +13,7 @@ rotary phase undone, are mapped by one ridge regression onto the receiver's keys
 layers (phase undone too); the prediction is rotated at the receiver's positions and placed where the
 receiver's own cache of the context was. The question then runs on top of it, as in ``cache_ceiling``:
 
+* ``alone``: the receiver without the context (with only the text it holds itself, if any);
 * ``text``: the receiver's own cache (must equal ``receiver + full context``);
 * ``translated``: the sharer's cache of the context, translated;
 * ``mismatched``: the translated cache of the next item's context (control);
@@ -37,11 +38,12 @@ import torch
 
 from lcf.errors import LCFError
 from lcf.eval.cache_ceiling import format_table
+from lcf.models.kv import KVView, prefill
 from lcf.models.rows import (Prepared, context_span, flat_kv, greedy, layer_rope, prepare_item, sharer_rows, stop_ids,
                              unflat_kv)
 from lcf.runtime.token_kv import TokenMessage, dequantize_rows, quantize_rows
 
-METHODS = ("text", "translated", "mismatched", "zero", "mean")
+METHODS = ("alone", "text", "translated", "mismatched", "zero", "mean")
 QUANTIZED = ("translated-int8", "translated-int4")  # rank-r maps: the codes sent as int8 / int4 messages
 
 
@@ -74,6 +76,19 @@ class Pair:
         y = flat_kv(p.view, self.receiver_rope, torch.arange(p.b, device=r_dev),
                     torch.arange(p.a, p.b, device=r_dev))
         return x, y, p
+
+    @torch.no_grad()
+    def without_context(self, item: Any) -> tuple[KVView, int, torch.Tensor]:
+        """The receiver's prompt with no sharer context (its own text stays), prefilled but for its last token:
+        (cache, start of the tail, tail)."""
+        from lcf.align.templates import format_messages
+        from lcf.data.crosscontext import _encode_prompt, receiver_message
+
+        own = getattr(item, "receiver_context", "")
+        message = receiver_message(item.question, own)
+        text = format_messages(self.receiver_tokenizer, [{"role": "user", "content": message}], self.template).text
+        ids = torch.tensor([_encode_prompt(self.receiver_tokenizer, text)[0]], device=self.receiver.device)
+        return prefill(self.receiver, ids[:, :-1]), ids.shape[1] - 1, ids[0, -1:]
 
 
 class Ridge:
@@ -166,6 +181,9 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
     for method in methods:
         made = []
         for i, (x, y, p) in enumerate(feats):
+            if method == "alone":
+                made.append(pair.without_context(items[i]))
+                continue
             if method == "text":
                 rows = y
             elif method == "translated":
@@ -179,11 +197,11 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
                 rows = torch.zeros_like(y)
             else:
                 rows = translator.y_mean.expand_as(y)
-            made.append(unflat_kv(rows.to(y.dtype), p, pair.receiver_rope))
+            made.append((*unflat_kv(rows.to(y.dtype), p, pair.receiver_rope), p.tail))
         texts = []
         for lo in range(0, len(made), batch_size):
             chunk = range(lo, min(lo + batch_size, len(made)))
-            new = greedy(model, [made[i][0] for i in chunk], [feats[i][2].tail for i in chunk],
+            new = greedy(model, [made[i][0] for i in chunk], [made[i][2] for i in chunk],
                          [made[i][1] for i in chunk], max_new_tokens, stop)
             texts += [tok.decode(t, skip_special_tokens=True).strip() for t in new]
         golds = [it.answers for it in items]
