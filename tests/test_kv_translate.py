@@ -135,6 +135,16 @@ def test_low_rank_cut_fine_tunes_and_round_trips(same_pair, tmp_path):
     assert len(log) == 6 and not torch.equal(before, low.down.detach())
     assert sum(r["ce"] for r in log[-2:]) < sum(r["ce"] for r in log[:2])
     assert all(p.requires_grad for p in same_pair.receiver.parameters())  # its flags restored
+    half = kv_tune.LowRank.from_ridge(ridge, 8).double()
+    full = kv_tune.LowRank.from_ridge(ridge, 8).double()
+    a = kv_tune.finetune(same_pair, half, items, steps=2, batch_size=4, lr=1e-2, log_every=0,
+                         features_dtype=torch.float16)
+    b = kv_tune.finetune(same_pair, full, items, steps=2, batch_size=4, lr=1e-2, log_every=0)
+    assert a[0]["ce"] == pytest.approx(b[0]["ce"], rel=1e-2) and a[0]["ce"] != b[0]["ce"]  # rows kept in fp16
+    x, y, p = same_pair.features(items[0])
+    view, start = kt.unflat_kv(y, kv_tune.head_only(p), same_pair.receiver_rope)
+    want, _ = kt.unflat_kv(y, p, same_pair.receiver_rope)
+    assert start == p.b and all(torch.equal(k, w) for k, w in zip(view.keys, want.keys))
     low.save(tmp_path / "low.safetensors", {"rank": 8})
     again, saved = kv_tune.LowRank.load(tmp_path / "low.safetensors")
     assert saved == {"rank": 8}
