@@ -118,6 +118,28 @@ def test_a_sharer_window_shorter_than_the_prompt_is_refused(real_receiver_tokeni
         pair.features(_items()[0])
 
 
+def test_finetune_skips_contexts_longer_than_a_sliding_window(real_receiver_tokenizer, real_sharer_tokenizer):
+    from lcf.eval import kv_tune
+    from lcf.models.rows import WindowError
+
+    receiver = tiny_llama(vocab_size=len(real_receiver_tokenizer), layers=2)
+    sharer = tiny_gemma3(vocab_size=len(real_sharer_tokenizer), sliding_window=48)
+    pair = kt.Pair(receiver, real_receiver_tokenizer, sharer, real_sharer_tokenizer)
+    items = _items()
+    long = XCExample(id="long", sharer_context=" ".join(CONTEXTS), question="Who?", answers=["x"])
+    with pytest.raises(WindowError, match="sliding-window"):
+        pair.features(long)
+    skipped: list[str] = []
+    rows = list(kt.rows_that_fit(pair, [items[0], long] + items[1:], skipped))
+    assert skipped == ["long"] and len(rows) == len(items)
+    ridge, _ = kt.Ridge.fit(iter(rows[2:]), rows[:2], lambdas=(1e-3,), chunk=16)
+    log = kv_tune.finetune(pair, kv_tune.LowRank.from_ridge(ridge, 4), [long] + items, steps=1, batch_size=2,
+                           log_every=0)
+    assert (log[-1]["items"], log[-1]["skipped"]) == (len(items), 1)
+    with pytest.raises(LCFError, match="fit the models' windows"):
+        kv_tune.finetune(pair, kv_tune.LowRank.from_ridge(ridge, 4), [long], steps=1, log_every=0)
+
+
 def test_low_rank_cut_fine_tunes_and_round_trips(same_pair, tmp_path):
     from lcf.eval import kv_tune
 

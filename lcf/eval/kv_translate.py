@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,8 @@ import torch
 from lcf.errors import LCFError
 from lcf.eval.cache_ceiling import format_table
 from lcf.models.kv import KVView, prefill
-from lcf.models.rows import (Prepared, context_span, flat_kv, greedy, layer_rope, prepare_item, sharer_rows, stop_ids,
-                             unflat_kv)
+from lcf.models.rows import (Prepared, WindowError, context_span, flat_kv, greedy, layer_rope, prepare_item,
+                             sharer_rows, stop_ids, unflat_kv)
 from lcf.runtime.token_kv import TokenMessage, dequantize_rows, quantize_rows
 
 METHODS = ("alone", "text", "translated", "mismatched", "zero", "mean")
@@ -235,6 +235,16 @@ def _dataset(pairs: Sequence[str], data_root: str | None) -> tuple[list, list, d
     return list(train), list(val), spec
 
 
+def rows_that_fit(pair: Pair, items: Iterable[Any], skipped: list[str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(sharer rows, receiver rows) of each item; ids of items whose prompts exceed a sliding window go to
+    ``skipped`` instead."""
+    for it in items:
+        try:
+            yield pair.features(it)[:2]
+        except WindowError:
+            skipped.append(it.id)
+
+
 def fit_contexts(specs: Sequence[Sequence[str]], per_set: Sequence[int], data_root: str | None, seed: int
                  ) -> list[Any]:
     """Up to ``per_set[i]`` distinct contexts from the training split of data set i, shuffled together."""
@@ -305,9 +315,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                            f"pass another --translator")
     else:
         fit = fit_contexts(args.fit, args.fit_items, args.data_root, args.seed)
-        held = [pair.features(it)[:2] for it in fit[:args.held]]
-        translator, report = Ridge.fit((pair.features(it)[:2] for it in fit[args.held:]), held)
-        report |= {"fit": [dict(kv.split("=", 1) for kv in f) for f in args.fit], "fit_contexts": len(fit),
+        skipped: list[str] = []
+        held = list(rows_that_fit(pair, fit[:args.held], skipped))
+        translator, report = Ridge.fit(rows_that_fit(pair, fit[args.held:], skipped), held)
+        report |= {"fit": [dict(kv.split("=", 1) for kv in f) for f in args.fit],
+                   "fit_contexts": len(fit) - len(skipped), "skipped_too_long": len(skipped),
                    "sharer": args.sharer, "receiver": args.receiver}
         if args.translator:
             translator.save(args.translator, report)

@@ -23,7 +23,7 @@ from lcf.errors import LCFError
 from lcf.eval import kv_translate as kt
 from lcf.eval.kv_translate import Pair, Ridge, unflat_kv
 from lcf.models.kv import KVView, cache_kwargs
-from lcf.models.rows import Prepared
+from lcf.models.rows import Prepared, WindowError
 from lcf.runtime.token_kv import LowRank
 
 
@@ -55,10 +55,18 @@ def finetune(pair: Pair, translator: LowRank, items: Sequence[Any], *, steps: in
     model.requires_grad_(False)
     t0 = time.time()
     keep = (lambda t: t.to(features_dtype)) if features_dtype is not None else (lambda t: t)
-    data = [(keep(x), keep(y), head_only(p), answer_ids(tok, it.answers[0]).to(y.device)) for it in items
-            if it.answers for x, y, p in [pair.features(it)]]
+    data, skipped = [], 0
+    for it in (it for it in items if it.answers):
+        try:
+            x, y, p = pair.features(it)
+        except WindowError:  # a context longer than a sliding window: its rows do not exist
+            skipped += 1
+            continue
+        data.append((keep(x), keep(y), head_only(p), answer_ids(tok, it.answers[0]).to(y.device)))
+    if skipped:
+        print(f"finetune: skipped {skipped} items whose prompts exceed a sliding window", file=sys.stderr)
     if not data:
-        raise LCFError("finetune needs training items with answers")
+        raise LCFError("finetune needs training items with answers (whose prompts fit the models' windows)")
     dtype = translator.y_mean.dtype
     var = sum(((d[1].to(dtype) - translator.y_mean) ** 2).sum(0) for d in data) / sum(len(d[1]) for d in data)
     var = var.clamp(min=1e-6)
@@ -86,7 +94,8 @@ def finetune(pair: Pair, translator: LowRank, items: Sequence[Any], *, steps: in
             torch.nn.utils.clip_grad_norm_(list(translator.parameters()), grad_clip)
             opt.step()
             n = min(batch_size, len(data))
-            log.append({"step": step, "ce": ce_sum / n, "mse": mse_sum / n, "seconds": time.time() - t0})
+            log.append({"step": step, "ce": ce_sum / n, "mse": mse_sum / n, "seconds": time.time() - t0,
+                        "items": len(data), "skipped": skipped})
             if log_every and step % log_every == 0:
                 print(f"step {step}: ce {ce_sum / n:.3f}, mse {mse_sum / n:.3f}, {time.time() - t0:.0f} s",
                       file=sys.stderr, flush=True)
@@ -133,7 +142,8 @@ def tuned_from_args(args: Any, pair: Pair, ridge: Ridge, report: dict[str, Any])
                    seed=args.seed, features_dtype=getattr(torch, args.features_dtype))
     tail = log[-10:]
     report = {"ridge": report, "sharer": report["sharer"], "receiver": report["receiver"], "rank": args.rank,
-              "finetune": {"train": used[0] if len(used) == 1 else used, "train_items": len(train),
+              "finetune": {"train": used[0] if len(used) == 1 else used, "train_items": log[-1]["items"],
+                           "skipped_too_long": log[-1]["skipped"],
                            "steps": args.finetune_steps, "lr": args.lr, "mse_weight": args.mse_weight,
                            "features_dtype": args.features_dtype, "seconds": round(log[-1]["seconds"]),
                            "ce_last10": sum(r["ce"] for r in tail) / len(tail),

@@ -68,12 +68,16 @@ def context_span(tokenizer: Any, question: str, context: str, template: str = "a
     return Span(ids, a, b, text, start)
 
 
+class WindowError(LCFError):
+    """A prompt longer than a sliding-window layer's window: its cache no longer holds every position."""
+
+
 def check_window(view: KVView, who: str, length: int) -> None:
     """Refuse a cache whose sliding-window layers no longer hold every position of the prompt."""
     if any(view.length(i) != view.seq_len for i in range(view.num_layers)):
-        raise LCFError(f"the {who}'s prompt ({length} tokens) is longer than the window of one of its sliding-window "
-                       f"layers, so its cache no longer holds every context token; per-token rows need every "
-                       f"position cached (use shorter contexts)")
+        raise WindowError(f"the {who}'s prompt ({length} tokens) is longer than the window of one of its "
+                          f"sliding-window layers, so its cache no longer holds every context token; per-token rows "
+                          f"need every position cached (use shorter contexts)")
 
 
 def prepare_item(model: Any, tokenizer: Any, question: str, context: str, template: str = "auto",
