@@ -140,6 +140,28 @@ def test_finetune_skips_contexts_longer_than_a_sliding_window(real_receiver_toke
         kv_tune.finetune(pair, kv_tune.LowRank.from_ridge(ridge, 4), [long], steps=1, log_every=0)
 
 
+def test_a_second_stage_goes_on_from_a_tuned_map_of_the_same_ridge(same_pair, tmp_path):
+    from types import SimpleNamespace
+
+    from lcf.eval import kv_tune
+
+    rows = [same_pair.features(it)[:2] for it in _items()]
+    ridge, report = kt.Ridge.fit(iter(rows[2:]), rows[:2], lambdas=(1e-6,), chunk=16)
+    report |= {"sharer": "s", "receiver": "r"}
+    args = SimpleNamespace(train=[["type=fact_transfer", "num_train=6", "num_val=2"]], train_items=[4],
+                           data_root=None, seed=0, rank=8, finetune_steps=2, lr=1e-2, mse_weight=0.1,
+                           features_dtype="float32", translator="RIDGE", init=None, tuned=str(tmp_path / "a.st"))
+    first, rep1 = kv_tune.tuned_from_args(args, same_pair, ridge, report)
+    args.tuned, args.init, args.rank = str(tmp_path / "b.st"), str(tmp_path / "a.st"), 99  # rank comes from --init
+    second, rep2 = kv_tune.tuned_from_args(args, same_pair, ridge, report)
+    assert rep2["rank"] == 8 and rep2["finetune"]["after"] == rep1["finetune"]
+    assert not torch.equal(first.down, second.down)
+    assert rep2["finetune"]["steps"] == 2 and (tmp_path / "b.st").exists()
+    args.tuned = str(tmp_path / "c.st")
+    with pytest.raises(LCFError, match="another ridge map"):
+        kv_tune.tuned_from_args(args, same_pair, ridge, report | {"lambda": 5.0})
+
+
 def test_low_rank_cut_fine_tunes_and_round_trips(same_pair, tmp_path):
     from lcf.eval import kv_tune
 

@@ -288,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--mse-weight", type=float, default=1.0)
     ap.add_argument("--features-dtype", choices=["float32", "float16"], default="float32",
                     help="keep the fine-tuning rows in memory in this dtype (float16: half the memory)")
+    ap.add_argument("--init", default=None, metavar="FILE", help="fine-tune from this tuned map (of the same "
+                    "ridge map) instead of the ridge map's rank-r cut: a second training stage")
     ap.add_argument("--tuned", default=None, help="safetensors file of the fine-tuned translation: loaded if it "
                     "exists, else trained and saved there")
     ap.add_argument("--export", default=None, metavar="DIR", help="write the rank-r map as a per-token adapter "

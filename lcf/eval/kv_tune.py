@@ -137,17 +137,26 @@ def tuned_from_args(args: Any, pair: Pair, ridge: Ridge, report: dict[str, Any])
                            "pass another --tuned")
         return low, saved
     train, used = training_items(args.train, args.train_items, args.data_root, args.seed)
-    low = LowRank.from_ridge(ridge, args.rank, seed=args.seed)
+    before: dict[str, Any] | None = None
+    if getattr(args, "init", None):  # a second stage: go on from a tuned map of the same ridge map
+        low, before = LowRank.load(args.init)
+        if before.get("ridge") != report:
+            raise LCFError(f"--init {args.init} was tuned from another ridge map than {args.translator}; start "
+                           "from a map tuned from this one, or drop --init")
+    else:
+        low = LowRank.from_ridge(ridge, args.rank, seed=args.seed)
     log = finetune(pair, low, train, steps=args.finetune_steps, lr=args.lr, mse_weight=args.mse_weight,
                    seed=args.seed, features_dtype=getattr(torch, args.features_dtype))
     tail = log[-10:]
-    report = {"ridge": report, "sharer": report["sharer"], "receiver": report["receiver"], "rank": args.rank,
+    report = {"ridge": report, "sharer": report["sharer"], "receiver": report["receiver"], "rank": low.rank,
               "finetune": {"train": used[0] if len(used) == 1 else used, "train_items": log[-1]["items"],
                            "skipped_too_long": log[-1]["skipped"],
                            "steps": args.finetune_steps, "lr": args.lr, "mse_weight": args.mse_weight,
                            "features_dtype": args.features_dtype, "seconds": round(log[-1]["seconds"]),
                            "ce_last10": sum(r["ce"] for r in tail) / len(tail),
                            "mse_last10": sum(r["mse"] for r in tail) / len(tail)}}
+    if before is not None:
+        report["finetune"]["after"] = before.get("finetune")
     if args.tuned:
         low.save(args.tuned, report)
     return low, report
