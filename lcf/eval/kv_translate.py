@@ -235,6 +235,14 @@ def _dataset(pairs: Sequence[str], data_root: str | None) -> tuple[list, list, d
     return list(train), list(val), spec
 
 
+def counts_per_set(per_set: Sequence[int], sets: int, option: str) -> list[int]:
+    """``--{option}-items``: one number for every ``--{option}`` data set, or one per set."""
+    if len(per_set) not in (1, sets):
+        raise LCFError(f"--{option}-items takes one number or one per --{option} data set ({sets}), "
+                       f"got {list(per_set)}")
+    return list(per_set) * sets if len(per_set) == 1 else list(per_set)
+
+
 def rows_that_fit(pair: Pair, items: Iterable[Any], skipped: list[str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(sharer rows, receiver rows) of each item; ids of items whose prompts exceed a sliding window go to
     ``skipped`` instead."""
@@ -248,10 +256,8 @@ def rows_that_fit(pair: Pair, items: Iterable[Any], skipped: list[str]) -> Itera
 def fit_contexts(specs: Sequence[Sequence[str]], per_set: Sequence[int], data_root: str | None, seed: int
                  ) -> list[Any]:
     """Up to ``per_set[i]`` distinct contexts from the training split of data set i, shuffled together."""
-    if len(per_set) not in (1, len(specs)):
-        raise LCFError(f"--fit-items takes one number or one per --fit data set ({len(specs)}), got {list(per_set)}")
     fit: list[Any] = []
-    for spec, limit in zip(specs, list(per_set) * len(specs) if len(per_set) == 1 else per_set):
+    for spec, limit in zip(specs, counts_per_set(per_set, len(specs), "fit")):
         seen: dict[str, Any] = {}
         for it in _dataset(spec, data_root)[0]:
             seen.setdefault(it.sharer_context, it)

@@ -113,12 +113,10 @@ def training_items(specs: Sequence[Sequence[str]], per_set: Sequence[int], data_
     """
     if not specs:
         raise LCFError("--finetune-steps needs --train KEY=VALUE ... (cross-context data with answers)")
-    if len(per_set) not in (1, len(specs)):
-        raise LCFError(f"--train-items takes one number or one per --train data set ({len(specs)}), "
-                       f"got {list(per_set)}")
+    counts = kt.counts_per_set(per_set, len(specs), "train")
     items: list[Any] = []
     used: list[dict[str, Any]] = []
-    for spec, limit in zip(specs, list(per_set) * len(specs) if len(per_set) == 1 else per_set):
+    for spec, limit in zip(specs, counts):
         train, _, info = kt._dataset(spec, data_root)
         train = [it for it in train if it.answers]
         random.Random(seed).shuffle(train)
@@ -138,7 +136,7 @@ def tuned_from_args(args: Any, pair: Pair, ridge: Ridge, report: dict[str, Any])
         return low, saved
     train, used = training_items(args.train, args.train_items, args.data_root, args.seed)
     before: dict[str, Any] | None = None
-    if getattr(args, "init", None):  # a second stage: go on from a tuned map of the same ridge map
+    if args.init:  # a second stage: go on from a tuned map of the same ridge map
         low, before = LowRank.load(args.init)
         if before.get("ridge") != report:
             raise LCFError(f"--init {args.init} was tuned from another ridge map than {args.translator}; start "

@@ -81,9 +81,9 @@ def check_window(view: KVView, who: str, length: int) -> None:
 
 
 def prepare_item(model: Any, tokenizer: Any, question: str, context: str, template: str = "auto",
-                 span: Span | None = None, receiver_context: str = "") -> Prepared:
+                 span: Span | None = None) -> Prepared:
     """Prefill the receiver on its ``receiver + full context`` prompt up to the end of the context."""
-    span = span or context_span(tokenizer, question, context, template, receiver_context)
+    span = span or context_span(tokenizer, question, context, template)
     ids_t = torch.tensor([span.ids], device=model.device)
     with torch.no_grad():
         view = prefill(model, ids_t[:, :span.b])
