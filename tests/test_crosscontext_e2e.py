@@ -222,6 +222,14 @@ def test_cli_eval_xc_reports_and_rejects_bad_input(xc_adapter_dir, tmp_path, cap
     results = json.loads((out / "results.json").read_text())
     assert results["n"] == 2 and results["selection"]["data"]["type"] == "fact_transfer"
     assert (out / "report.md").read_text().count("| lcf-x") == 2
+    other = tmp_path / "other"  # items not yet looked at: those the first report did not score
+    assert main(["eval-xc", str(xc_adapter_dir), "--out", str(other), "--limit", "2", "--max-new-tokens", "2",
+                 "--latency-runs", "0", "--systems", "receiver", "--exclude", str(out / "results.json")]) == 0
+    second = json.loads((other / "results.json").read_text())
+    assert second["n"] == 2 and not set(second["item_ids"]) & set(results["item_ids"])
+    assert second["selection"]["excluded"] == {"reports": ["results.json"], "items": 2}
+    assert main(["eval-xc", str(xc_adapter_dir), "--out", str(out), "--exclude", str(tmp_path / "none.json")]) == 2
+    assert "none.json does not exist" in capsys.readouterr().err
     assert main(["eval-xc", str(xc_adapter_dir), "--out", str(out), "--limit", "0"]) == 2
     assert "--limit must be >= 1" in capsys.readouterr().err
     assert main(["eval-xc", str(xc_adapter_dir), "--out", str(out), "--data", "type=instruct_json",

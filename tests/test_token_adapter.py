@@ -103,6 +103,33 @@ def test_receiving_side_needs_no_sharer_and_int8_int4_shrink_the_message(tiny):
         sender.receive(msg, QUESTION)
 
 
+def test_eval_xc_scores_a_per_token_adapter_and_its_baselines(tiny):
+    from lcf.eval.crosscontext import build_xc_systems, evaluate_xc
+
+    adapter = _load(tiny)
+    contexts = [CONTEXT, "Bo Renner keeps three goats near Ghent.", "Cleo Marsh rows on the river in Jakarta."]
+    items = [XCExample(id=str(i), sharer_context=c, question=QUESTION, answers=["Tromso"])
+             for i, c in enumerate(contexts)]
+    chosen = ["receiver", "full", "text", "lcf-x", "int8", "zero", "mismatched"]
+    systems = build_xc_systems(adapter, chosen, text_tokens=[3], has_own=False)
+    res = evaluate_xc(systems, items, max_new_tokens=6, batch_size=2, latency_runs=1)
+    names = ["receiver alone", "receiver + full context", "text-3", "per-token message", "per-token message int8",
+             "per-token message (zero code)", "per-token message (mismatched)"]
+    assert list(res["scores"]) == names
+    texts = {n: [p["text"] for p in res["predictions"][n]] for n in names}
+    # one model on both sides, identity map: the message is the receiver's own cache of the context
+    assert texts["per-token message"] == texts["receiver + full context"]
+    assert texts["receiver alone"] == adapter.answer([QUESTION] * 3, max_new_tokens=6)
+    scores = res["scores"]
+    assert scores["per-token message"]["bytes_sent"] > scores["per-token message int8"]["bytes_sent"] > 0
+    assert scores["receiver alone"]["bytes_sent"] == 0 and "ttft_ms" in scores["per-token message"]
+    assert adapter.max_context_tokens() == 256  # the tiny models' max positions
+    with pytest.raises(LCFError, match="not spans; drop --spans"):
+        build_xc_systems(adapter, ["lcf-x"], spans="sentence")
+    with pytest.raises(LCFError, match="2 own contexts for 1 questions"):
+        adapter.answer([QUESTION], ["a", "b"])
+
+
 def test_bad_messages_and_calls_are_refused(tiny, tmp_path):
     folder, model, tok = tiny
     adapter = _load(tiny)

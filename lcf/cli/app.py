@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset to evaluate on, e.g. type=squad_xc (default: the adapter's training data)")
     p.add_argument("--data-root", default=None, help="data files root (default $LCF_DATA_ROOT)")
     p.add_argument("--limit", type=int, default=None, help="held-out items (seeded sample); default all")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="RESULTS_JSON",
+                   help="leave out the items these earlier reports scored (to confirm on items not yet looked at)")
     p.add_argument("--systems", nargs="+", default=list(XC_SYSTEM_CHOICES), choices=XC_SYSTEM_CHOICES)
     p.add_argument("--text-tokens", nargs="+", type=int, default=[50, 100, 200], metavar="N",
                    help="message budgets of the text baselines")

@@ -83,7 +83,8 @@ def cmd_eval_xc(args) -> int:
     torch.manual_seed(args.seed)
     adapter = load_adapter(resolve_adapter(args.adapter), device=args.device)
     data = OmegaConf.to_container(OmegaConf.from_dotlist(list(args.data))) if args.data else None
-    items, facts = held_out_items(adapter, data, limit=args.limit, seed=args.seed, data_root=args.data_root)
+    items, facts = held_out_items(adapter, data, limit=args.limit, seed=args.seed, data_root=args.data_root,
+                                  exclude=args.exclude)
     systems = build_xc_systems(adapter, args.systems, text_tokens=args.text_tokens,
                                has_own=facts["has_own_context"], spans=args.spans)
     results = evaluate_xc(systems, items, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,

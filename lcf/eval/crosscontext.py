@@ -9,7 +9,9 @@ Systems, all answering the same held-out items greedily (first line of the answe
   receiver reads before the question (:data:`SUMMARY_REQUEST`);
 * ``lcf-x`` — the compressor's summary travels as a latent message (serialised and parsed back, as
   between two processes); ``lcf-x int8`` / ``lcf-x int4`` quantise it; controls ``lcf-x (zero)`` (all-zero summary)
-  and ``lcf-x (mismatched)`` (another item's message) separate transfer from adaptation.
+  and ``lcf-x (mismatched)`` (another item's message) separate transfer from adaptation. With a per-token
+  adapter (``kv_translate --export``) the same choices give ``per-token message`` (its int8 / int4 codes,
+  ``(mismatched)``, ``(zero code)``), sent and received through :mod:`lcf.runtime.token_adapter`.
 
 Per system: EM, F1, contains (the answer text contains a gold answer), other (it contains a wrong
 value the context also holds, e.g. another person's: items with ``distractors``), batch-1 time to first token (everything between "the sharer gets the context"
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +55,8 @@ class XCSystem:
 
         own, view, sent = self.prepare(items)
         a = self.adapter
+        if not hasattr(a, "communicator"):  # a per-token adapter: its receiver reads the text itself
+            return a.answer([it.question for it in items], own, max_new_tokens=max_new_tokens), sent
         batch = {k: v.to(a._device()) for k, v in a.encode_questions([it.question for it in items], own).items()}
         extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
         new = a.communicator.generate(batch, fuse=view is not None, sharer_views=[view] if view is not None else None,
@@ -141,6 +146,31 @@ class LatentXC(XCSystem):
         return [it.receiver_context for it in items], out, sent
 
 
+class TokenXC(LatentXC):
+    """A per-token adapter's message (:mod:`lcf.runtime.token_adapter`): sent as bytes, parsed back and read
+    in place of the context. control ``"zero"``: an all-zero code (it decodes to the map's mean K/V)."""
+
+    def __init__(self, adapter: Any, control: str = "none", quantize: str = "none"):
+        super().__init__(adapter, control=control, quantize=quantize)
+        suffix = "" if quantize == "none" else f" {quantize}"
+        self.name = "per-token message" + suffix + {"none": "", "zero": " (zero code)"}.get(control, f" ({control})")
+
+    @torch.no_grad()
+    def answer(self, items: Sequence[Any], max_new_tokens: int, min_new_tokens: int = 0) -> tuple[list[str], list[int]]:
+        a = self.adapter
+        if self.control == "mismatched" and any(it.id not in self.partner_context for it in items):
+            self.set_items(items)
+        data = []
+        for it in items:
+            msg = a.send(self.partner_context[it.id] if self.control == "mismatched" else it.sharer_context)
+            if self.control == "zero":
+                msg.codes = torch.zeros_like(msg.codes)
+            data.append(msg.to_bytes(self.quantize))
+        texts = a.receive(data, [it.question for it in items], own_context=[it.receiver_context for it in items],
+                          max_new_tokens=max_new_tokens)
+        return texts, [len(d) for d in data]
+
+
 def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequence[int] = (50, 100, 200),
                      has_own: bool = True, spans: str | None = None) -> list[XCSystem]:
     """The systems of ``chosen`` (:data:`XC_SYSTEMS`) in report order; ``spans`` cuts the sharer's
@@ -148,6 +178,9 @@ def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequen
     unknown = sorted(set(chosen) - set(XC_SYSTEMS))
     if unknown:
         raise LCFError(f"unknown cross-context systems {unknown}; choose from {', '.join(XC_SYSTEMS)}")
+    per_token = not hasattr(adapter, "communicator")  # lcf.runtime.token_adapter.TokenAdapter
+    if per_token and spans is not None:
+        raise LCFError("a per-token adapter sends one code per context token, not spans; drop --spans")
     out: list[XCSystem] = []
     for kind in XC_SYSTEMS:
         if kind not in chosen:
@@ -161,11 +194,11 @@ def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequen
         elif kind == "text":
             out += [TextMessage(adapter, n) for n in text_tokens]
         elif kind == "lcf-x":
-            out.append(LatentXC(adapter, spans=spans))
+            out.append(TokenXC(adapter) if per_token else LatentXC(adapter, spans=spans))
         elif kind in ("int8", "int4"):
-            out.append(LatentXC(adapter, quantize=kind, spans=spans))
+            out.append(TokenXC(adapter, quantize=kind) if per_token else LatentXC(adapter, quantize=kind, spans=spans))
         elif kind in ("zero", "mismatched"):
-            out.append(LatentXC(adapter, control=kind, spans=spans))
+            out.append(TokenXC(adapter, control=kind) if per_token else LatentXC(adapter, control=kind, spans=spans))
     return out
 
 
@@ -231,11 +264,29 @@ def format_xc_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def ids_in_results(paths: Sequence[str | Path]) -> set[str]:
+    """The item ids that cross-context reports (``results.json`` of ``lcf eval-xc`` or ``kv_translate``) scored."""
+    import json
+
+    ids: set[str] = set()
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise LCFError(f"{path} does not exist; --exclude takes results.json files of earlier evaluations")
+        got = json.loads(path.read_text()).get("item_ids")
+        if not isinstance(got, list):
+            raise LCFError(f"{path} has no 'item_ids' list; expected the results.json of lcf eval-xc or kv_translate")
+        ids |= {str(i) for i in got}
+    return ids
+
+
 def held_out_items(adapter: Any, data: dict | None = None, *, limit: int | None = None, seed: int = 0,
-                   data_root: str | None = None) -> tuple[list[Any], dict[str, Any]]:
+                   data_root: str | None = None, exclude: Sequence[str | Path] = ()
+                   ) -> tuple[list[Any], dict[str, Any]]:
     """Held-out cross-context items: the validation split of ``data`` (a dataset spec ``{type, ...}``;
-    default: the data the adapter was trained on), minus contexts too long for the sharer, then a
-    seeded sample of ``limit``. Returns (items, facts about the selection)."""
+    default: the data the adapter was trained on), minus contexts too long for the sharer and items that
+    the reports in ``exclude`` scored, then a seeded sample of ``limit``. Returns (items, facts about the
+    selection)."""
     import random
 
     from lcf.data.crosscontext import CrossContextError, sharer_features
@@ -252,6 +303,8 @@ def held_out_items(adapter: Any, data: dict | None = None, *, limit: int | None 
         raise LCFError(f"data.type={spec['type']!r} is not a cross-context dataset (fact_transfer, squad_xc, "
                        f"hotpotqa_xc, musique_xc)")
     _, val = dataset.split_examples()
+    gone = ids_in_results(exclude)
+    val = [it for it in val if str(it.id) not in gone]
     limit_tokens = min(adapter.max_context_tokens(), getattr(dataset, "max_context_tokens", 1 << 30))
     template = adapter.config.get("templates", {}).get("sharer", "auto")
     kept = []
@@ -269,4 +322,6 @@ def held_out_items(adapter: Any, data: dict | None = None, *, limit: int | None 
         kept = [kept[i] for i in keep]
     facts = {"data": spec, "held_out": len(val), "fit": len(kept) if limit is None else None, "evaluated": len(kept),
              "max_context_tokens": limit_tokens, "has_own_context": any(it.receiver_context for it in kept)}
+    if exclude:
+        facts["excluded"] = {"reports": [Path(p).name for p in exclude], "items": len(gone)}
     return kept, facts

@@ -163,7 +163,8 @@ class Ridge:
 def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str] = METHODS, *,
         max_new_tokens: int = 16, batch_size: int = 8) -> dict[str, Any]:
     """Scores and predictions per method, in the layout of ``lcf eval-xc``'s results. ``translator``: a
-    :class:`Ridge` or ``lcf.eval.kv_tune.LowRank`` (callable on sharer rows, with ``y_mean``)."""
+    :class:`Ridge` or ``lcf.eval.kv_tune.LowRank`` (callable on sharer rows, with ``y_mean``). Items are read
+    ``batch_size`` at a time (two batches' rows in memory at most), so long contexts fit."""
     from lcf.eval.crosscontext import contains_rate
     from lcf.eval.harness import _first_line
     from lcf.eval.metrics import squad_scores
@@ -174,50 +175,60 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
     if any(m in QUANTIZED for m in methods) and not hasattr(translator, "encode"):
         raise LCFError("translated-int8 / translated-int4 quantise a rank-r map's codes; the full ridge map has none "
                        "(cut and tune it with --finetune-steps, or load one with --tuned)")
-    feats = [pair.features(it) for it in items]
-    model, tok = pair.receiver, pair.receiver_tokenizer
+    model, tok, n = pair.receiver, pair.receiver_tokenizer, len(items)
     stop = stop_ids(model, tok)
-    res: dict[str, Any] = {"n": len(items), "item_ids": [it.id for it in items], "scores": {}, "predictions": {}}
+    texts: dict[str, list[str]] = {m: [] for m in methods}
+    sent: dict[str, list[int]] = {m: [] for m in methods}
+    tokens: list[int] = []
+    first_x, ahead = None, None
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        feats, ahead = ahead or [pair.features(it) for it in items[lo:hi]], None
+        first_x = feats[0][0] if first_x is None else first_x
+        if "mismatched" in methods and hi < n:  # the control reads the next item's rows, also across batches
+            ahead = [pair.features(it) for it in items[hi:min(n, hi + batch_size)]]
+        others = [f[0] for f in feats[1:]] + [ahead[0][0] if ahead else first_x]
+        tokens += [len(f[0]) for f in feats]
+        for method in methods:
+            made = [pair.without_context(items[lo + i]) if method == "alone" else
+                    (*unflat_kv(_rows(method, translator, x, y, other).to(y.dtype), p, pair.receiver_rope), p.tail)
+                    for i, ((x, y, p), other) in enumerate(zip(feats, others))]
+            new = greedy(model, [m[0] for m in made], [m[2] for m in made], [m[1] for m in made], max_new_tokens,
+                         stop)
+            texts[method] += [tok.decode(t, skip_special_tokens=True).strip() for t in new]
+            if method in ("translated",) + QUANTIZED and hasattr(translator, "encode"):
+                scheme = method.split("-")[1] if "-" in method else "none"
+                sent[method] += [len(TokenMessage(translator.encode(f[0]), {}).to_bytes(scheme)) for f in feats]
+    res: dict[str, Any] = {"n": n, "item_ids": [it.id for it in items], "scores": {}, "predictions": {}}
+    golds = [it.answers for it in items]
     for method in methods:
-        made = []
-        for i, (x, y, p) in enumerate(feats):
-            if method == "alone":
-                made.append(pair.without_context(items[i]))
-                continue
-            if method == "text":
-                rows = y
-            elif method == "translated":
-                rows = translator(x)
-            elif method in QUANTIZED:
-                scheme = method.split("-")[1]
-                rows = translator.decode(dequantize_rows(quantize_rows(translator.encode(x), scheme), scheme))
-            elif method == "mismatched":
-                rows = translator(feats[(i + 1) % len(feats)][0])
-            elif method == "zero":
-                rows = torch.zeros_like(y)
-            else:
-                rows = translator.y_mean.expand_as(y)
-            made.append((*unflat_kv(rows.to(y.dtype), p, pair.receiver_rope), p.tail))
-        texts = []
-        for lo in range(0, len(made), batch_size):
-            chunk = range(lo, min(lo + batch_size, len(made)))
-            new = greedy(model, [made[i][0] for i in chunk], [made[i][2] for i in chunk],
-                         [made[i][1] for i in chunk], max_new_tokens, stop)
-            texts += [tok.decode(t, skip_special_tokens=True).strip() for t in new]
-        golds = [it.answers for it in items]
-        preds = [_first_line(t) for t in texts]
-        scores = squad_scores(preds, golds) | {"contains": contains_rate(texts, golds),
-                                               "slots": sum(len(f[0]) for f in feats) / len(feats)}
-        if method in ("translated",) + QUANTIZED and hasattr(translator, "encode"):
-            scheme = method.split("-")[1] if "-" in method else "none"
-            scores["bytes_sent"] = sum(len(TokenMessage(translator.encode(f[0]), {}).to_bytes(scheme))
-                                       for f in feats) / len(feats)
+        preds = [_first_line(t) for t in texts[method]]
+        scores = squad_scores(preds, golds) | {"contains": contains_rate(texts[method], golds),
+                                               "slots": sum(tokens) / n}
+        if sent[method]:
+            scores["bytes_sent"] = sum(sent[method]) / n
         if any(it.distractors for it in items):
-            scores["other"] = contains_rate(texts, [it.distractors or [""] for it in items])
+            scores["other"] = contains_rate(texts[method], [it.distractors or [""] for it in items])
         res["scores"][method] = scores
         res["predictions"][method] = [{"id": it.id, "pred": pr, "text": t, "gold": it.answers}
-                                      for it, pr, t in zip(items, preds, texts)]
+                                      for it, pr, t in zip(items, preds, texts[method])]
     return res
+
+
+def _rows(method: str, translator: Any, x: torch.Tensor, y: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """The receiver rows a method puts at the context's positions (``other``: the next item's sharer rows)."""
+    if method == "text":
+        return y
+    if method == "translated":
+        return translator(x)
+    if method in QUANTIZED:
+        scheme = method.split("-")[1]
+        return translator.decode(dequantize_rows(quantize_rows(translator.encode(x), scheme), scheme))
+    if method == "mismatched":
+        return translator(other)
+    if method == "zero":
+        return torch.zeros_like(y)
+    return translator.y_mean.expand_as(y)
 
 
 def _dataset(pairs: Sequence[str], data_root: str | None) -> tuple[list, list, dict]:
@@ -302,11 +313,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "(adapter_config.json + adapter.safetensors) that `lcf send` / `lcf receive` and load_adapter use")
     ap.add_argument("--data-root", default=None, help="data files root (default $LCF_DATA_ROOT)")
     ap.add_argument("--items", type=int, default=60)
+    ap.add_argument("--exclude", nargs="+", default=[], metavar="RESULTS_JSON",
+                    help="leave out the items these earlier reports (kv_translate or lcf eval-xc) scored")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     _, val, spec = _dataset(args.data, args.data_root)
+    if args.exclude:
+        from lcf.eval.crosscontext import ids_in_results
+
+        gone, before = ids_in_results(args.exclude), len(val)
+        val = [it for it in val if str(it.id) not in gone]
+        if not val:
+            raise LCFError(f"--exclude left none of the {before} validation items; raise the data's val_size "
+                           f"(e.g. --data ... val_size={2 * before})")
+        spec["excluded"] = {"reports": [Path(p).name for p in args.exclude], "items": len(gone)}
     rng = random.Random(args.seed)
     items = [val[i] for i in sorted(rng.sample(range(len(val)), min(args.items, len(val))))]
     loading = bool(args.translator) and Path(args.translator).exists()

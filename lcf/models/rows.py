@@ -80,6 +80,18 @@ def check_window(view: KVView, who: str, length: int) -> None:
                           f"need every position cached (use shorter contexts)")
 
 
+def prefill_every_position(model: Any, ids: torch.Tensor) -> KVView:
+    """The cache of ``ids`` (1, n) with every position kept on every layer: one pass when the prompt fits the
+    shortest sliding window (or no layer slides), else chunks copied out before they are evicted
+    (:func:`lcf.models.capture.prefill_all_positions`; the same K/V as one pass, stored whole)."""
+    from lcf.models.capture import capture_chunk, prefill_all_positions
+
+    limit = capture_chunk(model.config)
+    if limit is None or ids.shape[1] <= limit:
+        return prefill(model, ids)
+    return prefill_all_positions(model, ids, chunk=limit)
+
+
 def prepare_item(model: Any, tokenizer: Any, question: str, context: str, template: str = "auto",
                  span: Span | None = None) -> Prepared:
     """Prefill the receiver on its ``receiver + full context`` prompt up to the end of the context."""
@@ -96,7 +108,8 @@ def sharer_rows(sharer: Any, sharer_tokenizer: Any, rope: Rope, receiver_tokeniz
                 sharer_template: str = "auto") -> torch.Tensor:
     """The sharer's rows (T, Ds) for the receiver's context tokens ``span.a .. span.b``: the sharer reads the
     context alone in its own prompt (as LCF-X's sharer does); each receiver token takes the sharer token
-    that covers most of its characters."""
+    that covers most of its characters. Contexts longer than a sliding window are prefilled in chunks so that
+    every position's K/V is kept (:func:`prefill_every_position`)."""
     from lcf.align.templates import format_messages
     from lcf.align.tokens import align_texts, auto_special_tokens
     from lcf.data.crosscontext import _encode_prompt
@@ -108,8 +121,7 @@ def sharer_rows(sharer: Any, sharer_tokenizer: Any, rope: Rope, receiver_tokeniz
                      add_special_tokens=(auto_special_tokens(rt, span.text), auto_special_tokens(st, s_text)))
     if len(al) != len(span.ids) or not bool(al.mask[span.a:span.b].all()):
         raise LCFError("the context's receiver tokens do not all align to sharer tokens; check the templates")
-    view = prefill(sharer, torch.tensor([s_ids], device=sharer.device))
-    check_window(view, "sharer", len(s_ids))
+    view = prefill_every_position(sharer, torch.tensor([s_ids], device=sharer.device))
     index = al.sharer_index[span.a:span.b].to(sharer.device)
     return flat_kv(view, rope, torch.arange(len(s_ids), device=sharer.device), index)
 

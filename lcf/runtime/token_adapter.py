@@ -82,6 +82,17 @@ class TokenAdapter:
     def _device(self) -> torch.device:
         return self.map.down.device
 
+    def max_context_tokens(self) -> int:
+        """Longest context a message carries: the smaller ``max_position_embeddings`` of the two models (a
+        sharer's sliding windows do not limit it: its prompt is prefilled in chunks, every position kept)."""
+        limits = []
+        for m in (self.sharer, self.receiver):
+            cfg = m.model.config if m is not None else None
+            cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+            if getattr(cfg, "max_position_embeddings", None):
+                limits.append(int(cfg.max_position_embeddings))
+        return min(limits) if limits else 1 << 30
+
     # -- sending -------------------------------------------------------------------------------------
     @torch.no_grad()
     def send(self, context: str, *, spans: str | None = None, **unused: Any) -> TokenMessage:
@@ -153,6 +164,32 @@ class TokenAdapter:
         new = greedy(model, views, tails, starts, max_new_tokens, stop_ids(model, tok))
         texts = [tok.decode(t, skip_special_tokens=True).strip() for t in new]
         return texts[0] if single else texts
+
+
+    @torch.no_grad()
+    def answer(self, questions: Sequence[str], own_contexts: Sequence[str] = (), *, max_new_tokens: int = 32
+               ) -> list[str]:
+        """The receiver without a message: each question after the text it holds itself (``own_contexts``,
+        one per question; empty for none), in the receiver's template (the baselines of ``lcf eval-xc``)."""
+        from lcf.align.templates import format_messages
+        from lcf.data.crosscontext import _encode_prompt, receiver_message
+
+        if self.receiver is None:
+            raise LCFError("this adapter was loaded without its receiver; load it with the receiver to answer")
+        owns = list(own_contexts) or [""] * len(questions)
+        if len(owns) != len(questions):
+            raise LCFError(f"answer: {len(owns)} own contexts for {len(questions)} questions; give one per question")
+        model, tok = self.receiver.model, self.receiver.tokenizer
+        template = self.templates.get("receiver", "auto")
+        views, tails, starts = [], [], []
+        for q, own in zip(questions, owns):
+            text = format_messages(tok, [{"role": "user", "content": receiver_message(q, own)}], template).text
+            ids = torch.tensor([_encode_prompt(tok, text)[0]], device=model.device)
+            views.append(prefill(model, ids[:, :-1]))
+            tails.append(ids[0, -1:])
+            starts.append(ids.shape[1] - 1)
+        new = greedy(model, views, tails, starts, max_new_tokens, stop_ids(model, tok))
+        return [tok.decode(t, skip_special_tokens=True).strip() for t in new]
 
 
 def load_token_adapter(folder: Path, cfg: dict[str, Any], *, sharer: Any, receiver: Any, device: str | None,
