@@ -273,6 +273,8 @@ def test_batches_of_items_give_the_answers_of_one_batch(same_pair):
     ridge, _ = kt.Ridge.fit(iter(rows[2:]), rows[:2], lambdas=(1e-9,), chunk=16)
     whole = kt.run(same_pair, ridge, items, ["translated", "mismatched"], max_new_tokens=4, batch_size=8)
     parts = kt.run(same_pair, ridge, items, ["translated", "mismatched"], max_new_tokens=4, batch_size=2)
+    with pytest.raises(LCFError, match="must be at least 1, got 0"):
+        kt.run(same_pair, ridge, items, ["translated"], batch_size=0)
     assert parts["predictions"] == whole["predictions"] and parts["scores"] == whole["scores"]
     text = {p["id"]: p["text"] for p in whole["predictions"]["translated"]}
     assert [p["text"] for p in whole["predictions"]["mismatched"]] == [text[it.id] for it in items[1:] + items[:1]]

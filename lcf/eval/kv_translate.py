@@ -175,6 +175,8 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
     if any(m in QUANTIZED for m in methods) and not hasattr(translator, "encode"):
         raise LCFError("translated-int8 / translated-int4 quantise a rank-r map's codes; the full ridge map has none "
                        "(cut and tune it with --finetune-steps, or load one with --tuned)")
+    if batch_size < 1:
+        raise LCFError(f"batch_size (--batch-size) must be at least 1, got {batch_size}")
     model, tok, n = pair.receiver, pair.receiver_tokenizer, len(items)
     stop = stop_ids(model, tok)
     texts: dict[str, list[str]] = {m: [] for m in methods}
@@ -316,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--exclude", nargs="+", default=[], metavar="RESULTS_JSON",
                     help="leave out the items these earlier reports (kv_translate or lcf eval-xc) scored")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--batch-size", type=int, default=8, help="items read and answered together (lower it for long "
+                    "contexts: two batches' rows are in memory, ~0.2 MB a context token in fp32)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -363,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from lcf.runtime.token_adapter import export_token_adapter
 
         export_token_adapter(translator, args.export, sharer=s, receiver=r, training=report)
-    res = run(pair, translator, items, args.methods)
+    res = run(pair, translator, items, args.methods, batch_size=args.batch_size)
     res["setup"] = {"data": spec, "items": len(items), "seed": args.seed} | report
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
