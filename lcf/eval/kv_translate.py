@@ -20,6 +20,10 @@ receiver's own cache of the context was. The question then runs on top of it, as
 * ``zero``: all-zero keys and values at the context's positions (control);
 * ``mean``: the translator's mean output at every position (control: a cache with no item in it).
 
+Contexts longer than a sharer's sliding window are read whole (prefilled in chunks, every position's K/V
+kept: ``lcf.models.capture``); ``--batch-size`` bounds the rows in memory for long ones. ``--exclude`` leaves
+out the items earlier reports scored, to confirm a result on items not yet looked at.
+
 The map is fitted in closed form on the training split of ``--fit`` data sets (Gram matrices summed
 over tokens, an eigendecomposition, ridge strength chosen on held-out contexts by R^2). Outputs are
 scored as ``lcf eval-xc`` scores them and written in its layout (``python -m lcf.eval.paired`` pairs them).
