@@ -65,6 +65,19 @@ def test_send_receive_reads_like_the_context_itself(tiny):
     assert torch.equal(again.codes, msg.codes) and again.header["tokens"] == len(msg.codes)
 
 
+def test_a_question_containing_the_placeholder_letter_is_received(tiny):
+    """The receiver's prompt is built around the placeholder "x"; an "x" in the question (or in its own text)
+    must not be taken for the context (it once was: the last "x" of the prompt was taken)."""
+    folder, model, tok = tiny
+    adapter = _load(tiny)
+    question = "Which box next to the taxi is Ada's?"
+    assert context_span(tok, question, "x").a == context_span(tok, "?", "x").a
+    assert context_span(tok, question, "x", receiver_context="an extra x").start > 0
+    p = prepare_item(model, tok, question, CONTEXT)
+    want = tok.decode(greedy(model, [p.view], [p.tail], [p.b], 8, stop_ids(model, tok))[0], skip_special_tokens=True)
+    assert adapter.receive(adapter.send(CONTEXT), question, max_new_tokens=8) == want.strip()
+
+
 def test_text_the_receiver_holds_itself_is_read_before_the_message(tiny, monkeypatch):
     from lcf.runtime import token_adapter
 

@@ -55,10 +55,11 @@ def context_span(tokenizer: Any, question: str, context: str, template: str = "a
     context, own = context.strip(), receiver_context.strip()
     message = receiver_message(question, f"{own}\n\n{context}" if own else context)
     text = format_messages(tokenizer, [{"role": "user", "content": message}], template).text
-    start = text.rfind(context)
-    if not context or start < 0:
+    at = text.rfind(message)  # the context sits at a known offset of the message, not wherever its text recurs
+    if not context or at < 0 or not message.startswith(f"{own}\n\n{context}" if own else context):
         raise LCFError("the context is empty or does not occur verbatim in the receiver's prompt (did the template "
                        "rewrite it?); per-token rows need the context's own tokens in the prompt")
+    start = at + (len(own) + 2 if own else 0)
     end = start + len(context)
     ids, offsets, special = _encode_prompt(tokenizer, text)
     inside = [i for i, (s, e) in enumerate(offsets) if not special[i] and e > s and s < end and e > start]
