@@ -114,6 +114,8 @@ def test_receiving_side_needs_no_sharer_and_int8_int4_shrink_the_message(tiny):
     assert sender.receiver is None and torch.equal(sender.send(CONTEXT).codes, msg.codes)
     with pytest.raises(LCFError, match="loaded without its receiver"):
         sender.receive(msg, QUESTION)
+    with pytest.raises(LCFError, match="loaded without its receiver"):
+        sender.answer([QUESTION])
 
 
 def test_eval_xc_scores_a_per_token_adapter_and_its_baselines(tiny):

@@ -77,8 +77,7 @@ def sweep(preds: dict[str, dict], systems: Sequence[str], weights: Sequence[floa
             key = "correct_norm" if metric == "acc_norm" else "correct"
             scores[w] = 100 * sum(r[key] for r in rows[w].values()) / len(rows[w])
         best = max(weights, key=lambda w: (scores[w], -w))
-        base = {k: {"correct": r["correct"]} | ({"correct_norm": r["correct_norm"]} if "correct_norm" in r else {})
-                for k, r in combined(preds, system, sharer, 0.0, task, lengths).items()}
+        base = rows[0.0] if 0.0 in rows else combined(preds, system, sharer, 0.0, task, lengths)
         d = paired_difference({"with": rows[best], "without": base}, "with", "without", metric=metric,
                               resamples=resamples)
         out.append({"system": system, "scores": scores, "best_weight": best, "gain": d["diff"], "low": d["low"],

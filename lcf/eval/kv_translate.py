@@ -42,9 +42,9 @@ import torch
 
 from lcf.errors import LCFError
 from lcf.eval.cache_ceiling import format_table
-from lcf.models.kv import KVView, prefill
+from lcf.models.kv import KVView
 from lcf.models.rows import (Prepared, WindowError, context_span, flat_kv, greedy, layer_rope, prepare_item,
-                             sharer_rows, stop_ids, unflat_kv)
+                             question_only, sharer_rows, stop_ids, unflat_kv)
 from lcf.runtime.token_kv import TokenMessage, dequantize_rows, quantize_rows
 
 METHODS = ("alone", "text", "translated", "mismatched", "zero", "mean")
@@ -81,18 +81,11 @@ class Pair:
                     torch.arange(p.a, p.b, device=r_dev))
         return x, y, p
 
-    @torch.no_grad()
     def without_context(self, item: Any) -> tuple[KVView, int, torch.Tensor]:
         """The receiver's prompt with no sharer context (its own text stays), prefilled but for its last token:
         (cache, start of the tail, tail)."""
-        from lcf.align.templates import format_messages
-        from lcf.data.crosscontext import _encode_prompt, receiver_message
-
-        own = getattr(item, "receiver_context", "")
-        message = receiver_message(item.question, own)
-        text = format_messages(self.receiver_tokenizer, [{"role": "user", "content": message}], self.template).text
-        ids = torch.tensor([_encode_prompt(self.receiver_tokenizer, text)[0]], device=self.receiver.device)
-        return prefill(self.receiver, ids[:, :-1]), ids.shape[1] - 1, ids[0, -1:]
+        return question_only(self.receiver, self.receiver_tokenizer, item.question,
+                             getattr(item, "receiver_context", ""), self.template)
 
 
 class Ridge:

@@ -93,6 +93,20 @@ def prefill_every_position(model: Any, ids: torch.Tensor) -> KVView:
     return prefill_all_positions(model, ids, chunk=limit)
 
 
+@torch.no_grad()
+def question_only(model: Any, tokenizer: Any, question: str, own_context: str = "", template: str = "auto"
+                  ) -> tuple[KVView, int, torch.Tensor]:
+    """The receiver's prompt of ``question`` after the text it holds itself (no sharer context), prefilled but
+    for its last token: (cache, start of the tail, tail), ready for :func:`greedy`."""
+    from lcf.align.templates import format_messages
+    from lcf.data.crosscontext import _encode_prompt, receiver_message
+
+    text = format_messages(tokenizer, [{"role": "user", "content": receiver_message(question, own_context)}],
+                           template).text
+    ids = torch.tensor([_encode_prompt(tokenizer, text)[0]], device=model.device)
+    return prefill(model, ids[:, :-1]), ids.shape[1] - 1, ids[0, -1:]
+
+
 def prepare_item(model: Any, tokenizer: Any, question: str, context: str, template: str = "auto",
                  span: Span | None = None) -> Prepared:
     """Prefill the receiver on its ``receiver + full context`` prompt up to the end of the context."""

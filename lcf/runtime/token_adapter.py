@@ -21,7 +21,8 @@ import torch
 
 from lcf.errors import LCFError
 from lcf.models.kv import prefill
-from lcf.models.rows import Prepared, context_span, greedy, layer_rope, sharer_rows, stop_ids, unflat_kv
+from lcf.models.rows import (Prepared, context_span, greedy, layer_rope, question_only, sharer_rows, stop_ids,
+                             unflat_kv)
 from lcf.runtime.format import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, AdapterError, file_fingerprint
 from lcf.runtime.messages import MessageError
 from lcf.runtime.token_kv import PLACEHOLDER, PROBE_QUESTION, TRANSLATOR_TYPE, LowRank, TokenMessage
@@ -171,23 +172,14 @@ class TokenAdapter:
                ) -> list[str]:
         """The receiver without a message: each question after the text it holds itself (``own_contexts``,
         one per question; empty for none), in the receiver's template (the baselines of ``lcf eval-xc``)."""
-        from lcf.align.templates import format_messages
-        from lcf.data.crosscontext import _encode_prompt, receiver_message
-
         if self.receiver is None:
             raise LCFError("this adapter was loaded without its receiver; load it with the receiver to answer")
         owns = list(own_contexts) or [""] * len(questions)
         if len(owns) != len(questions):
             raise LCFError(f"answer: {len(owns)} own contexts for {len(questions)} questions; give one per question")
         model, tok = self.receiver.model, self.receiver.tokenizer
-        template = self.templates.get("receiver", "auto")
-        views, tails, starts = [], [], []
-        for q, own in zip(questions, owns):
-            text = format_messages(tok, [{"role": "user", "content": receiver_message(q, own)}], template).text
-            ids = torch.tensor([_encode_prompt(tok, text)[0]], device=model.device)
-            views.append(prefill(model, ids[:, :-1]))
-            tails.append(ids[0, -1:])
-            starts.append(ids.shape[1] - 1)
+        views, starts, tails = zip(*(question_only(model, tok, q, own, self.templates.get("receiver", "auto"))
+                                     for q, own in zip(questions, owns)))
         new = greedy(model, views, tails, starts, max_new_tokens, stop_ids(model, tok))
         return [tok.decode(t, skip_special_tokens=True).strip() for t in new]
 
