@@ -36,6 +36,10 @@ COMPONENT_SECTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "compressor": ("compressors", frozenset({"shapes"})),
     "data": ("datasets", frozenset()),
 }
+# sections whose arguments belong to one component type: a layer that names another `type` replaces the
+# section instead of merging into it (`translator.type=gated_fusion` drops LCF's `rank`). `data` merges as
+# usual: its loading options (templates, sizes, seed) are shared by every data type.
+TYPED_SECTIONS = ("layer_map", "token_alignment", "translator", "compressor")
 # plain sections validated by a dataclass (registered by the modules that own them)
 SETTINGS_SECTIONS: dict[str, str] = {"trainer": "lcf.training.settings:TrainerSettings"}  # section -> "module:Class"
 PLAIN_KEYS = {"defaults", "imports", "name", "description", "seed", "data_root", "output_dir", "pair", "sharer", "receiver",
@@ -63,8 +67,20 @@ def _load_file(path: Path, stack: tuple[Path, ...]) -> DictConfig:
         base_path = path.parent / str(base)
         if base_path.suffix != ".yaml" and not base_path.exists():
             base_path = base_path.with_suffix(".yaml")
-        merged = OmegaConf.merge(merged, _load_file(base_path, (*stack, path)))
-    return OmegaConf.merge(merged, cfg)
+        merged = merge_layers(merged, _load_file(base_path, (*stack, path)))
+    return merge_layers(merged, cfg)
+
+
+def merge_layers(base: DictConfig, top: DictConfig) -> DictConfig:
+    """``OmegaConf.merge(base, top)``, except that a section of :data:`TYPED_SECTIONS` whose ``type``
+    ``top`` changes is taken from ``top`` alone: the old component's arguments do not carry over."""
+    base = base.copy()
+    for name in TYPED_SECTIONS:
+        old, new = base.get(name), top.get(name)
+        if isinstance(old, DictConfig) and isinstance(new, DictConfig) and "type" in new and "type" in old \
+                and new.type != old.type:
+            del base[name]
+    return OmegaConf.merge(base, top)
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -77,7 +93,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     # would build a mapping {"1": ...} that cannot merge into the list
     into_list = [o for o in overrides if _indexes_a_list(o.partition("=")[0])]
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in overrides if o not in into_list]))
+        cfg = merge_layers(cfg, OmegaConf.from_dotlist([o for o in overrides if o not in into_list]))
         for o in into_list:
             key = o.partition("=")[0]
             OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={o.partition('=')[2]}"]).value, merge=True)
@@ -119,7 +135,7 @@ def apply_pair_card(cfg: DictConfig) -> DictConfig:
         {"sharer": None if cfg.get("sharers") else card.sharer,  # a `sharers:` list replaces the card's sharer
          "receiver": card.receiver, "layer_map": card.layer_map, "token_alignment": card.token_alignment}
     )
-    return OmegaConf.merge(base, cfg)
+    return merge_layers(base, cfg)
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

@@ -55,6 +55,28 @@ def test_pair_card_fills_models(tmp_path):
     assert data["layer_map"]["type"] == "nearest"
 
 
+def test_changing_a_component_type_drops_the_old_arguments(tmp_path):
+    """`translator.type=gated_fusion` on an LCF recipe must not keep LCF's `rank` (gated_fusion refuses it);
+    an override without `type` still merges, and `data` keeps its shared loading options."""
+    write(tmp_path / "base.yaml", """
+        pair: gemma3-to-smollm2
+        translator: {type: lcf_lowrank, rank: 128, mlp_ratio: 4}
+    """)
+    child = write(tmp_path / "child.yaml", "defaults: [base.yaml]\ntranslator: {type: c2c_projector, hidden_dim: 256}\n")
+    assert dict(load_recipe(child).translator) == {"type": "c2c_projector", "hidden_dim": 256}
+    cfg = load_recipe(tmp_path / "base.yaml", ["translator.type=gated_fusion", "token_alignment.read_ahead=1"])
+    assert dict(cfg.translator) == {"type": "gated_fusion"}
+    assert cfg.token_alignment.read_ahead == 1 and cfg.token_alignment.type == "maximal_coverage"
+    validate_recipe(cfg)
+    assert dict(load_recipe(tmp_path / "base.yaml", ["translator.rank=64"]).translator) == {
+        "type": "lcf_lowrank", "rank": 64, "mlp_ratio": 4}
+    data = write(tmp_path / "data.yaml", "defaults: [base.yaml]\ndata: {type: instruct_json, train_size: 64}\n")
+    assert load_recipe(data, ["data.type=eval_task"]).data.train_size == 64
+    # the pair card's aligner arguments (`pick: longest`) are not merged into another aligner
+    own = write(tmp_path / "own.yaml", "pair: gemma3-to-smollm2\ntoken_alignment: {type: my_pkg.Aligner}\n")
+    assert dict(load_recipe(own).token_alignment) == {"type": "my_pkg.Aligner"}
+
+
 def base_recipe(tmp_path: Path, extra: str) -> Path:
     return write(tmp_path / "r.yaml", "sharer: gemma3-270m\nreceiver: smollm2-135m-instruct\n" + textwrap.dedent(extra))
 
