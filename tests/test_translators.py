@@ -24,6 +24,7 @@ from tests.conftest import tiny_gemma3, tiny_llama
 KINDS = {
     "c2c_projector": (C2CProjector, {"hidden_dim": 16}),
     "lcf_lowrank": (LowRankJointKV, {"rank": 8, "mlp_ratio": 2}),
+    "lcf_lowrank:sharer_only": (LowRankJointKV, {"rank": 8, "mlp_ratio": 2, "read_receiver": False}),
     "gated_fusion": (GatedFusion, {}),
 }
 DIRECTIONS = [("llama", "gemma"), ("gemma", "llama")]
@@ -224,7 +225,7 @@ def test_init_args_round_trip(kind):
     tr = build(kind, shapes)
     args = json.loads(json.dumps(tr.init_args))
     assert "shapes" not in args and args == tr.init_args
-    again = translators.build({"type": kind, **args}, "translator",
+    again = translators.build({"type": kind.split(":")[0], **args}, "translator",
                               shapes=PairShapes.from_dict(json.loads(json.dumps(shapes.to_dict()))))
     assert type(again) is type(tr) and _layout(again) == _layout(tr)
 
@@ -237,6 +238,26 @@ def test_pair_shapes_round_trip():
             assert PairShapes.from_dict(data) == shapes
     with pytest.raises(RecipeError, match="malformed"):
         PairShapes.from_dict({"sharer": []})
+
+
+def test_lowrank_without_receiver_input_reads_only_the_sharer():
+    shapes = make_case(("gemma", "llama"), 3, "nearest")[0]
+    joint = build("lcf_lowrank", shapes)
+    alone = build("lcf_lowrank:sharer_only", shapes)
+    perturb(joint)
+    perturb(alone)
+    t = alone.active_layers[0]
+    s_dim, r_dim = shapes.dims(t)
+    assert alone.layers[str(t)].down.in_features == 2 * s_dim
+    assert joint.layers[str(t)].down.in_features == 2 * s_dim + 2 * r_dim
+    g = torch.Generator().manual_seed(0)
+    sk, sv = torch.randn(2, 1, 5, s_dim, generator=g)
+    rk, rv, rk2, rv2 = torch.randn(4, 1, 5, r_dim, generator=g)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(alone.delta(t, sk, sv, rk, rv), alone.delta(t, sk, sv, rk2, rv2)))
+        assert not torch.equal(joint.delta(t, sk, sv, rk, rv)[0], joint.delta(t, sk, sv, rk2, rv2)[0])
+    with pytest.raises(RecipeError, match="read_receiver"):
+        LowRankJointKV(shapes, rank=8, read_receiver="no")
 
 
 @kinds
@@ -256,7 +277,7 @@ def test_prune_drops_closed_layers(kind):
         assert out.keys[1] is r_view.keys[1] and out.values[1] is r_view.values[1]
         assert not torch.equal(out.keys[2], r_view.keys[2])
     assert tr.init_args["active_layers"] == [0, 2]
-    rebuilt = translators.get(kind)(shapes=shapes, **json.loads(json.dumps(tr.init_args)))
+    rebuilt = translators.get(kind.split(":")[0])(shapes=shapes, **json.loads(json.dumps(tr.init_args)))
     assert _layout(rebuilt) == _layout(tr)
     assert tr.prune(keep=[2]) == [2] and tr.active_layers == [2]
     with pytest.raises(Exception, match="not fused"):
