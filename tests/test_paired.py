@@ -38,6 +38,19 @@ def test_paired_difference_and_interval(two_reports):
         paired_difference(preds, "lcf", "lora")
 
 
+def test_averaged_sides(two_reports):
+    """'A+B' scores each item by the mean of A and B (seeds of one adapter against their controls)."""
+    preds = load_predictions(two_reports)
+    d = paired_difference(preds, "lcf+sharer", "receiver", resamples=500)
+    # lcf right on q0 q1 q2 q4 q9, sharer on q0 q1 q2 q3 q9 (mean 50 %, but item by item), receiver on 3
+    assert d["a_score"] == pytest.approx(50.0) and d["diff"] == pytest.approx(20.0)
+    assert paired_difference(preds, "lcf+sharer", "lcf", resamples=200)["diff"] == pytest.approx(0.0)
+    both = paired_difference(preds, "lcf+sharer", "sharer+lcf", resamples=200)
+    assert both["diff"] == both["low"] == both["high"] == 0.0
+    with pytest.raises(LCFError, match="'lora' is not in the results"):
+        paired_difference(preds, "lcf+lora", "receiver")
+
+
 def test_follows_sharer(two_reports):
     f = follows_sharer(load_predictions(two_reports), "lcf")
     # receiver and sharer disagree on q0, q2, q3, q4; lcf takes the sharer's pick on q0, q2 and the

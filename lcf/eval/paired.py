@@ -9,7 +9,9 @@ compared system has are used. For each pair ``A:B`` it prints ``A - B`` in point
 bootstrap 95% interval (items resampled with replacement, the same resample for both systems), and for
 each fused system the "follows the sharer" count: on items where receiver and sharer alone pick
 different options, how often the fused system picks the sharer's option, the receiver's, or another.
-Cross-context reports (``lcf eval-xc``) compare with ``--metric f1``, ``em`` or ``contains``, per item
+A side may average several systems item by item, written ``A1+A2`` (for example two training seeds of one
+adapter against their two controls: ``"lcf+lcf_s1:lcf (mismatched)+lcf_s1 (mismatched)"``); the interval
+then resamples items only, not seeds. Cross-context reports (``lcf eval-xc``) compare with ``--metric f1``, ``em`` or ``contains``, per item
 as that report scores them (SQuAD-normalised; F1 and EM on the answer's first line).
 """
 from __future__ import annotations
@@ -105,22 +107,33 @@ def item_score(row: dict[str, Any], metric: str) -> float:
 def paired_difference(preds: dict[str, dict], a: str, b: str, *, metric: str = "acc_norm", task: str | None = None,
                       resamples: int = 4000, seed: int = 0) -> dict[str, Any]:
     """``a - b`` in points over the items both systems have (optionally one task), with a paired
-    bootstrap 95% interval."""
-    for name in (a, b):
-        if name not in preds:
-            raise LCFError(f"system {name!r} is not in the results; known: {sorted(preds)}")
-    keys = sorted(k for k in preds[a] if k in preds[b] and (task is None or k[0] == task))
+    bootstrap 95% interval. ``a`` or ``b`` may be ``S1+S2+...``: the per-item mean of those systems."""
+    members = {name: _members(preds, name) for name in (a, b)}
+    every = [m for ms in members.values() for m in ms]
+    keys = sorted(k for k in preds[every[0]] if all(k in preds[m] for m in every) and (task is None or k[0] == task))
     if not keys:
         raise LCFError(f"systems {a!r} and {b!r} share no item{'' if task is None else f' of task {task!r}'}: "
                        f"evaluate them on the same tasks, --limit and --seed")
-    diff = [item_score(preds[a][k], metric) - item_score(preds[b][k], metric) for k in keys]
+    score = {name: [sum(item_score(preds[m][k], metric) for m in ms) / len(ms) for k in keys]
+             for name, ms in members.items()}
+    diff = [x - y for x, y in zip(score[a], score[b])]
     n = len(diff)
     rng = random.Random(seed)
     stats = sorted(sum(diff[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
     lo, hi = stats[int(0.025 * resamples)], stats[min(int(0.975 * resamples), resamples - 1)]
-    acc = lambda s: 100 * sum(item_score(preds[s][k], metric) for k in keys) / n  # noqa: E731
-    return {"a": a, "b": b, "n": n, "a_score": acc(a), "b_score": acc(b), "diff": 100 * sum(diff) / n,
+    return {"a": a, "b": b, "n": n, "a_score": 100 * sum(score[a]) / n, "b_score": 100 * sum(score[b]) / n,
+            "diff": 100 * sum(diff) / n,
             "low": 100 * lo, "high": 100 * hi}
+
+
+def _members(preds: dict[str, dict], name: str) -> list[str]:
+    """The systems a side names: itself, or each part of ``S1+S2`` (averaged item by item)."""
+    parts = [name] if name in preds else [p.strip() for p in name.split("+")]
+    missing = [p for p in parts if p not in preds]
+    if missing:
+        raise LCFError(f"system {missing[0]!r} is not in the results; known: {sorted(preds)} (average several "
+                       f"systems with 'S1+S2')")
+    return parts
 
 
 def follows_sharer(preds: dict[str, dict], fused: str, *, receiver: str = "receiver", sharer: str = "sharer",
