@@ -76,7 +76,8 @@ def test_train_export_load_generate(tiny_pair, tmp_path):
     out = export(run, tmp_path / "adapter", which="last")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter.safetensors", "adapter_config.json"]
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["translator"] == {"type": "lcf_lowrank", "args": {"rank": 8, "mlp_ratio": 4, "dropout": 0.0, "mlp_blocks": 2}}
+    assert cfg["translator"] == {"type": "lcf_lowrank", "args": {"rank": 8, "mlp_ratio": 4, "dropout": 0.0, "mlp_blocks": 2,
+                                                         "read_receiver": True}}
     assert cfg["layer_map"]["sharer_of"] == [0, 2] and cfg["training"]["global_step"] == 4
     assert cfg["num_parameters"] > 0 and cfg["sharer"]["fingerprint"]["config"]
     adapter = load_adapter(out)
@@ -219,6 +220,15 @@ def test_unknown_translator_and_shape_mismatch(exported, tmp_path):
     with pytest.raises(LCFError, match="unknown translator 'lcf_lowrnak'.*Did you mean 'lcf_lowrank'"):
         load_adapter(bad)
     cfg["translator"] = {"type": "lcf_lowrank", "args": {"rank": 16, "mlp_ratio": 4, "dropout": 0.0, "mlp_blocks": 2}}
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterError, match="shape mismatches"):
+        load_adapter(bad)
+    # adapters exported before `read_receiver` existed load as the joint module; claiming a sharer-only
+    # latent for joint weights is a shape mismatch (the down-projection's input width)
+    cfg["translator"] = {"type": "lcf_lowrank", "args": {"rank": 8, "mlp_ratio": 4, "dropout": 0.0, "mlp_blocks": 2}}
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    assert load_adapter(bad).translator.read_receiver is True
+    cfg["translator"]["args"]["read_receiver"] = False
     (bad / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(AdapterError, match="shape mismatches"):
         load_adapter(bad)
