@@ -11,8 +11,8 @@ each fused system the "follows the sharer" count: on items where receiver and sh
 different options, how often the fused system picks the sharer's option, the receiver's, or another.
 A side may average several systems item by item, written ``A1+A2`` (for example two training seeds of one
 adapter against their two controls: ``"lcf+lcf_s1:lcf (mismatched)+lcf_s1 (mismatched)"``); the interval
-then resamples items only, not seeds. Cross-context reports (``lcf eval-xc``) compare with ``--metric f1``, ``em`` or ``contains``, per item
-as that report scores them (SQuAD-normalised; F1 and EM on the answer's first line).
+then resamples items only, not seeds. Cross-context reports (``lcf eval-xc``) compare with ``--metric f1``,
+``em`` or ``contains``, per item as that report scores them (SQuAD-normalised; F1 and EM on the answer's first line).
 """
 from __future__ import annotations
 
@@ -122,8 +122,7 @@ def paired_difference(preds: dict[str, dict], a: str, b: str, *, metric: str = "
     stats = sorted(sum(diff[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
     lo, hi = stats[int(0.025 * resamples)], stats[min(int(0.975 * resamples), resamples - 1)]
     return {"a": a, "b": b, "n": n, "a_score": 100 * sum(score[a]) / n, "b_score": 100 * sum(score[b]) / n,
-            "diff": 100 * sum(diff) / n,
-            "low": 100 * lo, "high": 100 * hi}
+            "diff": 100 * sum(diff) / n, "low": 100 * lo, "high": 100 * hi}
 
 
 def _members(preds: dict[str, dict], name: str) -> list[str]:
