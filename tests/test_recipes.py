@@ -62,7 +62,8 @@ def test_changing_a_component_type_drops_the_old_arguments(tmp_path):
         pair: gemma3-to-smollm2
         translator: {type: lcf_lowrank, rank: 128, mlp_ratio: 4}
     """)
-    child = write(tmp_path / "child.yaml", "defaults: [base.yaml]\ntranslator: {type: c2c_projector, hidden_dim: 256}\n")
+    child = write(tmp_path / "child.yaml",
+                  "defaults: [base.yaml]\ntranslator: {type: c2c_projector, hidden_dim: 256}\n")
     assert dict(load_recipe(child).translator) == {"type": "c2c_projector", "hidden_dim": 256}
     cfg = load_recipe(tmp_path / "base.yaml", ["translator.type=gated_fusion", "token_alignment.read_ahead=1"])
     assert dict(cfg.translator) == {"type": "gated_fusion"}

@@ -76,8 +76,8 @@ def test_train_export_load_generate(tiny_pair, tmp_path):
     out = export(run, tmp_path / "adapter", which="last")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter.safetensors", "adapter_config.json"]
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["translator"] == {"type": "lcf_lowrank", "args": {"rank": 8, "mlp_ratio": 4, "dropout": 0.0, "mlp_blocks": 2,
-                                                         "read_receiver": True}}
+    assert cfg["translator"] == {"type": "lcf_lowrank", "args": {"rank": 8, "mlp_ratio": 4, "dropout": 0.0,
+                                                                 "mlp_blocks": 2, "read_receiver": True}}
     assert cfg["layer_map"]["sharer_of"] == [0, 2] and cfg["training"]["global_step"] == 4
     assert cfg["num_parameters"] > 0 and cfg["sharer"]["fingerprint"]["config"]
     adapter = load_adapter(out)
