@@ -109,9 +109,18 @@ def write_adapter(out_dir: str | Path, translator, config: dict, compressor=None
     """Atomically write ``adapter.safetensors`` + ``adapter_config.json`` into ``out_dir`` (compressor
     tensors, if any, under the ``compressor.`` prefix). An existing adapter there is replaced; a file or a
     folder holding anything else is refused unless ``overwrite`` (see :mod:`lcf.atomic_folder`)."""
+    from safetensors import SafetensorError
+
+    from lcf.export_checks import check_before_writing, save_failure
+
+    tensors = adapter_tensors(translator, compressor)
+    check_before_writing(out_dir, tensors)  # finite tensors, room on the disk
     with publish_folder(out_dir, ADAPTER_FILES, overwrite=overwrite) as tmp:
-        tensors = adapter_tensors(translator, compressor)
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lcf_format_version": str(FORMAT_VERSION)})
+        try:
+            save_file(tensors, str(tmp / WEIGHTS_NAME),
+                      metadata={"format": "pt", "lcf_format_version": str(FORMAT_VERSION)})
+        except (OSError, SafetensorError) as exc:  # a full disk, a file-size limit
+            raise save_failure(out_dir, exc) from exc
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False))
         (tmp / CARD_NAME).write_text(adapter_card(config, path=out_dir, gates=gate_summary(translator)))
         for f in tmp.iterdir():  # an adapter is meant to be shared
@@ -174,6 +183,9 @@ def _find_checkpoint(run_or_ckpt: Path, which: str) -> tuple[Path, Path]:
 
 def _check_out_dir(out: Path, ckpt: Path, run: Path, overwrite: bool) -> None:
     """Refuse an output path that is or holds the checkpoint, or one :func:`write_adapter` would refuse."""
+    from lcf.paths import check_output_path
+
+    check_output_path(out, "export target", sibling=True)  # writable, not a link loop
     out, ckpt = out.resolve(), ckpt.resolve()
     if out == ckpt or out in ckpt.parents:
         raise LCFError(f"export target {out} holds the checkpoint {ckpt}: replacing it would delete it; export "
@@ -219,6 +231,9 @@ def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best"
 
     ckpt_path, run = _find_checkpoint(Path(run_or_ckpt), which)
     _check_out_dir(Path(out_dir), ckpt_path, run, overwrite)  # before any model is loaded
+    from lcf.export_checks import check_checkpoint_finite
+
+    ckpt = check_checkpoint_finite(load_checkpoint(ckpt_path), ckpt_path)  # also before any model
     recipe_file = run / "recipe.yaml"
     if not recipe_file.exists():
         raise LCFError(f"{recipe_file} is missing: export needs the resolved recipe that training saved beside ckpt/")
@@ -227,7 +242,6 @@ def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best"
     pairs = build_pairs(recipe) if several else [build_pair(recipe)]
     all_translators = build_translators(recipe, pairs) if several else [build_translator(recipe, pairs[0])]
     pair, translator = pairs[0], all_translators[0]
-    ckpt = load_checkpoint(ckpt_path)
     for i, tr in enumerate(all_translators):
         state, keep = translator_state(ckpt["state_dict"], f"communicator.translators.{i}."), tr.state_dict().keys()
         buffers = {name for name, _ in tr.named_buffers()}  # ZeRO gathering may add non-persistent ones

@@ -80,7 +80,12 @@ def load_snippet(config: dict[str, Any], path: str) -> str:
 
 def adapter_card(config: dict[str, Any], *, path: str | Path | None = None,
                  gates: Sequence[dict[str, Any]] | None = None) -> str:
-    """The README.md text of an adapter folder from its ``adapter_config.json`` (and gate summary)."""
+    """The README.md text of an adapter folder from its ``adapter_config.json`` (and gate summary).
+    Refuses NaN or infinite numbers in either (a diverged run's gates read as closed, not as an error)."""
+    from lcf.guards import check_finite_values
+
+    check_finite_values({"config": config, "gates": list(gates or [])}, "adapter card",
+                        "the adapter's weights or config are not finite; export an earlier checkpoint")
     training = config.get("training") or {}
     summary = training.get("summary") or {}
     trainer = training.get("trainer") or {}
@@ -178,6 +183,9 @@ def write_scores(folder: str | Path, scores: dict[str, Any]) -> Path:
     card gets one from its config first."""
     from lcf.runtime.format import read_config
 
+    from lcf.guards import check_finite_values
+
+    check_finite_values(scores, f"scores for the card of {folder}", "evaluate again; a score cannot be NaN")
     folder = Path(folder)
     card = folder / CARD_NAME
     text = card.read_text() if card.is_file() else adapter_card(read_config(folder), path=folder)
@@ -187,7 +195,9 @@ def write_scores(folder: str | Path, scores: dict[str, Any]) -> Path:
         text = head + section + rest.split(SCORES_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    card.write_text(text)
+    from lcf.paths import write_text_whole
+
+    write_text_whole(card, text)  # a failed write leaves the previous card
     return card
 
 
@@ -222,7 +232,7 @@ def adapter_rows(root: str | Path) -> list[dict[str, Any]]:
     for folder in find_adapters(root):
         try:
             cfg = read_config(folder)
-        except LCFError as exc:
+        except (LCFError, OSError, ValueError) as exc:  # a broken entry is reported; the listing goes on
             rows.append({"path": str(folder), "error": str(exc).splitlines()[0]})
             continue
         sharers = _sharers(cfg)

@@ -38,9 +38,15 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise AdapterError(f"{folder} is not an lcf adapter: {CONFIG_NAME} is missing (export one with `lcf export`)")
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"{path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}): "
+                           f"the file is damaged or not an adapter config; re-export the adapter") from exc
     except json.JSONDecodeError as exc:
         raise AdapterError(f"{path} is not valid JSON ({exc}); re-export the adapter") from exc
+    except OSError as exc:
+        raise AdapterError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions, or re-export "
+                           f"the adapter") from exc
     if not isinstance(cfg, dict):
         raise AdapterError(f"{path} must hold a JSON object, got {type(cfg).__name__}; re-export the adapter")
     if "format_version" not in cfg:
@@ -75,11 +81,19 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise AdapterError(f"{path} is missing: the adapter folder is incomplete; re-export it")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise AdapterError(
             f"{path} is truncated or corrupted ({type(exc).__name__}: {exc}); re-export or re-download the adapter"
         ) from exc
+    from lcf.guards import describe_names, nonfinite_tensors
+
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise AdapterError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({describe_names(bad)}): the "
+                           f"adapter was exported from a diverged run or was damaged; export an earlier checkpoint "
+                           f"of its run, or re-download it")
+    return state
 
 
 def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
