@@ -19,6 +19,9 @@ def cmd_eval(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise LCFError(f"--limit must be >= 1 (items per task), got {args.limit}; leave it out to evaluate every item")
+    from lcf.paths import check_output_path
+
+    check_output_path(args.out, "--out report folder")  # before any model loads
     splits = parse_splits(args.split, args.tasks)
     options = parse_task_options(args.task_option, args.tasks)
     tasks = [load_task(t, data_root=args.data_root, split=splits[t], limit=args.limit, seed=args.seed, **options[t])
@@ -80,11 +83,15 @@ def cmd_eval_xc(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise LCFError(f"--limit must be >= 1, got {args.limit}")
+    from lcf.paths import check_output_path, write_text_whole
+
+    check_output_path(args.out, "--out report folder")  # before any model loads
     torch.manual_seed(args.seed)
     adapter = load_adapter(resolve_adapter(args.adapter), device=args.device)
     data = OmegaConf.to_container(OmegaConf.from_dotlist(list(args.data))) if args.data else None
     items, facts = held_out_items(adapter, data, limit=args.limit, seed=args.seed, data_root=args.data_root,
                                   exclude=args.exclude)
+    _check_xc_lengths(adapter, items, args.systems, args.max_new_tokens)  # before any compute
     systems = build_xc_systems(adapter, args.systems, text_tokens=args.text_tokens,
                                has_own=facts["has_own_context"], spans=args.spans)
     results = evaluate_xc(systems, items, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -93,14 +100,29 @@ def cmd_eval_xc(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = format_xc_table(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "report.md").write_text(
+    write_text_whole(out / "results.json", json.dumps(results, indent=2))
+    write_text_whole(out / "report.md", 
         f"# lcf cross-context evaluation\n\n{table}\n\n{len(items)} held-out items of {facts['data']['type']}; "
         f"EM / F1 in %, first line of a greedy answer; contains: the whole answer contains a gold answer; TTFT "
         f"at batch 1, median of {args.latency_runs} runs; bytes sent from the sharer's side to the receiver's.\n")
     print(table)
     print(f"report written to {out} (results.json, report.md)")
     return 0
+
+
+def _check_xc_lengths(adapter, items, systems, max_new_tokens: int) -> None:
+    """Refuse an item whose receiver prompt (question after the context it reads itself: all of it for
+    the "full" system) and answer would not fit the receiver's positions."""
+    from lcf.runtime.limits import check_batch_lengths
+
+    if not hasattr(adapter, "encode_questions"):
+        return
+    for i, it in enumerate(items):
+        parts = (it.receiver_context, it.sharer_context) if "full" in systems else (it.receiver_context,)
+        batch = adapter.encode_questions([it.question], ["\n\n".join(p for p in parts if p)])
+        check_batch_lengths(batch, adapter.receiver.model, [], new_tokens=max_new_tokens,
+                            options=f"Item {i} ({it.id}) is too long for the receiver: leave such items out "
+                                    f"(--exclude, another --data, --limit) or drop the 'full' system.")
 
 
 def _read_text(arg: str) -> str:
@@ -116,15 +138,19 @@ def _read_text(arg: str) -> str:
 
 
 def cmd_send(args) -> int:
+    from lcf.paths import check_output_path, write_bytes_whole
     from lcf.runtime import load_adapter
 
+    if args.out != "-":
+        check_output_path(args.out, "--out message file")  # before any model loads
+    context = _read_text(args.context)
     adapter = load_adapter(args.adapter, device=args.device)
-    data = adapter.send(_read_text(args.context), spans=args.spans).to_bytes(quantize=args.quantize)
+    data = adapter.send(context, spans=args.spans).to_bytes(quantize=args.quantize)
     if args.out == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
-        Path(args.out).write_bytes(data)
+        write_bytes_whole(args.out, data)  # whole or not at all
         print(f"latent message: {len(data)} bytes ({args.quantize}) written to {args.out}", file=sys.stderr)
     return 0
 
@@ -132,8 +158,11 @@ def cmd_send(args) -> int:
 def cmd_receive(args) -> int:
     from lcf.runtime import load_adapter
 
+    if args.message != "-" and not Path(args.message).is_file():
+        raise LCFError(f"message file {args.message} does not exist; give the file `lcf send --out FILE` wrote, or - "
+                       f"to read the message from stdin")
     data = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
+    question, own = _read_text(args.question), _read_text(args.own_context) if args.own_context else ""
     adapter = load_adapter(args.adapter, device=args.device, with_sharer=False)  # the receiver side only
-    own = _read_text(args.own_context) if args.own_context else ""
-    print(adapter.receive(data, _read_text(args.question), own_context=own, max_new_tokens=args.max_new_tokens))
+    print(adapter.receive(data, question, own_context=own, max_new_tokens=args.max_new_tokens))
     return 0
