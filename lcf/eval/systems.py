@@ -103,6 +103,22 @@ class System(ABC):
     def _generate(self, features: list[Feature], max_new_tokens: int, min_new_tokens: int) -> list[str]:
         """Greedy answers to a batch of prompt features."""
 
+    def length_limits(self) -> dict[str, Any]:
+        """Feature key -> the model that reads those ids (its ``max_position_embeddings`` bounds them)."""
+        return {}
+
+    def check_lengths(self, features: list[Feature], new_tokens: int = 0) -> None:
+        """Refuse, before any compute, an item whose prompt (plus ``new_tokens`` answer or option tokens on
+        the first key's model) is longer than a model attends to."""
+        from lcf.runtime.limits import check_length
+
+        for n, (key, model) in enumerate(self.length_limits().items()):
+            for i, f in enumerate(features):
+                check_length(f"{self.name} prompt of item {i} ({key})", len(f.get(key) or ()), model,
+                             new_tokens=new_tokens if n == 0 else 0,
+                             options="Leave such items out (another --split or --limit, or shorter task items), or "
+                                     "evaluate a model that attends to more positions.")
+
     # -- public API ------------------------------------------------------------------------------
     def option_ids(self, option: str) -> list[int]:
         """Token ids of an option continuation (no special tokens, no end-of-turn)."""
@@ -120,6 +136,7 @@ class System(ABC):
             raise LCFError(f"score_options: {len(prompts)} prompts but {len(options)} option lists")
         features = self._encode(list(prompts))
         ids = [[self.option_ids(o) for o in opts] for opts in options]
+        self.check_lengths(features, max((len(i) for opts in ids for i in opts), default=0))
         return self._score_batches(features, ids, batch_size, on_batch)
 
     @torch.no_grad()
@@ -132,7 +149,9 @@ class System(ABC):
         pairs = [[move_trailing_space(c, x) for x in conts] for c, conts in zip(contexts, continuations)]
         stems = [p[0][0] if p else c.rstrip() for p, c in zip(pairs, contexts)]
         ids = [[continuation_ids(self.tokenizer, c, x) for c, x in p] for p in pairs]
-        return self._score_batches(self._encode_raw(stems), ids, batch_size, on_batch)
+        features = self._encode_raw(stems)
+        self.check_lengths(features, max((len(i) for opts in ids for i in opts), default=0))
+        return self._score_batches(features, ids, batch_size, on_batch)
 
     def _score_batches(self, features: list[Feature], ids: list[list[list[int]]], batch_size: int,
                        on_batch: OnBatch | None) -> list[list[float]]:
@@ -150,6 +169,7 @@ class System(ABC):
         """Greedy answers (special tokens dropped, stripped). ``min_new_tokens`` forces a length (timing).
         ``raw``: the prompts are raw text continued as is (no template), as in lm-eval."""
         features = self._encode_raw(list(prompts)) if raw else self._encode(list(prompts))
+        self.check_lengths(features, max_new_tokens)
         out: list[str] = []
         for start in range(0, len(features), batch_size):
             chunk = features[start:start + batch_size]
@@ -191,6 +211,9 @@ class PlainModel(System):
         """The prompt's token ids: template applied, BOS added unless the template wrote it."""
         text = format_messages(self.tokenizer, [{"role": "user", "content": prompt}], self.template).text
         return list(self.tokenizer(text, add_special_tokens=auto_special_tokens(self.tokenizer, text))["input_ids"])
+
+    def length_limits(self) -> dict[str, Any]:
+        return {"prompt_ids": self.lm.model}
 
     def _encode(self, prompts: Sequence[str]) -> list[Feature]:
         return [{"prompt_ids": self.prompt_ids(p)} for p in prompts]
@@ -260,6 +283,10 @@ class CommunicatorSystem(System):
     def device(self) -> torch.device:
         return next(self.adapter.receiver.model.parameters()).device
 
+    def length_limits(self) -> dict[str, Any]:
+        limits = {"receiver_prompt_ids": self.adapter.receiver.model}
+        return limits | ({"sharer_prompt_ids": self.adapter.sharer.model} if self.fuse else {})
+
     def _encode(self, prompts: Sequence[str]) -> list[Feature]:
         templates = self.adapter.config.get("templates", {})
         return [prompt_features(self.adapter.aligner.align_messages(
@@ -313,6 +340,9 @@ class ReceiverAlone(System):
     @property
     def device(self) -> torch.device:
         return self.impl.device
+
+    def length_limits(self) -> dict[str, Any]:
+        return self.impl.length_limits()
 
     def _encode(self, prompts: Sequence[str]) -> list[Feature]:
         return self.impl._encode(prompts)

@@ -186,8 +186,17 @@ class Adapter(CrossContextMixin):
         The cache is consumed by one ``generate`` call: build new inputs for the next one."""
         single = isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict))
         batch = self.encode([prompt] if single else list(prompt))
+        self.check_lengths(batch)
         device = next(self.translator.parameters()).device
-        return self.communicator.generation_inputs(batch_to(batch, device), fuse=fuse)
+        return self.communicator.generation_inputs(batch_to(batch, device), fuse=fuse,
+                                                   sharer_transform=check_finite_cache if fuse else None)
+
+    def check_lengths(self, batch: dict[str, Any], new_tokens: int = 0) -> None:
+        """Refuse prompts longer than the receiver (with ``new_tokens`` to come) or a sharer attends to."""
+        from lcf.runtime.limits import check_batch_lengths
+
+        sharers = [self.sharer.model if self.sharer is not None else None] + [s.model.model for s in self.more_sharers]
+        check_batch_lengths(batch, self.receiver.model, sharers, new_tokens=new_tokens)
 
     @torch.no_grad()
     def generate(self, prompt: str | Sequence[dict] | list, *, max_new_tokens: int = 64, fuse: bool = True,
@@ -196,6 +205,7 @@ class Adapter(CrossContextMixin):
         single = isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict))
         prompts = [prompt] if single else list(prompt)
         batch = self.encode(prompts)
+        self.check_lengths(batch, max_new_tokens)
         device = next(self.translator.parameters()).device
         batch = batch_to(batch, device)
         generate_kwargs.setdefault("sharer_transform", check_finite_cache)
@@ -228,6 +238,9 @@ def load_adapter(path: str | Path, *, sharer: Any = None, receiver: Any = None, 
     if not with_receiver:
         raise AdapterError(f"{folder}: with_receiver=False is only for per-token adapters; this one fuses into the "
                            f"receiver's cache, so it needs the receiver")
+    from lcf.runtime.config_types import check_config_types
+
+    check_config_types(cfg, folder / "adapter_config.json")  # types and arguments, before anything is built
     t_state, c_state = split_state(load_weights(folder))
     states = sharer_states(cfg, t_state)  # one per sharer (several-sharer adapters: "sharers.<i>." prefixes)
     entries = sharer_configs(cfg)

@@ -111,7 +111,9 @@ class CrossContextMixin:
 
     def send(self, context: str, *, spans: str | None = None, span_tokens: int | None = None) -> LatentMessage:
         """The latent message of one context: the summary plus a header naming sharer, receiver, adapter."""
-        view = self.summarise([context], spans=spans, span_tokens=span_tokens)
+        from lcf.runtime.adapter import check_finite_cache
+
+        view = check_finite_cache(0, self.summarise([context], spans=spans, span_tokens=span_tokens))
         header = self.expected_header() | {"summary_len": view.seq_len}
         return LatentMessage.from_view(view, self.compressor.sharer_layers, header)
 
@@ -142,7 +144,11 @@ class CrossContextMixin:
         own = [own_context] * len(questions) if isinstance(own_context, str) else list(own_context)
         views = [self.read_message(m).to_view(self.compressor.shapes.sharer, device=self._device()) for m in msgs]
         view = views[0] if len(views) == 1 else cat_views(views)
-        batch = {k: v.to(self._device()) for k, v in self.encode_questions(questions, own).items()}
+        batch = self.encode_questions(questions, own)
+        from lcf.runtime.limits import check_batch_lengths
+
+        check_batch_lengths(batch, self.receiver.model, [], new_tokens=max_new_tokens)
+        batch = {k: v.to(self._device()) for k, v in batch.items()}
         new = self.communicator.generate(batch, fuse=fuse, sharer_views=[view], max_new_tokens=max_new_tokens,
                                          pad_token_id=pad_token_id(self.receiver.tokenizer), **generate_kwargs)
         texts = [t.strip() for t in self.receiver.tokenizer.batch_decode(new, skip_special_tokens=True)]
