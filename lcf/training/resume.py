@@ -14,10 +14,28 @@ import lightning as L
 import torch
 
 
+def _process_group() -> Any:
+    """torch.distributed when this process is one of several in an initialised job, else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
 class RNGState(L.Callback):
-    """Saves the RNG states in each checkpoint and restores them on ``--resume``."""
+    """Saves the RNG states in each checkpoint and restores them on ``--resume``. In a distributed job
+    every rank's own states are gathered into the checkpoint (under ``ranks``) and each rank gets its
+    own back; rank 0's stay at the top level for readers of older checkpoints."""
 
     def state_dict(self) -> dict[str, Any]:
+        state = self.local_state()
+        dist = _process_group()
+        if dist is not None:  # every rank writes the checkpoint's state (rank 0 alone saves the file)
+            ranks: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, state)
+            state = dict(ranks[0]) | {"ranks": ranks}
+        return state
+
+    def local_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -33,6 +51,18 @@ class RNGState(L.Callback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ranks, dist = state_dict.get("ranks"), _process_group()
+        if ranks and dist is not None and len(ranks) == dist.get_world_size():
+            state_dict = ranks[dist.get_rank()]  # this rank's own states
+        elif ranks and dist is not None:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "--resume: the checkpoint holds RNG states of %d ranks but this job has %d; every rank restores "
+                "rank 0's states", len(ranks), dist.get_world_size())
+        self.restore(state_dict)
+
+    def restore(self, state_dict: dict[str, Any]) -> None:
         if "torch" in state_dict:
             torch.set_rng_state(state_dict["torch"])
         if "python" in state_dict:
