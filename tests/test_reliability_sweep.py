@@ -236,3 +236,16 @@ def test_sweep_resume_with_another_world_size_falls_back_to_rank_0(monkeypatch):
 def test_sweep_output_check_creates_nothing(tmp_path):  # sweep 25
     check_output_path(tmp_path / "a" / "b" / "c", "report folder")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_a_ddp_checkpoint_holds_each_rank_its_own_rng_state(tiny_pair, tmp_path):  # noqa: F811  sweep 26
+    from tests.test_distributed import WORKER, worker_env
+
+    overrides = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.threads=1",
+                 "trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.checkpoint_every_n_steps=2"]
+    proc = subprocess.run([sys.executable, str(WORKER), str(recipe(tiny_pair, tmp_path / "runs")), str(tmp_path / "o"),
+                           *overrides], cwd=REPO, env=worker_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ckpt = torch.load(tmp_path / "runs" / "tiny" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = next(v for k, v in ckpt["callbacks"].items() if "RNGState" in k)
+    assert len(state["ranks"]) == 2 and torch.equal(state["torch"], state["ranks"][0]["torch"])
