@@ -22,7 +22,8 @@ import torch
 from lcf.align.templates import format_messages
 from lcf.data.crosscontext import receiver_message
 from lcf.models.loading import load_model
-from lcf.runtime import export_token_adapter, load_adapter
+from lcf.export import export_token_map
+from lcf.runtime import load_adapter
 from lcf.runtime.token_kv import LowRank
 
 CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
@@ -56,7 +57,7 @@ def main() -> None:
         dr = sum(2 * k[1] * k[3] for k in _kv_shapes(r))
         low = LowRank(torch.randn(ds, args.rank) * 0.01, torch.randn(args.rank, dr) * 0.01, torch.zeros(ds),
                       torch.ones(ds), torch.zeros(dr))
-        folder = export_token_adapter(low, tempfile.mkdtemp() + "/adapter", sharer=s, receiver=r)
+        folder = export_token_map(low, tempfile.mkdtemp() + "/adapter", sharer=s, receiver=r)
     adapter = load_adapter(folder, sharer=s, receiver=r)
     rt, st = r.tokenizer, s.tokenizer
 

@@ -40,8 +40,12 @@ COMPONENT_SECTIONS: dict[str, tuple[str, frozenset[str]]] = {
 # section instead of merging into it (`translator.type=gated_fusion` drops LCF's `rank`). `data` merges as
 # usual: its loading options (templates, sizes, seed) are shared by every data type.
 TYPED_SECTIONS = ("layer_map", "token_alignment", "translator", "compressor")
+# sections whose form a layer may switch (init: `type: ridge` or `from: RUN`): then the layer's replaces the base's
+WHOLE_SECTIONS = ("init",)
 # plain sections validated by a dataclass (registered by the modules that own them)
 SETTINGS_SECTIONS: dict[str, str] = {"trainer": "lcf.training.settings:TrainerSettings"}  # section -> "module:Class"
+# sections of the per-token map (translator type token_map), each checked by a function "module:function"
+METHOD_SECTIONS: dict[str, str] = {"init": "lcf.token_map.init:check_init", "losses": "lcf.token_map.losses:loss_weights"}
 PLAIN_KEYS = {"defaults", "imports", "name", "description", "seed", "data_root", "output_dir", "pair", "sharer", "receiver",
               "sharers"}  # sharers: a list of sharers, each with its sections (lcf.several)
 
@@ -79,6 +83,11 @@ def merge_layers(base: DictConfig, top: DictConfig) -> DictConfig:
         old, new = base.get(name), top.get(name)
         if isinstance(old, DictConfig) and isinstance(new, DictConfig) and "type" in new and "type" in old \
                 and new.type != old.type:
+            del base[name]
+    for name in WHOLE_SECTIONS:  # a layer that switches such a section's form replaces it
+        old, new = base.get(name), top.get(name)
+        if isinstance(old, DictConfig) and isinstance(new, DictConfig) and \
+                any(k in new and k not in old for k in ("type", "from")):
             del base[name]
     return OmegaConf.merge(base, top)
 
@@ -194,7 +203,7 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
         except LCFError as exc:
             problems.append(exc)
 
-    allowed = PLAIN_KEYS | set(COMPONENT_SECTIONS) | set(_settings_sections())
+    allowed = PLAIN_KEYS | set(COMPONENT_SECTIONS) | set(_settings_sections()) | set(METHOD_SECTIONS)
     for key in data:
         if key not in allowed:
             problems.append(RecipeError(f"{origin}: unknown top-level key {key!r}.{suggest(key, allowed)} Allowed: {', '.join(sorted(allowed))}."))
@@ -209,10 +218,12 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
     for section, cls in _settings_sections().items():
         if data.get(section) is not None:
             attempt(_check_settings, section, cls, data[section])
+    attempt(_check_method_sections, data)
     if not problems:  # depths are only meaningful once the models and the layer map are valid
         attempt(_check_layer_map_depths, data)
         attempt(_check_span_scheme, data)
         attempt(_check_contrast, data)
+    attempt(_check_finite, data)
     attempt(check_sharers, data, check_model=_check_model_spec, check_depths=_check_layer_map_depths,
             check_component=lambda kind, spec, path: get_registry(kind).check(
                 spec, path, extra={"shapes": None} if _accepts(get_registry(kind), spec, "shapes") else None))
@@ -223,6 +234,36 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
         error.problems = [str(p) for p in problems]
         raise error
     return data
+
+
+def _check_finite(data: dict) -> None:
+    """Refuse NaN and infinite numbers anywhere in the recipe (``.nan``, ``.inf`` in YAML)."""
+    from lcf.guards import nonfinite_floats
+
+    bad = nonfinite_floats(data)
+    if bad:
+        raise RecipeError(f"{', '.join(bad)}: NaN or infinite values are not allowed in a recipe; give finite "
+                          f"numbers (e.g. trainer.lr: 1.0e-4)")
+
+
+def _check_method_sections(data: dict) -> None:
+    """``init:`` / ``losses:`` belong to a per-token translator (``adapter_kind = "per_token"``), which checks them."""
+    import importlib
+
+    from lcf.runtime.kinds import PER_TOKEN, adapter_kind
+
+    present = [s for s in METHOD_SECTIONS if data.get(s) is not None]
+    if not present:
+        return
+    spec = data.get("translator")
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        return  # the translator section reports its own problem
+    if adapter_kind(spec["type"]) != PER_TOKEN:
+        raise RecipeError(f"{', '.join(present)}: only a per-token translator (translator.type: token_map) takes "
+                          f"this section; remove it or change the translator")
+    for section in present:
+        mod, _, fn = METHOD_SECTIONS[section].partition(":")
+        getattr(importlib.import_module(mod), fn)(data[section], section)
 
 
 def _check_settings(section: str, cls: type, values: Any) -> None:

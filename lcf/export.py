@@ -31,11 +31,13 @@ from lcf.atomic_folder import check_target, publish_folder
 from lcf.errors import LCFError
 from lcf.models.fingerprint import fingerprint
 from lcf.export_card import CARD_NAME, adapter_card, gate_summary
+from lcf.runtime.kinds import PER_TOKEN, adapter_kind
 from lcf.runtime.format import COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, SHARERS_PREFIX, WEIGHTS_NAME
 
 # what an adapter folder may hold; the first file marks it as one (anything else is the user's)
 ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md")
 TRANSLATOR_PREFIX = "communicator.translators.0."
+TOKEN_MAP_PREFIX = "translator."  # lcf.token_map.module.TokenMapModule.translator
 COMPRESSOR_STATE_PREFIX = "communicator.compressors.0."
 
 
@@ -238,6 +240,15 @@ def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best"
     if not recipe_file.exists():
         raise LCFError(f"{recipe_file} is missing: export needs the resolved recipe that training saved beside ckpt/")
     recipe = validate_recipe(load_recipe(recipe_file), origin=str(recipe_file))
+    training = _training_record(recipe, run, ckpt_path, ckpt)
+    if adapter_kind(recipe["translator"]["type"]) == PER_TOKEN:
+        from lcf.token_map.train import build_token_map  # per-token rows: the module's tensors are the map's
+
+        pair = build_pair(recipe)
+        low = build_token_map(recipe, pair)
+        low.load_state_dict(translator_state(ckpt["state_dict"], TOKEN_MAP_PREFIX), strict=True)
+        return export_token_map(low, out_dir, sharer=pair.sharer, receiver=pair.receiver, training=training,
+                                translator_type=recipe["translator"]["type"], overwrite=overwrite)
     several = has_several(recipe)  # `sharers:` list: one translator per sharer, all in this adapter
     pairs = build_pairs(recipe) if several else [build_pair(recipe)]
     all_translators = build_translators(recipe, pairs) if several else [build_translator(recipe, pairs[0])]
@@ -249,14 +260,6 @@ def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best"
     compressor = build_compressor(recipe, pair)
     if compressor is not None:
         compressor.load_state_dict(translator_state(ckpt["state_dict"], COMPRESSOR_STATE_PREFIX), strict=True)
-    summary_file = run / "summary.json"
-    training = {
-        "checkpoint": ckpt_path.name, "global_step": ckpt.get("global_step"), "recipe": recipe.get("name"),
-        "data": recipe.get("data"), "trainer": recipe.get("trainer"), "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "torch": torch.__version__, "transformers": metadata.version("transformers"),
-    }
-    if summary_file.exists():
-        training["summary"] = json.loads(summary_file.read_text())
     first = entry_recipe(recipe, sharer_entries(recipe)[0]) if several else recipe
     config = adapter_config(translator, translator_type=first["translator"]["type"], pair=pair, recipe=first,
                             training=training, compressor=compressor)
@@ -264,3 +267,42 @@ def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best"
         config = several_sharers_config(config, recipe, pairs, all_translators)
     return write_adapter(out_dir, all_translators if several else translator, config, compressor=compressor,
                          overwrite=overwrite)
+
+
+def _training_record(recipe: dict, run: Path, ckpt_path: Path, ckpt: dict) -> dict[str, Any]:
+    """What the adapter config and card say about the training run."""
+    training = {
+        "checkpoint": ckpt_path.name, "global_step": ckpt.get("global_step"), "recipe": recipe.get("name"),
+        "data": recipe.get("data"), "trainer": recipe.get("trainer"), "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "torch": torch.__version__, "transformers": metadata.version("transformers"),
+    }
+    for key in ("init", "losses"):  # the per-token map's sections
+        if recipe.get(key) is not None:
+            training[key] = recipe[key]
+    summary_file = run / "summary.json"
+    if summary_file.exists():
+        training["summary"] = json.loads(summary_file.read_text())
+    return training
+
+
+def token_map_config(low, *, sharer, receiver, training: dict | None = None, translator_type: str = "token_map",
+                     templates: dict[str, str] | None = None) -> dict[str, Any]:
+    """``adapter_config.json`` of a per-token map (``sharer`` / ``receiver``: loaded models, for their identity)."""
+    args = low.init_args if hasattr(low, "init_args") else {"rank": low.rank}
+    return {"format_version": FORMAT_VERSION, "lcf_version": lcf.__version__,
+            "translator": {"type": translator_type, "args": args},
+            "shapes": {"sharer_row": int(low.down.shape[0]), "receiver_row": int(low.up.shape[1])},
+            "sharer": model_identity(sharer), "receiver": model_identity(receiver),
+            "templates": templates or {"receiver": "auto", "sharer": "auto"},
+            "token_alignment": {"type": "maximal_coverage"}, "dtype": "float32",
+            "num_parameters": low.down.numel() + low.up.numel(),
+            "size_bytes": sum(t.numel() * 4 for t in low.state_dict().values()), "training": training or {}}
+
+
+def export_token_map(low, out_dir: str | Path, *, sharer, receiver, training: dict | None = None,
+                     translator_type: str = "token_map", overwrite: bool = False) -> Path:
+    """Write a per-token map as an adapter folder, atomically, with its card (the same writer as every adapter)."""
+    low = low.to("cpu", torch.float32)
+    config = token_map_config(low, sharer=sharer, receiver=receiver, training=training,
+                              translator_type=translator_type)
+    return write_adapter(out_dir, low, config, overwrite=overwrite)

@@ -58,6 +58,9 @@ def _sharers(config: dict[str, Any]) -> list[dict[str, Any]]:
 def _data_line(data: dict[str, Any] | None) -> str:
     if not data:
         return "not recorded"
+    if isinstance(data.get("sets"), list):  # xc_mix: each set with its item count
+        return "; ".join(f"{_data_line({k: v for k, v in s.items() if k != 'items'})}, {s.get('items', 'all')} items"
+                         for s in data["sets"] if isinstance(s, dict))
     what = data.get("files") or data.get("hub_id") or data.get("task") or data.get("type")
     what = ", ".join(map(str, what)) if isinstance(what, (list, tuple)) else what
     keys = ("type", "train_size", "val_size", "num_train", "num_val", "max_prompt_tokens", "max_response_tokens")
@@ -65,9 +68,30 @@ def _data_line(data: dict[str, Any] | None) -> str:
     return f"{what} ({extra})" if extra else str(what)
 
 
+def _per_token(config: dict[str, Any]) -> bool:
+    from lcf.runtime.kinds import PER_TOKEN, adapter_kind
+
+    return adapter_kind(str((config.get("translator") or {}).get("type"))) == PER_TOKEN
+
+
+def _init_line(training: dict[str, Any]) -> str | None:
+    """How a per-token map's weights started (its ``init:`` section and what it measured)."""
+    init, done = training.get("init"), (training.get("summary") or {}).get("init") or {}
+    if not isinstance(init, dict):
+        return None
+    if "from" in init:
+        return f"| init | from {init['from']} (a second stage) |"
+    lam = done.get("lambda")
+    r2 = (done.get("r2") or {}).get(str(lam)) if lam is not None else None
+    fit = _data_line({"sets": init.get("fit")}) if isinstance(init.get("fit"), list) else "?"
+    got = (f"; {done['tokens']:,} tokens, lambda {lam}, held-out R^2 {r2:.3f}"
+           if isinstance(r2, (int, float)) and done.get("tokens") else "")
+    return f"| init | ridge fit on {fit}{got} |"
+
+
 def load_snippet(config: dict[str, Any], path: str) -> str:
     """The exact code that loads this adapter and uses it."""
-    if config.get("compressor"):
+    if config.get("compressor") or _per_token(config):
         return (f'from lcf.runtime import load_adapter\n\n'
                 f'sender = load_adapter("{path}")                      # sharer + receiver\n'
                 f'data = sender.send("Ravel Doskin lives in Lisbon.").to_bytes(quantize="int8")\n'
@@ -101,7 +125,8 @@ def adapter_card(config: dict[str, Any], *, path: str | Path | None = None,
         tr = s.get("translator") or {}
         args = ", ".join(f"{k}={v}" for k, v in (tr.get("args") or {}).items())
         label = "sharer" if len(sharers) == 1 else f"sharer {i}"
-        layer_map = ((s.get("layer_map") or {}).get("spec") or {}).get("type", "?")
+        layer_map = ("none: every layer of the context, one code per token" if _per_token(config) else
+                     ((s.get("layer_map") or {}).get("spec") or {}).get("type", "?"))
         lines += [f"| {label} | {s['sharer']['name']} |",
                   f"| {label} translator | {tr.get('type', '?')} ({args}), {_params(s.get('num_parameters'))} "
                   f"parameters; layer map {layer_map}, token alignment "
@@ -111,6 +136,8 @@ def adapter_card(config: dict[str, Any], *, path: str | Path | None = None,
     if config.get("compressor"):
         c = config["compressor"]
         lines.append(f"| compressor | {c['type']} ({', '.join(f'{k}={v}' for k, v in (c.get('args') or {}).items())}) |")
+    if _init_line(training):
+        lines.append(_init_line(training))
     metrics = summary.get("metrics") or {}
     val = metrics.get("val/loss")
     lines += [
@@ -125,7 +152,7 @@ def adapter_card(config: dict[str, Any], *, path: str | Path | None = None,
         f"| lcf / torch / transformers | {config.get('lcf_version', '?')} / {training.get('torch', '?')} / "
         f"{training.get('transformers', '?')} |",
     ]
-    if gates:
+    if any(gates or []):
         lines += ["", "## Gates", "",
                   "Per fused receiver layer, one K and one V gate; at inference a gate is open when its "
                   "sigmoid value is above 0.5."]

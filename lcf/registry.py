@@ -163,6 +163,9 @@ class Registry(Generic[T]):
         except RegistryError as exc:
             raise RecipeError(f"{path}.type: {exc}") from exc
         check_arguments(cls, {**kwargs, **(extra or {})}, path, provided_by_code=set(extra or {}))
+        nested = getattr(cls, "check_spec", None)  # components holding specs of others check them too
+        if callable(nested):
+            nested(kwargs, path)
         return cls, kwargs
 
     def build(self, spec: Mapping[str, Any], path: str | None = None, **extra) -> T:

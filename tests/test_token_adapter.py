@@ -1,4 +1,4 @@
-"""Per-token adapters (lcf.runtime.token_kv / token_adapter): export, load, send, receive, refusals."""
+"""Per-token adapters (lcf.runtime.token_kv / token_adapter): export (lcf.export), load, send, receive, refusals."""
 from __future__ import annotations
 
 import json
@@ -13,17 +13,32 @@ import torch
 from tests.conftest import tiny_llama
 from lcf.data.crosscontext import XCExample
 from lcf.errors import LCFError
-from lcf.eval import kv_translate as kt
+from lcf.export import export_token_map
 from lcf.models.kv import prefill
 from lcf.models.loading import LoadedModel
 from lcf.models.rows import context_span, greedy, prepare_item, stop_ids
-from lcf.runtime import (AdapterError, LatentMessage, MessageError, TokenAdapter, TokenMessage, export_token_adapter,
-                         load_adapter)
+from lcf.runtime import AdapterError, LatentMessage, MessageError, TokenAdapter, TokenMessage, load_adapter
 from lcf.runtime.token_kv import LowRank
+from lcf.token_map.rows import TokenRows
 
 REPO = Path(__file__).resolve().parent.parent
 CONTEXT = "Ada Lindqvist moved to Tromso a few years ago. She works as a luthier."
 QUESTION = "Where does Ada Lindqvist live?"
+
+
+def translated_answers(rows: TokenRows, low: LowRank, items: list[XCExample], max_new_tokens: int) -> list[str]:
+    """The evaluated path, without the runtime: the map's rows of each item's context in place of the receiver's
+    own, then greedy answers (what the runtime's send + receive must reproduce)."""
+    from lcf.models.rows import unflat_kv
+
+    model, tok = rows.receiver, rows.receiver_tokenizer
+    views, tails, starts = [], [], []
+    for it in items:
+        x, y, p = rows.features(it)
+        view, start = unflat_kv(low(x).to(y.dtype), p, rows.receiver_rope)
+        views.append(view), tails.append(p.tail), starts.append(start)
+    new = greedy(model, views, tails, starts, max_new_tokens, stop_ids(model, tok))
+    return [tok.decode(t, skip_special_tokens=True).strip() for t in new]
 
 
 def _identity(dim: int) -> LowRank:
@@ -37,7 +52,7 @@ def tiny(real_receiver_tokenizer, tmp_path_factory):
     tok = real_receiver_tokenizer
     model = tiny_llama(vocab_size=len(tok), layers=2).eval()
     loaded = LoadedModel(name="smollm2-135m-instruct", model=model, tokenizer=tok, card=None, path="")
-    folder = export_token_adapter(_identity(32), tmp_path_factory.mktemp("tok") / "adapter", sharer=loaded,
+    folder = export_token_map(_identity(32), tmp_path_factory.mktemp("tok") / "adapter", sharer=loaded,
                                   receiver=loaded, training={"note": "identity"})
     return folder, model, tok
 
@@ -50,7 +65,7 @@ def _load(tiny, **kw) -> TokenAdapter:
 def test_send_receive_reads_like_the_context_itself(tiny):
     folder, model, tok = tiny
     cfg = json.loads((folder / "adapter_config.json").read_text())
-    assert cfg["translator"] == {"type": "token_kv_lowrank", "args": {"rank": 32}}
+    assert cfg["translator"] == {"type": "token_map", "args": {"rank": 32}}
     adapter = _load(tiny)
     assert isinstance(adapter, TokenAdapter) and adapter.is_cross_context
     msg = adapter.send(CONTEXT)
@@ -63,6 +78,21 @@ def test_send_receive_reads_like_the_context_itself(tiny):
     assert adapter.receive([data, msg], [QUESTION, QUESTION], max_new_tokens=8) == [want.strip()] * 2
     again = TokenMessage.from_bytes(data)
     assert torch.equal(again.codes, msg.codes) and again.header["tokens"] == len(msg.codes)
+
+
+def test_an_adapter_exported_before_token_map_was_registered_still_loads(tiny, tmp_path):
+    import shutil
+
+    folder, model, tok = tiny
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    cfg = json.loads((old / "adapter_config.json").read_text())
+    cfg["translator"]["type"] = "token_kv_lowrank"  # what the research driver's exporter wrote
+    (old / "adapter_config.json").write_text(json.dumps(cfg))
+    adapter = load_adapter(old, sharer=(model, tok), receiver=(model, tok))
+    assert isinstance(adapter, TokenAdapter)
+    assert adapter.receive(adapter.send(CONTEXT), QUESTION, max_new_tokens=4) == _load(tiny).receive(
+        _load(tiny).send(CONTEXT), QUESTION, max_new_tokens=4)
 
 
 def test_a_question_containing_the_placeholder_letter_is_received(tiny):
@@ -91,8 +121,7 @@ def test_text_the_receiver_holds_itself_is_read_before_the_message(tiny, monkeyp
     # the evaluation's path: the receiver reads its own text, then the sharer's rows of the context
     items = [XCExample(id=str(i), sharer_context=CONTEXT, question=q, answers=["x"], receiver_context=own)
              for i, q in enumerate([QUESTION, "Who keeps goats?"])]
-    res = kt.run(kt.Pair(model, tok, model, tok), adapter.map, items, ["translated"], max_new_tokens=8)
-    assert got == [r["text"] for r in res["predictions"]["translated"]]
+    assert got == translated_answers(TokenRows(model, tok, model, tok), adapter.map, items, 8)
     assert len(read) == 2 and all(r.rstrip().endswith(own) for r in read)  # the prefix ends with the own text
 
 
@@ -160,10 +189,10 @@ def test_bad_messages_and_calls_are_refused(tiny, tmp_path):
     summary = LatentMessage({0: torch.zeros(1, 1, 4)}, {0: torch.zeros(1, 1, 4)}, {}).to_bytes()
     with pytest.raises(MessageError, match="not a per-token message"):
         adapter.receive(summary, QUESTION)
-    other = export_token_adapter(LowRank(*(t * 2 if i < 2 else t for i, t in enumerate(_identity(32).state_dict()
+    other = export_token_map(LowRank(*(t * 2 if i < 2 else t for i, t in enumerate(_identity(32).state_dict()
                                                                                         .values()))),
-                                 tmp_path / "other", sharer=LoadedModel("s", model, tok, None, ""),
-                                 receiver=LoadedModel("smollm2-135m-instruct", model, tok, None, ""))
+                             tmp_path / "other", sharer=LoadedModel("s", model, tok, None, ""),
+                             receiver=LoadedModel("smollm2-135m-instruct", model, tok, None, ""))
     with pytest.raises(MessageError, match="made for adapter"):
         load_adapter(other, sharer=(model, tok), receiver=(model, tok)).receive(data, QUESTION)
     with pytest.raises(LCFError, match="2 own contexts for 1 questions"):
@@ -197,19 +226,19 @@ def test_broken_folders_are_refused(tiny, tmp_path):
 @pytest.mark.real
 def test_real_pair_runtime_matches_the_evaluated_system_and_the_cli(tmp_path, real_receiver, real_sharer):
     """A random rank-16 map for Gemma-3-270M -> SmolLM2-135M-Instruct (answers are noise, the mechanics are
-    not): the runtime's answer equals kv_translate's for the same map, and `lcf send` / `lcf receive` run it
+    not): the runtime's answer equals the evaluated path's for the same map, and `lcf send` / `lcf receive` run it
     in two processes, the sender without the receiver model."""
     torch.manual_seed(0)
-    pair = kt.Pair(real_receiver.model, real_receiver.tokenizer, real_sharer.model, real_sharer.tokenizer)
+    pair = TokenRows(real_receiver.model, real_receiver.tokenizer, real_sharer.model, real_sharer.tokenizer)
     item = XCExample(id="0", sharer_context=CONTEXT, question=QUESTION, answers=["Tromso"])
     x, y, _ = pair.features(item)
     low = LowRank(torch.randn(x.shape[1], 16) * 0.02, torch.randn(16, y.shape[1]) * 0.02, x.mean(0),
                   x.std(0) + 1e-3, y.mean(0))
-    folder = export_token_adapter(low, tmp_path / "adapter", sharer=real_sharer, receiver=real_receiver)
+    folder = export_token_map(low, tmp_path / "adapter", sharer=real_sharer, receiver=real_receiver)
     adapter = load_adapter(folder, sharer=real_sharer, receiver=real_receiver)
     msg = adapter.send(CONTEXT)
     assert msg.codes.shape == (len(x), 16)
-    want = kt.run(pair, adapter.map, [item], ["translated"])["predictions"]["translated"][0]["text"]
+    want = translated_answers(pair, adapter.map, [item], 16)[0]
     assert adapter.receive(msg.to_bytes(), QUESTION, max_new_tokens=16) == want
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     out = tmp_path / "msg.safetensors"

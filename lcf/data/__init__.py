@@ -2,7 +2,7 @@
 
 Importing this package registers the dataset components ``instruct_json`` (instruction data for
 translators) and the cross-context datasets ``fact_transfer`` (synthetic), ``squad_xc``,
-``hotpotqa_xc`` and ``musique_xc``. The Lightning DataModule lives in :mod:`lcf.data.datamodule`
+``hotpotqa_xc`` and ``musique_xc``, and ``xc_mix`` (several of them mixed with item counts). The Lightning DataModule lives in :mod:`lcf.data.datamodule`
 (it imports ``lightning``, this package does not).
 """
 from lcf.data.features import BATCH_KEYS, pad_token_id
@@ -31,6 +31,8 @@ from lcf.data.task_data import EvalTaskData
 from lcf.data.xcdata import XCData
 from lcf.data.fact_transfer import FactTransferData
 from lcf.data.xc_qa import HotpotQAXCData, MuSiQueXCData, SQuADXCData
+from lcf.data.chat_hub import ChatHubData  # registers `chat_hub` (OpenHermes-2.5 and other chat datasets)
+from lcf.data.xc_mix import XCMix
 
 __all__ = [
     "EvalTaskData",
@@ -48,6 +50,7 @@ __all__ = [
     "SQuADXCData",
     "SpanError",
     "XCData",
+    "XCMix",
     "XCExample",
     "build_features",
     "collate",

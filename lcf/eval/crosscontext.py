@@ -10,7 +10,7 @@ Systems, all answering the same held-out items greedily (first line of the answe
 * ``lcf-x`` — the compressor's summary travels as a latent message (serialised and parsed back, as
   between two processes); ``lcf-x int8`` / ``lcf-x int4`` quantise it; controls ``lcf-x (zero)`` (all-zero summary)
   and ``lcf-x (mismatched)`` (another item's message) separate transfer from adaptation. With a per-token
-  adapter (``kv_translate --export``) the same choices give ``per-token message`` (its int8 / int4 codes,
+  adapter (translator ``token_map``, :mod:`lcf.token_map`) the same choices give ``per-token message`` (its int8 / int4 codes,
   ``(mismatched)``, ``(zero code)``), sent and received through :mod:`lcf.runtime.token_adapter`.
 
 Per system: EM, F1, contains (the answer text contains a gold answer), other (it contains a wrong
@@ -30,6 +30,7 @@ from lcf.errors import LCFError
 from lcf.eval.harness import _elapsed_ms, _first_line
 from lcf.eval.metrics import squad_scores
 from lcf.eval.systems import PlainModel, mismatch_partner
+from lcf.runtime.kinds import FUSED, PER_TOKEN
 from lcf.runtime.messages import LatentMessage
 
 SUMMARY_REQUEST = "{context}\n\nRewrite the key facts of the text above briefly, keeping every name and number."
@@ -150,7 +151,9 @@ class TokenXC(LatentXC):
     """A per-token adapter's message (:mod:`lcf.runtime.token_adapter`): sent as bytes, parsed back and read
     in place of the context. control ``"zero"``: an all-zero code (it decodes to the map's mean K/V)."""
 
-    def __init__(self, adapter: Any, control: str = "none", quantize: str = "none"):
+    def __init__(self, adapter: Any, control: str = "none", quantize: str = "none", spans: str | None = None):
+        if spans is not None:
+            raise LCFError("a per-token adapter sends one code per context token, not spans; drop --spans")
         super().__init__(adapter, control=control, quantize=quantize)
         suffix = "" if quantize == "none" else f" {quantize}"
         self.name = "per-token message" + suffix + {"none": "", "zero": " (zero code)"}.get(control, f" ({control})")
@@ -178,9 +181,7 @@ def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequen
     unknown = sorted(set(chosen) - set(XC_SYSTEMS))
     if unknown:
         raise LCFError(f"unknown cross-context systems {unknown}; choose from {', '.join(XC_SYSTEMS)}")
-    per_token = not hasattr(adapter, "communicator")  # lcf.runtime.token_adapter.TokenAdapter
-    if per_token and spans is not None:
-        raise LCFError("a per-token adapter sends one code per context token, not spans; drop --spans")
+    latent = LATENT_SYSTEMS[adapter.kind]  # how this kind of adapter's message travels (lcf.runtime.kinds)
     out: list[XCSystem] = []
     for kind in XC_SYSTEMS:
         if kind not in chosen:
@@ -194,12 +195,16 @@ def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequen
         elif kind == "text":
             out += [TextMessage(adapter, n) for n in text_tokens]
         elif kind == "lcf-x":
-            out.append(TokenXC(adapter) if per_token else LatentXC(adapter, spans=spans))
+            out.append(latent(adapter, spans=spans))
         elif kind in ("int8", "int4"):
-            out.append(TokenXC(adapter, quantize=kind) if per_token else LatentXC(adapter, quantize=kind, spans=spans))
+            out.append(latent(adapter, quantize=kind, spans=spans))
         elif kind in ("zero", "mismatched"):
-            out.append(TokenXC(adapter, control=kind) if per_token else LatentXC(adapter, control=kind, spans=spans))
+            out.append(latent(adapter, control=kind, spans=spans))
     return out
+
+
+#: adapter kind -> the system that sends its latent message (summary or per-token codes)
+LATENT_SYSTEMS: dict[str, type[LatentXC]] = {FUSED: LatentXC, PER_TOKEN: TokenXC}
 
 
 def evaluate_xc(systems: Sequence[XCSystem], items: Sequence[Any], *, max_new_tokens: int = 16, batch_size: int = 8,
@@ -265,7 +270,7 @@ def format_xc_table(results: dict) -> str:
 
 
 def ids_in_results(paths: Sequence[str | Path]) -> set[str]:
-    """The item ids that cross-context reports (``results.json`` of ``lcf eval-xc`` or ``kv_translate``) scored."""
+    """The item ids that cross-context reports (``results.json`` of ``lcf eval-xc`` or the kv_translate experiment) scored."""
     import json
 
     ids: set[str] = set()

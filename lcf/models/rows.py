@@ -2,7 +2,7 @@
 layer, and greedy decoding on top of a cache assembled by hand.
 
 These are the pieces shared by ``lcf.eval.cache_ceiling`` (the receiver's own cache, compressed),
-``lcf.eval.kv_translate`` (the sharer's cache, translated token by token) and the runtime of per-token
+``lcf.token_map`` (the sharer's cache, translated token by token) and the runtime of per-token
 messages (``lcf.runtime.token_kv``). One row holds one token's keys (rotary phase undone) and values of
 every layer, heads flattened: ``sum over layers of 2 * kv_heads * head_dim`` numbers. Needs only torch
 and transformers.
@@ -205,7 +205,7 @@ def layer_rope(model: Any) -> Rope:
     different rotary bases (Gemma-3: local and global layers)."""
     emb = getattr(decoder(model), "rotary_emb", None)
     if emb is None:
-        raise LCFError(f"{type(model).__name__} has no decoder.rotary_emb; kv_translate needs rotary positions")
+        raise LCFError(f"{type(model).__name__} has no decoder.rotary_emb; per-token rows need rotary positions")
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     types = getattr(cfg, "layer_types", None)
     typed = "layer_type" in inspect.signature(emb.forward).parameters

@@ -17,12 +17,12 @@ from lcf.runtime.adapter import Adapter, build_compressor, build_translator, che
 from lcf.runtime.format import (COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, KNOWN_KEYS, WEIGHTS_NAME,
                                 AdapterError, load_weights, read_config, split_state)
 from lcf.runtime.messages import LatentMessage, MessageError
-from lcf.runtime.token_adapter import TokenAdapter, export_token_adapter
+from lcf.runtime.token_adapter import TokenAdapter
 from lcf.runtime.token_kv import TokenMessage
 
 __all__ = [
     "Adapter", "AdapterError", "LatentMessage", "MessageError", "TokenAdapter", "TokenMessage",
-    "export_token_adapter", "load_adapter", "read_config", "load_weights",
+    "load_adapter", "read_config", "load_weights",
     "split_state", "build_translator", "build_compressor", "check_fingerprint",
     "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "COMPRESSOR_PREFIX", "KNOWN_KEYS",
 ]

@@ -14,6 +14,7 @@ the receiver's; the summary can travel between processes as a latent message (:m
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from lcf.models.fingerprint import fingerprint
 from lcf.models.loading import LoadedModel, load_model
 from lcf.registry import compressors, token_aligners, translators
 from lcf.runtime.format import AdapterError, load_weights, read_config, split_state
-from lcf.runtime.token_kv import TRANSLATOR_TYPE as TOKEN_TRANSLATOR
+from lcf.runtime.kinds import FUSED, PER_TOKEN, adapter_kind
 from lcf.runtime.several import (SharerSide, batch_to, more_sharer_features, sharer_configs, sharer_states,
                                  translator_config)
 from lcf.runtime.xcontext import CrossContextMixin
@@ -144,6 +145,8 @@ class Adapter(CrossContextMixin):
     folder: Path | None = None
     more_sharers: list[SharerSide] = field(default_factory=list)  # sharers 1.. of a several-sharer adapter
 
+    kind = FUSED  # lcf.runtime.kinds
+
     @property
     def translator(self):
         return self.communicator.translator
@@ -229,12 +232,20 @@ def load_adapter(path: str | Path, *, sharer: Any = None, receiver: Any = None, 
     check_device(device)
     folder = Path(path)
     cfg = read_config(folder)
-    if cfg["translator"]["type"] == TOKEN_TRANSLATOR:
-        from lcf.runtime.token_adapter import load_token_adapter
+    module, _, name = LOADERS[adapter_kind(cfg["translator"]["type"])].partition(":")
+    loader = getattr(importlib.import_module(module), name)
+    return loader(folder, cfg, sharer=sharer, receiver=receiver, device=device, dtype=dtype,
+                  check_fingerprints=check_fingerprints, with_sharer=with_sharer, with_receiver=with_receiver)
 
-        return load_token_adapter(folder, cfg, sharer=sharer, receiver=receiver, device=device, dtype=dtype,
-                                  check_fingerprints=check_fingerprints, with_sharer=with_sharer,
-                                  with_receiver=with_receiver)
+
+#: adapter kind (lcf.runtime.kinds) -> "module:function" that loads such a folder
+LOADERS: dict[str, str] = {FUSED: "lcf.runtime.adapter:load_fused_adapter",
+                           PER_TOKEN: "lcf.runtime.token_adapter:load_token_adapter"}
+
+
+def load_fused_adapter(folder: Path, cfg: dict[str, Any], *, sharer: Any, receiver: Any, device: str | None,
+                       dtype: str | None, check_fingerprints: bool, with_sharer: bool, with_receiver: bool) -> Adapter:
+    """:func:`load_adapter` for adapters that fuse the sharer's cache into the receiver's (the default kind)."""
     if not with_receiver:
         raise AdapterError(f"{folder}: with_receiver=False is only for per-token adapters; this one fuses into the "
                            f"receiver's cache, so it needs the receiver")

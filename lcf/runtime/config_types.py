@@ -9,6 +9,7 @@ from typing import Any
 from lcf.errors import RecipeError
 from lcf.runtime.format import AdapterError
 
+ACTIVE_LAYERS = "active_layers"  # lcf.translators.base.ACTIVE_LAYERS_ARG, the layers kept by `lcf prune`
 FIX = "re-export the adapter with `lcf export` (or undo the hand edit)"
 
 
@@ -52,8 +53,15 @@ def check_component(registry: Any, spec: Any, path: Path, key: str) -> None:
     args = spec.get("args", {})
     if not isinstance(args, dict):
         raise AdapterError(f"{path}: {key}.args must be a JSON object, got {type(args).__name__}; {FIX}")
+    extra = {"shapes": None}
+    if ACTIVE_LAYERS in args:  # every gated translator takes the layers `lcf prune` kept
+        kept = args[ACTIVE_LAYERS]
+        if not isinstance(kept, list) or not all(_int(t) and t >= 0 for t in kept):
+            raise AdapterError(f"{path}: {key}.args.{ACTIVE_LAYERS} must be a list of receiver layer numbers, got "
+                               f"{kept!r}; {FIX}")
+        args = {k: v for k, v in args.items() if k != ACTIVE_LAYERS}
     try:
-        registry.check({"type": spec.get("type"), **args}, f"{key}.args", extra={"shapes": None})
+        registry.check({"type": spec.get("type"), **args}, f"{key}.args", extra=extra)
     except RecipeError as exc:
         text = str(exc).replace(f"{key}.args.type", f"{key}.type", 1)
         raise AdapterError(f"{path}: {text} {FIX}") from exc

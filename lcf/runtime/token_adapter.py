@@ -1,5 +1,5 @@
-"""Adapters that send the sharer's cache token by token (:mod:`lcf.runtime.token_kv`): export, load, send,
-receive. :func:`lcf.runtime.load_adapter` returns a :class:`TokenAdapter` for such a folder, so ``lcf send`` /
+"""Adapters that send the sharer's cache token by token (:mod:`lcf.runtime.token_kv`): load, send, receive
+(trained by ``lcf train`` with translator ``token_map``, written by ``lcf export``). :func:`lcf.runtime.load_adapter` returns a :class:`TokenAdapter` for such a folder, so ``lcf send`` /
 ``lcf receive`` and code written for LCF-X adapters use them unchanged::
 
     data = load_adapter("kv-adapter").send(context).to_bytes(quantize="int8")
@@ -11,7 +11,6 @@ text it holds itself, when one is given).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,34 +22,10 @@ from lcf.errors import LCFError
 from lcf.models.kv import prefill
 from lcf.models.rows import (Prepared, context_span, greedy, layer_rope, question_only, sharer_rows, stop_ids,
                              unflat_kv)
-from lcf.runtime.format import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, AdapterError, file_fingerprint
+from lcf.runtime.format import WEIGHTS_NAME, AdapterError, file_fingerprint
+from lcf.runtime.kinds import PER_TOKEN
 from lcf.runtime.messages import MessageError
-from lcf.runtime.token_kv import PLACEHOLDER, PROBE_QUESTION, TRANSLATOR_TYPE, LowRank, TokenMessage
-
-
-def export_token_adapter(low: LowRank, folder: str | Path, *, sharer: Any, receiver: Any,
-                         templates: dict[str, str] | None = None, training: dict[str, Any] | None = None) -> Path:
-    """Write ``adapter_config.json`` + ``adapter.safetensors`` for a trained per-token map; ``sharer`` and
-    ``receiver`` are :class:`~lcf.models.loading.LoadedModel` (names and fingerprints go in the config)."""
-    from safetensors.torch import save_file
-
-    import lcf
-    from lcf.export import model_identity
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in low.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME))
-    config = {"format_version": FORMAT_VERSION, "lcf_version": lcf.__version__,
-              "translator": {"type": TRANSLATOR_TYPE, "args": {"rank": low.rank}},
-              "shapes": {"sharer_row": int(low.down.shape[0]), "receiver_row": int(low.up.shape[1])},
-              "sharer": model_identity(sharer), "receiver": model_identity(receiver),
-              "templates": templates or {"receiver": "auto", "sharer": "auto"},
-              "token_alignment": {"type": "maximal_coverage"},
-              "num_parameters": low.down.numel() + low.up.numel(),
-              "size_bytes": sum(t.numel() * t.element_size() for t in state.values()), "training": training or {}}
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-    return folder
+from lcf.runtime.token_kv import PLACEHOLDER, PROBE_QUESTION, LowRank, TokenMessage
 
 
 @dataclass
@@ -66,6 +41,7 @@ class TokenAdapter:
     folder: Path
 
     is_cross_context = True
+    kind = PER_TOKEN  # lcf.runtime.kinds
 
     def __post_init__(self) -> None:
         self._ropes = {role: layer_rope(m.model) for role, m in (("sharer", self.sharer), ("receiver", self.receiver))

@@ -2,8 +2,8 @@
 
 The sharer reads a context; for each token of the *receiver's* tokenization of that context, the sharer
 token covering it gives one row of the sharer's keys (rotary phase undone) and values of every layer.
-A rank-r map, trained by ``python -m lcf.eval.kv_translate ... --finetune-steps N --export DIR``, splits
-into the two sides of the wire::
+A rank-r map (translator ``token_map``, :mod:`lcf.token_map`: ``lcf train recipes/xc_token.yaml``, then
+``lcf export``) splits into the two sides of the wire::
 
     code = ((x - x_mean) / x_std) @ down            sender:   x (T, Ds) -> code (T, r)
     y    = code @ up + y_mean                       receiver: code (T, r) -> y (T, Dr)
@@ -33,7 +33,6 @@ from lcf.runtime.format import AdapterError
 from lcf.runtime.messages import (HEADER_KEY, MESSAGE_FORMAT, QUANTIZATIONS, MessageError, pack_int4, parse_bytes,
                                   tensor_checksum, unpack_int4)
 
-TRANSLATOR_TYPE = "token_kv_lowrank"  # the adapter_config.json translator type of per-token adapters
 MESSAGE_KIND = "token_codes"
 PLACEHOLDER = "x"  # stands for the context when the receiver builds its prompt without it
 PROBE_QUESTION = "?"
@@ -55,15 +54,6 @@ class LowRank(torch.nn.Module):
     @property
     def rank(self) -> int:
         return self.down.shape[1]
-
-    @classmethod
-    def from_ridge(cls, ridge: Any, rank: int, seed: int = 0) -> LowRank:
-        """The leading ``rank`` singular pairs of a full map ``ridge.w`` (Ds, Dr) with its standardisation."""
-        if not 0 < rank <= min(ridge.w.shape):
-            raise LCFError(f"rank must be in 1..{min(ridge.w.shape)}, got {rank}")
-        torch.manual_seed(seed)
-        u, s, v = torch.svd_lowrank(ridge.w, q=min(rank + 32, min(ridge.w.shape)), niter=4)
-        return cls(u[:, :rank] * s[:rank], v[:, :rank].T, ridge.x_mean, ridge.x_std, ridge.y_mean)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return ((x.to(self.down.dtype) - self.x_mean) / self.x_std) @ self.down

@@ -175,24 +175,35 @@ class LCFModule(L.LightningModule):
         # translators and compressors: the frozen LLMs are not submodules of the communicator
         gate_ids = {id(p) for p in self.gate_parameters()} if s.gate_lr is not None else set()
         params = [p for p in self.communicator.parameters() if p.requires_grad and id(p) not in gate_ids]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        extra = []
         if gate_ids:  # gates learn at their own rate, without weight decay (which would pull them shut)
-            groups.append({"params": self.gate_parameters(), "weight_decay": 0.0, "lr": s.gate_lr})
-        if self._trainer is not None and offloads_optimizer(self.trainer.strategy):
-            from deepspeed.ops.adam import DeepSpeedCPUAdam  # DeepSpeed refuses torch's AdamW with CPU offload
+            extra.append({"params": self.gate_parameters(), "weight_decay": 0.0, "lr": s.gate_lr})
+        return optimizer_and_schedule(self, params, extra)
 
-            opt = DeepSpeedCPUAdam(groups, lr=s.lr, adamw_mode=True)
-        else:
-            opt = torch.optim.AdamW(groups, lr=s.lr)
-        total = max(s.max_steps, 1)
-        warmup = int(math.ceil(s.warmup_ratio * total))
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total - step) / max(total - warmup, 1))
+def optimizer_and_schedule(module: L.LightningModule, params: list[torch.nn.Parameter], extra_groups: list[dict]):
+    """AdamW over ``params`` (weight decay on matrices only) and ``extra_groups``, with the trainer section's
+    schedule: ``linear`` (warmup, then linear decay to 0) or ``constant`` (warmup, then the full rate)."""
+    s: TrainerSettings = module.settings
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups += extra_groups
+    if module._trainer is not None and offloads_optimizer(module.trainer.strategy):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # DeepSpeed refuses torch's AdamW with CPU offload
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = DeepSpeedCPUAdam(groups, lr=s.lr, adamw_mode=True)
+    else:
+        opt = torch.optim.AdamW(groups, lr=s.lr)
+    total = max(s.max_steps, 1)
+    warmup = int(math.ceil(s.warmup_ratio * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if s.lr_schedule == "constant":
+            return 1.0
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

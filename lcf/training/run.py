@@ -99,6 +99,9 @@ def _callbacks(settings: TrainerSettings, out: Path) -> list:
     from lcf.training.resume import RNGState
 
     cbs.append(RNGState())  # RNG states in every checkpoint: --resume continues as the uninterrupted run
+    from lcf.training.finite import FiniteGuard
+
+    cbs.append(FiniteGuard())  # stops at the first non-finite parameter, before any checkpoint saves it
     if settings.progress == "rich":
         cbs.append(StepProgressBar())  # counts steps: Lightning's own bar says "Epoch 0/-2" under max_steps
     del LearningRateMonitor  # the module logs train/lr itself
@@ -167,7 +170,18 @@ def _check_readable(ckpt: Path) -> None:
 
 
 def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume: bool = False) -> Path:
-    """Train the recipe; return the run directory."""
+    """Train the recipe; return the run directory. The run folder is checked (writable, not a link loop)
+    and locked for this training before any model loads (:mod:`lcf.run_lock`)."""
+    from lcf.paths import check_output_path
+    from lcf.run_lock import run_folder_lock
+
+    out = run_dir_of(validate_recipe(load_recipe(recipe_path, overrides), origin=str(recipe_path)))
+    check_output_path(out, "run folder (output_dir/name)")
+    with run_folder_lock(out, resume=resume):
+        return _train(recipe_path, overrides, resume=resume)
+
+
+def _train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume: bool = False) -> Path:
     cfg = load_recipe(recipe_path, overrides)
     recipe = validate_recipe(cfg, origin=str(recipe_path))
     settings = TrainerSettings(**(recipe.get("trainer") or {}))
@@ -180,6 +194,12 @@ def train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     L.seed_everything(int(recipe.get("seed", 0)), workers=True, verbose=False)
+    from lcf.runtime.kinds import PER_TOKEN, adapter_kind
+
+    if recipe.get("translator") and adapter_kind(recipe["translator"]["type"]) == PER_TOKEN:
+        from lcf.token_map.train import train_token_map  # per-token rows, not a fused cache edit
+
+        return train_token_map(recipe, cfg, recipe_path, settings, out, resume=resume)
     t0 = time.perf_counter()
     if has_several(recipe):  # `sharers:` list: one pair (sharer, layer map, aligner) and translator per sharer
         pairs = build_pairs(recipe, dtype=settings.model_dtype)

@@ -21,6 +21,7 @@ class TrainerSettings:
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    lr_schedule: Literal["linear", "constant"] = "linear"  # after warmup: linear decay to 0, or the full rate
     grad_clip: float = 1.0
     gate_temperature_start: float = 1.0
     gate_temperature_end: float = 0.001
@@ -79,6 +80,8 @@ class TrainerSettings:
             problems.append(f"batch_size must be >= 1 (got {self.batch_size})")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must lie in [0, 1) (got {self.warmup_ratio})")
+        if self.lr_schedule not in ("linear", "constant"):
+            problems.append(f"lr_schedule must be 'linear' or 'constant', got {self.lr_schedule!r}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
         if self.gate_lr is not None and not self.gate_lr > 0:

@@ -1,7 +1,10 @@
-"""Per-token K/V translation: how much of a context the receiver reads when its own cache of the context
+"""Research driver of the per-token map (an experiment, not the library: the method itself is the registered
+translator ``token_map`` of :mod:`lcf.token_map`, trained by ``lcf train recipes/xc_token.yaml``).
+
+Per-token K/V translation: how much of a context the receiver reads when its own cache of the context
 is replaced by a linear translation of the *sharer's* cache of the same context. No summary, no fusion.
 
-    python -m lcf.eval.kv_translate smollm2-135m-instruct gemma3-270m --out DIR --items 60 \\
+    python experiments/kv_translate/kv_translate.py smollm2-135m-instruct gemma3-270m --out DIR --items 60 \\
         --data type=fact_transfer values=open phrasing=varied num_paragraphs=1 \\
         --fit type=fact_transfer values=open num_train=1200 seed=1 --fit type=squad_xc --fit-items 1500
 
@@ -34,7 +37,6 @@ import argparse
 import json
 import random
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,61 +44,21 @@ import torch
 
 from lcf.errors import LCFError
 from lcf.eval.cache_ceiling import format_table
-from lcf.models.kv import KVView
-from lcf.models.rows import (Prepared, WindowError, context_span, flat_kv, greedy, layer_rope, prepare_item,
-                             question_only, sharer_rows, stop_ids, unflat_kv)
+from lcf.models.rows import (WindowError, context_span, flat_kv, greedy, layer_rope, stop_ids,  # noqa: F401
+                             unflat_kv)
 from lcf.runtime.token_kv import TokenMessage, dequantize_rows, quantize_rows
+from lcf.token_map.ridge import Ridge as _Ridge
+from lcf.token_map.rows import TokenRows
 
 METHODS = ("alone", "text", "translated", "mismatched", "zero", "mean")
 QUANTIZED = ("translated-int8", "translated-int4")  # rank-r maps: the codes sent as int8 / int4 messages
 
 
-@dataclass
-class Pair:
-    """Both models with their tokenizers and rotary functions."""
-
-    receiver: Any
-    receiver_tokenizer: Any
-    sharer: Any
-    sharer_tokenizer: Any
-    template: str = "auto"
-    sharer_template: str = "auto"
-
-    def __post_init__(self) -> None:
-        self.receiver_rope, self.sharer_rope = layer_rope(self.receiver), layer_rope(self.sharer)
-
-    @torch.no_grad()
-    def features(self, item: Any) -> tuple[torch.Tensor, torch.Tensor, Prepared]:
-        """Sharer rows x (T, Ds) and receiver rows y (T, Dr) for the T receiver tokens of the item's context,
-        and the receiver's prepared prompt. The sharer reads the context alone, as LCF-X's sharer does; text
-        the receiver holds itself (``item.receiver_context``) precedes the context in its prompt, read by itself."""
-        own = getattr(item, "receiver_context", "")
-        span = context_span(self.receiver_tokenizer, item.question, item.sharer_context, self.template, own)
-        p = prepare_item(self.receiver, self.receiver_tokenizer, item.question, item.sharer_context, self.template,
-                         span)
-        x = sharer_rows(self.sharer, self.sharer_tokenizer, self.sharer_rope, self.receiver_tokenizer, span,
-                        item.sharer_context, self.sharer_template)
-        r_dev = self.receiver.device
-        y = flat_kv(p.view, self.receiver_rope, torch.arange(p.b, device=r_dev),
-                    torch.arange(p.a, p.b, device=r_dev))
-        return x, y, p
-
-    def without_context(self, item: Any) -> tuple[KVView, int, torch.Tensor]:
-        """The receiver's prompt with no sharer context (its own text stays), prefilled but for its last token:
-        (cache, start of the tail, tail)."""
-        return question_only(self.receiver, self.receiver_tokenizer, item.question,
-                             getattr(item, "receiver_context", ""), self.template)
+Pair = TokenRows  # the name this script's commands and tests used
 
 
-class Ridge:
-    """y = ((x - x_mean) / x_std) @ w + y_mean, fitted by ridge regression on standardised inputs."""
-
-    def __init__(self, w: torch.Tensor, x_mean: torch.Tensor, x_std: torch.Tensor, y_mean: torch.Tensor):
-        self.w, self.x_mean, self.x_std, self.y_mean = w, x_mean, x_std, y_mean
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = ((x.to(self.w.dtype) - self.x_mean) / self.x_std) @ self.w + self.y_mean
-        return out.to(x.dtype)
+class Ridge(_Ridge):
+    """The component's ridge map, with the full map saved to and loaded from a file (``--translator``)."""
 
     def save(self, path: str | Path, report: dict[str, Any]) -> None:
         from safetensors.torch import save_file
@@ -112,48 +74,6 @@ class Ridge:
             t = {k: f.get_tensor(k) for k in f.keys()}
             report = json.loads((f.metadata() or {}).get("report", "{}"))
         return cls(t["w"], t["x_mean"], t["x_std"], t["y_mean"]), report
-
-    @classmethod
-    def fit(cls, rows: Iterable[tuple[torch.Tensor, torch.Tensor]], held: Sequence[tuple[torch.Tensor, torch.Tensor]],
-            lambdas: Sequence[float] = (1e-3, 1e-2, 3e-2, 1e-1, 1.0), chunk: int = 4096) -> tuple[Ridge, dict]:
-        """Fit on ``rows`` (streamed (x, y) blocks); pick the ridge strength with the best R^2 on ``held``."""
-        sums: dict[str, torch.Tensor] = {}
-        n, bx, by = 0, [], []
-
-        def flush() -> None:
-            nonlocal n
-            x, y = torch.cat(bx).float(), torch.cat(by).float()
-            bx.clear(), by.clear()
-            for key, val in (("xx", x.T @ x), ("xy", x.T @ y), ("x", x.sum(0)), ("y", y.sum(0))):
-                sums[key] = sums.get(key, 0) + val.double()
-            n += len(x)
-
-        for x, y in rows:
-            bx.append(x), by.append(y)
-            if sum(len(b) for b in bx) >= chunk:
-                flush()
-        if bx:
-            flush()
-        if n == 0 or not held:
-            raise LCFError("Ridge.fit needs training rows and held-out rows")
-        mx, my = sums["x"] / n, sums["y"] / n
-        cxx = sums["xx"] / n - torch.outer(mx, mx)
-        sd = cxx.diag().clamp(min=1e-12).sqrt()
-        eig, q = torch.linalg.eigh(cxx / torch.outer(sd, sd))
-        qc = q.T @ ((sums["xy"] / n - torch.outer(mx, my)) / sd[:, None])
-        hx = (torch.cat([h[0] for h in held]).double() - mx) / sd
-        hy = torch.cat([h[1] for h in held]).double()
-        total = ((hy - my) ** 2).sum()
-        report: dict[str, Any] = {"tokens": n, "held_tokens": len(hy), "r2": {}}
-        best = None
-        for lam in lambdas:
-            w = q @ (qc / (eig.clamp(min=0) + lam)[:, None])
-            r2 = float(1 - ((hy - (hx @ w + my)) ** 2).sum() / total)
-            report["r2"][str(lam)] = r2
-            if best is None or r2 > best[0]:
-                best = (r2, lam, w)
-        report["lambda"] = best[1]
-        return cls(best[2].float(), mx.float(), sd.float(), my.float()), report
 
 
 @torch.no_grad()
@@ -355,15 +275,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.translator:
             translator.save(args.translator, report)
     if args.finetune_steps > 0 or (args.tuned and Path(args.tuned).exists()):
-        from lcf.eval.kv_tune import tuned_from_args
+        from kv_tune import tuned_from_args
 
         translator, report = tuned_from_args(args, pair, translator, report)
     if args.export:
         if not hasattr(translator, "encode"):
             raise LCFError("--export writes a rank-r map; add --finetune-steps N (or --tuned FILE of a tuned one)")
-        from lcf.runtime.token_adapter import export_token_adapter
+        from lcf.export import export_token_map
 
-        export_token_adapter(translator, args.export, sharer=s, receiver=r, training=report)
+        export_token_map(translator, args.export, sharer=s, receiver=r, training=report, overwrite=True)
     res = run(pair, translator, items, args.methods, batch_size=args.batch_size)
     res["setup"] = {"data": spec, "items": len(items), "seed": args.seed} | report
     out = Path(args.out)

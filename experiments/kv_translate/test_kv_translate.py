@@ -1,4 +1,4 @@
-"""lcf.eval.kv_translate: the sharer's per-token cache, translated, in place of the receiver's own."""
+"""experiments/kv_translate (run with `python -m pytest experiments/kv_translate`): the sharer's per-token cache, translated, in place of the receiver's own."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,12 @@ import torch
 from tests.conftest import tiny_gemma3, tiny_llama
 from lcf.data.crosscontext import XCExample
 from lcf.errors import LCFError
-from lcf.eval import kv_translate as kt
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the experiment's own modules
+import kv_translate as kt  # noqa: E402
+from lcf.token_map.rows import head_only  # noqa: E402
 
 CONTEXTS = [
     "Ada Lindqvist moved to Tromsø a few years ago. She works as a luthier.",
@@ -133,7 +138,7 @@ def test_a_sharer_context_longer_than_its_window_keeps_every_position(real_recei
 
 
 def test_finetune_skips_contexts_longer_than_a_receivers_window(real_receiver_tokenizer, real_sharer_tokenizer):
-    from lcf.eval import kv_tune
+    import kv_tune
     from lcf.models.rows import WindowError
 
     receiver = tiny_gemma3(vocab_size=len(real_receiver_tokenizer), sliding_window=64)
@@ -147,17 +152,17 @@ def test_finetune_skips_contexts_longer_than_a_receivers_window(real_receiver_to
     rows = list(kt.rows_that_fit(pair, [items[0], long] + items[1:], skipped))
     assert skipped == ["long"] and len(rows) == len(items)
     ridge, _ = kt.Ridge.fit(iter(rows[2:]), rows[:2], lambdas=(1e-3,), chunk=16)
-    log = kv_tune.finetune(pair, kv_tune.LowRank.from_ridge(ridge, 4), [long] + items, steps=1, batch_size=2,
+    log = kv_tune.finetune(pair, ridge.cut(4), [long] + items, steps=1, batch_size=2,
                            log_every=0)
     assert (log[-1]["items"], log[-1]["skipped"]) == (len(items), 1)
     with pytest.raises(LCFError, match="fit the models' windows"):
-        kv_tune.finetune(pair, kv_tune.LowRank.from_ridge(ridge, 4), [long], steps=1, log_every=0)
+        kv_tune.finetune(pair, ridge.cut(4), [long], steps=1, log_every=0)
 
 
 def test_a_second_stage_goes_on_from_a_tuned_map_of_the_same_ridge(same_pair, tmp_path):
     from types import SimpleNamespace
 
-    from lcf.eval import kv_tune
+    import kv_tune
 
     rows = [same_pair.features(it)[:2] for it in _items()]
     ridge, report = kt.Ridge.fit(iter(rows[2:]), rows[:2], lambdas=(1e-6,), chunk=16)
@@ -177,31 +182,31 @@ def test_a_second_stage_goes_on_from_a_tuned_map_of_the_same_ridge(same_pair, tm
 
 
 def test_low_rank_cut_fine_tunes_and_round_trips(same_pair, tmp_path):
-    from lcf.eval import kv_tune
+    import kv_tune
 
     items = [XCExample(id=str(i), sharer_context=c, question="Who is it about?", answers=[c.split()[0]])
              for i, c in enumerate(CONTEXTS)]
     rows = [same_pair.features(it)[:2] for it in items]
     ridge, report = kt.Ridge.fit(iter(rows[2:]), rows[:2], lambdas=(1e-6,), chunk=16)
-    full = kv_tune.LowRank.from_ridge(ridge, ridge.w.shape[0])
+    full = ridge.cut(ridge.w.shape[0])
     torch.testing.assert_close(full(rows[0][0]), ridge(rows[0][0]), atol=1e-4, rtol=1e-4)
     with pytest.raises(LCFError, match="rank must be"):
-        kv_tune.LowRank.from_ridge(ridge, 0)
-    low = kv_tune.LowRank.from_ridge(ridge, 8).double()
+        ridge.cut(0)
+    low = ridge.cut(8).double()
     before = low.down.detach().clone()
     log = kv_tune.finetune(same_pair, low, items, steps=6, batch_size=4, lr=1e-2, mse_weight=0.1, log_every=0)
     assert len(log) == 6 and not torch.equal(before, low.down.detach())
     assert sum(r["ce"] for r in log[-2:]) < sum(r["ce"] for r in log[:2])
     assert all(p.requires_grad for p in same_pair.receiver.parameters())  # its flags restored
-    half = kv_tune.LowRank.from_ridge(ridge, 8).double()
-    full = kv_tune.LowRank.from_ridge(ridge, 8).double()
+    half = ridge.cut(8).double()
+    full = ridge.cut(8).double()
     a = kv_tune.finetune(same_pair, half, items, steps=2, batch_size=4, lr=1e-2, log_every=0,
                          features_dtype=torch.float16)
     b = kv_tune.finetune(same_pair, full, items, steps=2, batch_size=4, lr=1e-2, log_every=0)
     assert a[0]["ce"] == pytest.approx(b[0]["ce"], rel=1e-2)
     assert a[0]["mse"] != b[0]["mse"]  # rows kept in fp16 (the CE, in fp32, may not see the rounding)
     x, y, p = same_pair.features(items[0])
-    view, start = kt.unflat_kv(y, kv_tune.head_only(p), same_pair.receiver_rope)
+    view, start = kt.unflat_kv(y, head_only(p), same_pair.receiver_rope)
     want, _ = kt.unflat_kv(y, p, same_pair.receiver_rope)
     assert start == p.b and all(torch.equal(k, w) for k, w in zip(view.keys, want.keys))
     low.save(tmp_path / "low.safetensors", {"rank": 8})
@@ -214,7 +219,7 @@ def test_low_rank_cut_fine_tunes_and_round_trips(same_pair, tmp_path):
 
 
 def test_training_items_mix_several_sets_with_their_own_counts():
-    from lcf.eval import kv_tune
+    import kv_tune
 
     a = ["type=fact_transfer", "num_train=6", "num_val=2", "seed=0"]
     b = ["type=fact_transfer", "num_train=6", "num_val=2", "seed=1", "values=open"]
@@ -228,7 +233,7 @@ def test_training_items_mix_several_sets_with_their_own_counts():
 
 
 def test_bad_inputs_are_refused_with_their_reason():
-    from lcf.eval import kv_tune
+    import kv_tune
 
     with pytest.raises(LCFError, match="training rows and held-out rows"):
         kt.Ridge.fit(iter([]), [])

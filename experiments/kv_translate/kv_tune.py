@@ -1,4 +1,5 @@
-"""The ridge K/V translation of :mod:`lcf.eval.kv_translate`, cut to rank r and fine-tuned end to end.
+"""The ridge K/V translation of ``kv_translate.py``, cut to rank r and fine-tuned end to end by a hand-written loop
+(the research path; ``lcf train`` with translator ``token_map`` is the library's, with checkpoints and resume).
 
     y = ((x - x_mean) / x_std) @ down @ up + y_mean        x: (T, Ds) sharer rows, y: (T, Dr) receiver rows
 
@@ -20,26 +21,9 @@ from typing import Any
 import torch
 
 from lcf.errors import LCFError
-from lcf.eval import kv_translate as kt
-from lcf.eval.kv_translate import Pair, Ridge, unflat_kv
-from lcf.models.kv import KVView, cache_kwargs
-from lcf.models.rows import Prepared, WindowError
+import kv_translate as kt
+from kv_translate import Pair, Ridge
 from lcf.runtime.token_kv import LowRank
-
-
-def answer_ids(tokenizer: Any, answer: str) -> torch.Tensor:
-    """The answer's tokens followed by the tokenizer's end-of-turn (EOS) token."""
-    if tokenizer.eos_token_id is None:
-        raise LCFError("the receiver's tokenizer has no eos_token_id, so the answer's end cannot be trained")
-    return torch.tensor(tokenizer(answer.strip(), add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
-
-
-def head_only(p: Prepared) -> Prepared:
-    """``p`` keeping only the receiver's cache before the context (all :func:`unflat_kv` reads): a copy, so the
-    context's part of the prefill is freed."""
-    keys = [k[:, :, :p.a].clone() for k in p.view.keys]
-    values = [v[:, :, :p.a].clone() for v in p.view.values]
-    return Prepared(KVView(keys, values, p.a, p.view.specs), p.a, p.b, p.tail)
 
 
 def finetune(pair: Pair, translator: LowRank, items: Sequence[Any], *, steps: int, batch_size: int = 8,
@@ -50,26 +34,25 @@ def finetune(pair: Pair, translator: LowRank, items: Sequence[Any], *, steps: in
     The rows of every item are computed once and kept in memory (about 83 KB a context token for
     Gemma-3-270M -> SmolLM2-135M in fp32); ``features_dtype=torch.float16`` halves that.
     """
-    model, tok = pair.receiver, pair.receiver_tokenizer
+    from lcf.token_map.data import item_rows
+    from lcf.token_map.module import TokenMapModule
+    from lcf.training.settings import TrainerSettings
+
+    model = pair.receiver
     frozen = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     t0 = time.time()
-    keep = (lambda t: t.to(features_dtype)) if features_dtype is not None else (lambda t: t)
-    data, skipped = [], 0
-    for it in (it for it in items if it.answers):
-        try:
-            x, y, p = pair.features(it)
-        except WindowError:  # a context longer than a sliding window: its rows do not exist
-            skipped += 1
-            continue
-        data.append((keep(x), keep(y), head_only(p), answer_ids(tok, it.answers[0]).to(y.device)))
+    data, skipped = item_rows(pair, list(items), features_dtype or torch.float32, "finetune")
     if skipped:
         print(f"finetune: skipped {skipped} items whose prompts exceed a sliding window", file=sys.stderr)
     if not data:
         raise LCFError("finetune needs training items with answers (whose prompts fit the models' windows)")
+    # the library's loss (lcf.token_map.module), on this script's own sampling and optimiser
+    losses = TokenMapModule(translator, model, pair.receiver_rope, TrainerSettings(),
+                            {"answer_ce": 1.0, "rows_mse": mse_weight})
     dtype = translator.y_mean.dtype
-    var = sum(((d[1].to(dtype) - translator.y_mean) ** 2).sum(0) for d in data) / sum(len(d[1]) for d in data)
-    var = var.clamp(min=1e-6)
+    var = sum(((d["y"].to(dtype) - translator.y_mean) ** 2).sum(0) for d in data) / sum(len(d["y"]) for d in data)
+    losses.set_variance(var.clamp(min=1e-6))
     opt = torch.optim.Adam(translator.parameters(), lr=lr)
     rng, log = random.Random(seed), []
     try:
@@ -77,18 +60,7 @@ def finetune(pair: Pair, translator: LowRank, items: Sequence[Any], *, steps: in
             opt.zero_grad()
             ce_sum = mse_sum = 0.0
             for i in rng.sample(range(len(data)), min(batch_size, len(data))):
-                x, y, p, ans = data[i]
-                x, y = x.to(dtype), y.to(dtype)
-                rows = translator(x)
-                view, start = unflat_kv(rows, p, pair.receiver_rope)
-                ids = torch.cat([p.tail, ans])[None]
-                cache = view.to_cache(model)
-                pos = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
-                out = model(input_ids=ids, position_ids=pos,
-                            attention_mask=torch.ones(1, start + ids.shape[1], dtype=torch.long, device=ids.device),
-                            use_cache=True, **cache_kwargs(model, cache))
-                ce = torch.nn.functional.cross_entropy(out.logits[0, len(p.tail) - 1:-1].float(), ans)
-                mse = (((rows - y) ** 2) / var).mean()
+                ce, mse = losses.item_losses(data[i])
                 ((ce + mse_weight * mse) / batch_size).backward()
                 ce_sum, mse_sum = ce_sum + ce.item(), mse_sum + mse.item()
             torch.nn.utils.clip_grad_norm_(list(translator.parameters()), grad_clip)
@@ -142,7 +114,7 @@ def tuned_from_args(args: Any, pair: Pair, ridge: Ridge, report: dict[str, Any])
             raise LCFError(f"--init {args.init} was tuned from another ridge map than {args.translator}; start "
                            "from a map tuned from this one, or drop --init")
     else:
-        low = LowRank.from_ridge(ridge, args.rank, seed=args.seed)
+        low = ridge.cut(args.rank, seed=args.seed)
     log = finetune(pair, low, train, steps=args.finetune_steps, lr=args.lr, mse_weight=args.mse_weight,
                    seed=args.seed, features_dtype=getattr(torch, args.features_dtype))
     tail = log[-10:]
