@@ -250,3 +250,16 @@ def test_real_pair_runtime_matches_the_evaluated_system_and_the_cli(tmp_path, re
                          capture_output=True, text=True, env=env, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
     assert got.stdout.strip() == adapter.receive(out.read_bytes(), QUESTION, max_new_tokens=6)
+
+
+def test_too_long_contexts_and_prompts_are_refused_before_any_compute(tiny, monkeypatch):
+    from lcf.runtime.limits import LengthError
+
+    adapter = _load(tiny)
+    msg = adapter.send(CONTEXT)
+    monkeypatch.setattr(adapter.receiver.model.config, "max_position_embeddings", len(msg.codes) + 10)
+    with pytest.raises(LengthError, match="receiver prompt 0 .* more than the"):
+        adapter.receive(msg, QUESTION, max_new_tokens=8)
+    monkeypatch.setattr(adapter.sharer.model.config, "max_position_embeddings", 8)
+    with pytest.raises(LengthError, match="the context has .* receiver tokens, more than the 8 positions"):
+        adapter.send(CONTEXT)

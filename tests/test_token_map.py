@@ -241,3 +241,20 @@ def test_mixed_sets_keep_their_counts_and_are_reproducible():
         XCMix([])
     with pytest.raises(RecipeError, match="not a cross-context dataset"):
         pick([{"type": "instruct_json", "files": ["x.json"]}], "data.sets", None, seed=0)
+
+
+def test_ddp_two_processes_train_the_token_map(tiny_pair, tmp_path):  # noqa: F811
+    """Two CPU ranks (gloo): the init is fitted once (rank 0, before the other rank starts) and read by both,
+    every rank trains on its own shard, rank 0 writes the run's files, and the export loads."""
+    from tests.test_distributed import worker_env
+
+    path = recipe(tiny_pair, tmp_path / "runs")
+    overrides = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=3"]
+    proc = subprocess.run([sys.executable, "-m", "lcf.cli", "train", str(path), *overrides], cwd=REPO,
+                          env=worker_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.count("init: ridge on") == 1  # the other rank loaded the stored init
+    run = tmp_path / "runs" / "tok"
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    adapter = load_adapter(export(run, tmp_path / "adapter", which="last"))
+    assert adapter.send(CONTEXTS[1]).codes.shape[1] == 8

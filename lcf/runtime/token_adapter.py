@@ -24,6 +24,7 @@ from lcf.models.rows import (Prepared, context_span, greedy, layer_rope, questio
                              unflat_kv)
 from lcf.runtime.format import WEIGHTS_NAME, AdapterError, file_fingerprint
 from lcf.runtime.kinds import PER_TOKEN
+from lcf.runtime.limits import LengthError, check_length
 from lcf.runtime.messages import MessageError
 from lcf.runtime.token_kv import PLACEHOLDER, PROBE_QUESTION, LowRank, TokenMessage
 
@@ -81,6 +82,10 @@ class TokenAdapter:
             raise LCFError("per-token messages have no spans (one code per token); drop --spans / spans=")
         template = self.templates.get("receiver", "auto")
         span = context_span(self.receiver_tokenizer, PROBE_QUESTION, context, template)
+        if span.b - span.a > self.max_context_tokens():  # before the sharer reads it
+            raise LengthError(f"the context has {span.b - span.a} receiver tokens, more than the "
+                              f"{self.max_context_tokens()} positions the two models attend to; nothing was computed. "
+                              f"Send it in parts, or shorten it (lcf.runtime.limits.truncate_text)")
         probe = context_span(self.receiver_tokenizer, PROBE_QUESTION, PLACEHOLDER, template)
         if span.ids[:span.a] != probe.ids[:probe.a] or span.ids[span.b:] != probe.ids[probe.b:]:
             raise MessageError("the receiver's template tokens next to this context differ from those next to a "
@@ -88,6 +93,10 @@ class TokenAdapter:
                                "receiver could not rebuild its prompt; strip or end the context with punctuation")
         x = sharer_rows(self.sharer.model, self.sharer.tokenizer, self._ropes["sharer"], self.receiver_tokenizer,
                         span, context, self.templates.get("sharer", "auto"))
+        if not bool(torch.isfinite(x).all()):
+            raise MessageError(f"the sharer's cache of this context holds NaN or infinite values (dtype "
+                               f"{str(x.dtype)[6:]}): the sharer overflows in this dtype; load the adapter with "
+                               f"dtype='float32'")
         return TokenMessage(self.map.encode(x.to(self._device())), self.expected_header() | {"head": span.a})
 
     # -- receiving -----------------------------------------------------------------------------------
@@ -131,6 +140,8 @@ class TokenAdapter:
                                    f"{msg.header.get('head')}: the two sides use different receiver templates")
             if own.strip():
                 span = context_span(tok, q, PLACEHOLDER, template, own)
+            check_length(f"receiver prompt {len(views)} (its own text, the message's {len(msg.codes)} tokens and the "
+                         f"question)", len(span.ids) + len(msg.codes), model, new_tokens=max_new_tokens)
             ids = torch.tensor([span.ids], device=model.device)
             p = Prepared(prefill(model, ids[:, :span.a]), span.a, span.a, ids[0, span.b:])
             view, start = unflat_kv(self.map.decode(msg.codes.to(self._device())).to(model.device), p,
