@@ -52,18 +52,9 @@ class XCSystem:
     @torch.no_grad()
     def answer(self, items: Sequence[Any], max_new_tokens: int, min_new_tokens: int = 0) -> tuple[list[str], list[int]]:
         """Greedy answers and bytes sent, for a batch of items."""
-        from lcf.data.features import pad_token_id
-
         own, view, sent = self.prepare(items)
-        a = self.adapter
-        if not hasattr(a, "communicator"):  # a per-token adapter: its receiver reads the text itself
-            return a.answer([it.question for it in items], own, max_new_tokens=max_new_tokens), sent
-        batch = {k: v.to(a._device()) for k, v in a.encode_questions([it.question for it in items], own).items()}
-        extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
-        new = a.communicator.generate(batch, fuse=view is not None, sharer_views=[view] if view is not None else None,
-                                      max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(a.receiver.tokenizer),
-                                      **extra)
-        return [t.strip() for t in a.receiver.tokenizer.batch_decode(new, skip_special_tokens=True)], sent
+        return self.adapter.answer([it.question for it in items], own, max_new_tokens=max_new_tokens,
+                                   min_new_tokens=min_new_tokens, sharer_view=view), sent
 
 
 class ReceiverOnly(XCSystem):

@@ -155,10 +155,15 @@ class TokenAdapter:
 
 
     @torch.no_grad()
-    def answer(self, questions: Sequence[str], own_contexts: Sequence[str] = (), *, max_new_tokens: int = 32
-               ) -> list[str]:
+    def answer(self, questions: Sequence[str], own_contexts: Sequence[str] = (), *, max_new_tokens: int = 32,
+               min_new_tokens: int = 0, sharer_view: Any = None) -> list[str]:
         """The receiver without a message: each question after the text it holds itself (``own_contexts``,
-        one per question; empty for none), in the receiver's template (the baselines of ``lcf eval-xc``)."""
+        one per question; empty for none), in the receiver's template (the baselines of ``lcf eval-xc``). A
+        per-token adapter's messages arrive through :meth:`receive`: ``sharer_view`` must be None, and greedy
+        answers stop at the end of turn (``min_new_tokens`` 0)."""
+        if sharer_view is not None or min_new_tokens:
+            raise LCFError("a per-token adapter answers without a summary view and without min_new_tokens; send "
+                           "its message with send() and read it with receive()")
         if self.receiver is None:
             raise LCFError("this adapter was loaded without its receiver; load it with the receiver to answer")
         owns = list(own_contexts) or [""] * len(questions)

@@ -101,6 +101,23 @@ class CrossContextMixin:
         batch = collate_prompts(rows, pad_token_id(self.receiver.tokenizer), 0)
         return {k: batch[k] for k in ("receiver_prompt_ids", "receiver_prompt_mask", "align_index", "align_mask")}
 
+    @torch.no_grad()
+    def answer(self, questions: Sequence[str], own_contexts: Sequence[str] = (), *, max_new_tokens: int = 32,
+               min_new_tokens: int = 0, sharer_view: Any = None) -> list[str]:
+        """Greedy answers to ``questions``, each after the text the receiver holds itself (``own_contexts``),
+        with ``sharer_view`` (a summary KVView, one row per question) fused in, or none (the baselines of
+        ``lcf eval-xc``; :class:`~lcf.runtime.token_adapter.TokenAdapter` answers the same call)."""
+        from lcf.data.features import pad_token_id
+
+        own = list(own_contexts) or [""] * len(questions)
+        batch = {k: v.to(self._device()) for k, v in self.encode_questions(list(questions), own).items()}
+        extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
+        new = self.communicator.generate(batch, fuse=sharer_view is not None,
+                                         sharer_views=[sharer_view] if sharer_view is not None else None,
+                                         max_new_tokens=max_new_tokens,
+                                         pad_token_id=pad_token_id(self.receiver.tokenizer), **extra)
+        return [t.strip() for t in self.receiver.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
     # -- sending and receiving -----------------------------------------------------------------------
     @torch.no_grad()
     def summarise(self, contexts: Sequence[str], *, spans: str | None = None, span_tokens: int | None = None):
