@@ -8,7 +8,7 @@ is replaced by a linear translation of the *sharer's* cache of the same context.
         --data type=fact_transfer values=open phrasing=varied num_paragraphs=1 \\
         --fit type=fact_transfer values=open num_train=1200 seed=1 --fit type=squad_xc --fit-items 1500
 
-``lcf.eval.cache_ceiling`` showed that the receiver cannot read pooled slots even of its own cache, but
+``experiments/cache_ceiling`` showed that the receiver cannot read pooled slots even of its own cache, but
 reads a rank-128 projection of every position well. This asks the next question: can the sharer's
 cache stand in for the receiver's, token by token? For each receiver token of the context (aligned to
 the sharer's tokens by maximal string coverage), the sharer's keys and values of all layers, with the
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,14 @@ from typing import Any
 import torch
 
 from lcf.errors import LCFError
-from lcf.eval.cache_ceiling import format_table
 from lcf.models.rows import (WindowError, context_span, flat_kv, greedy, layer_rope, stop_ids,  # noqa: F401
                              unflat_kv)
 from lcf.runtime.token_kv import TokenMessage, dequantize_rows, quantize_rows
 from lcf.token_map.ridge import Ridge as _Ridge
 from lcf.token_map.rows import TokenRows
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cache_ceiling"))  # the sibling experiment
+from cache_ceiling import format_table  # noqa: E402  (its table of context-cache methods)
 
 METHODS = ("alone", "text", "translated", "mismatched", "zero", "mean")
 QUANTIZED = ("translated-int8", "translated-int4")  # rank-r maps: the codes sent as int8 / int4 messages

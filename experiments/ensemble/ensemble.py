@@ -1,6 +1,6 @@
 """What the sharer's own answers could add to a receiver: a check on how much there is to transfer.
 
-    python -m lcf.eval.ensemble reports/all/results.json reports/lora/results.json --task arc_easy \\
+    python experiments/ensemble/ensemble.py reports/all/results.json reports/lora/results.json --task arc_easy \\
         --systems receiver "lora receiver" "sci (mismatched)" --weights 0 0.1 0.25 0.5 1 2
 
 For each system S and weight w it picks, per item, the option with the highest ``score_S + w * score_sharer``,
@@ -12,6 +12,8 @@ the prompt). When S plus the sharer's answers gains little over S, a cache-speci
 not to be expected from this sharer on these items. The weighted sum is one way to combine the two, not the
 best possible one; the best weight is chosen on the same items, so its gain is optimistic. Each gain comes
 with a paired bootstrap 95% interval (``lcf.eval.paired``).
+
+An analysis, not the library (moved out of ``lcf.eval``); its report: docs/results/sharer-ceiling.
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def format_sweep(rows: Sequence[dict[str, Any]], metric: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lcf.eval.ensemble", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python experiments/ensemble/ensemble.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="+", help="results.json files of `lcf eval` runs on the same items")
     ap.add_argument("--task", required=True, help="the multiple-choice task, e.g. arc_easy")
     ap.add_argument("--systems", nargs="+", required=True, help="systems to combine with the sharer's answers")

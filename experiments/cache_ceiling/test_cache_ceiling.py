@@ -1,5 +1,9 @@
-"""lcf.eval.cache_ceiling: the receiver reading its own compressed cache of the context."""
+"""experiments/cache_ceiling (run with `python -m pytest experiments/cache_ceiling`): the receiver reading its own
+compressed cache of the context."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +11,9 @@ import torch
 from tests.conftest import tiny_llama
 from lcf.data.crosscontext import XCExample
 from lcf.errors import LCFError
-from lcf.eval import cache_ceiling as cc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the experiment's own module
+import cache_ceiling as cc  # noqa: E402
 
 QUESTION = "Where does Ada Lindqvist live?"
 CONTEXT = "Ada Lindqvist moved to Tromsø a few years ago. She works as a luthier."
@@ -182,6 +188,7 @@ def test_run_scores_and_rejects_unknown_methods(setup):
         cc.run(model, tok, items, ["mean-x"])
 
 
+@pytest.mark.real
 def test_real_receiver_answers_from_its_full_cache(real_receiver):
     """On SmolLM2 the unchanged cache answers as the full-context prompt does; a zero cache loses the fact."""
     items = [XCExample(id="0", sharer_context="Riran Lindilley moved to Munich a few years ago.",

@@ -1,6 +1,6 @@
 """Per-layer edit norms: how much of what an adapter writes into the receiver's cache depends on the sharer.
 
-    python -m lcf.eval.edits ADAPTER --task arc_easy --limit 64 --out edits.json
+    python experiments/edits/edits.py ADAPTER --task arc_easy --limit 64 --out edits.json
 
 For every fused receiver layer and prompt position (cloze prompts as ``lcf eval`` scores them), with ``R``
 the receiver's own cache and ``F(S)`` the cache fused from sharer cache ``S``::
@@ -12,6 +12,8 @@ the receiver's own cache and ``F(S)`` the cache fused from sharer cache ``S``::
 (L2 norms over heads and head dimensions, averaged over the fused positions of all items; keys and values
 apart; "another item's" is the evaluation's mismatched control). A translator whose ``specific`` ratios are
 near 0 writes the same edit whatever the sharer read: adaptation (a learned prefix), not transfer.
+
+An analysis, not the library (moved out of ``lcf.eval``); its report: docs/results/science-mc-contrast.
 """
 from __future__ import annotations
 
@@ -99,7 +101,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lcf.eval.edits", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python experiments/edits/edits.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("adapter", help="an exported adapter folder (token-aligned: no compressor)")
     ap.add_argument("--task", default="arc_easy", help="a registered multiple-choice task (its cloze prompts)")
     ap.add_argument("--split", default=None, help="the task's split (default: its evaluation split)")

@@ -1,6 +1,6 @@
 """Open-information check of a cross-context adapter: unseen values, several people, message size.
 
-    python -m lcf.eval.xc_open ADAPTER --out docs/results/crosscontext-open [--items 100] [--people 1 2 3 5]
+    python experiments/xc_open/xc_open.py ADAPTER --out docs/results/crosscontext-open [--items 100] [--people 1 2 3 5]
 
 On held-out ``fact_transfer`` worlds with ``values=open`` (every validation value is absent from the
 training data) and ``phrasing=varied``, for each number of people per context: receiver alone,
@@ -13,6 +13,10 @@ adapter read with 2..16 slots and each quantisation: accuracy against message by
 For adapters trained with repeats (``fact_transfer`` ``repeat_fraction`` > 0), or with ``--repeat``: the
 same held-out worlds with the receiver asked to repeat the message word for word (``repeat``):
 *contains* then says whether the asked value survives the message at all, whatever the question.
+
+A research driver, not the library (moved out of ``lcf.eval``); the adapters it checked were trained by
+``recipes/crosscontext_open.yaml`` and ``recipes/crosscontext_repeat.yaml`` in this folder (dead ends:
+docs/results/crosscontext-open, crosscontext-open-1person, crosscontext-repeat).
 """
 from __future__ import annotations
 
@@ -184,7 +188,7 @@ def main() -> None:
     from lcf.eval.compose import resolve_adapter
     from lcf.runtime import load_adapter
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python experiments/xc_open/xc_open.py", description=__doc__.splitlines()[0])
     ap.add_argument("adapter")
     ap.add_argument("--out", required=True)
     ap.add_argument("--items", type=int, default=100)

@@ -1,7 +1,7 @@
 """The ceiling of a latent message: how much of a context the receiver keeps when its *own* cache of the
 context is compressed the way a message compresses it. No training, no sharer.
 
-    python -m lcf.eval.cache_ceiling smollm2-135m-instruct --out DIR --items 60 \\
+    python experiments/cache_ceiling/cache_ceiling.py smollm2-135m-instruct --out DIR --items 60 \\
         --data type=fact_transfer values=open phrasing=varied num_paragraphs=1
 
 LCF-X hands the receiver a few K/V slots per layer and KV head instead of the context. Whatever the
@@ -30,6 +30,8 @@ The tokens after the context (question, answer prompt) then run on the compresse
 original positions, so nothing they compute can come from the uncompressed context. Greedy answers,
 scored as ``lcf eval-xc`` scores them (EM / F1 on the first line, contains, other);
 ``results.json`` has the same layout, so ``python -m lcf.eval.paired ... --metric contains`` pairs them.
+
+A research driver, not the library (moved out of ``lcf.eval``); its report: docs/results/crosscontext-ceiling.
 """
 from __future__ import annotations
 
@@ -269,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from lcf.models.loading import load_model
     from lcf.registry import datasets
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python experiments/cache_ceiling/cache_ceiling.py",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("model", help="the receiver: card name, local folder or hub id")
     ap.add_argument("--out", required=True, help="folder for results.json and report.md")
     ap.add_argument("--data", nargs="+", required=True, metavar="KEY=VALUE", help="cross-context dataset, e.g. "
