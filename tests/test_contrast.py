@@ -82,6 +82,7 @@ def test_recipes_that_cannot_contrast_are_refused_at_validation():
 
     with pytest.raises(RecipeError, match="contrast_weight > 0 compares one token-aligned sharer"):
         check("recipes/crosscontext.yaml", "trainer.contrast_weight=1")
+    contrast = ("recipes/science_mc_options.yaml", "trainer.contrast_weight=1.0", "token_alignment.read_ahead=1")
     with pytest.raises(RecipeError, match="batch_size must be >= 2"):
-        check("recipes/science_mc_contrast.yaml", "trainer.batch_size=1")
-    assert check("recipes/science_mc_contrast.yaml")["trainer"]["contrast_weight"] == 1.0
+        check(*contrast, "trainer.batch_size=1")
+    assert check(*contrast)["trainer"]["contrast_weight"] == 1.0

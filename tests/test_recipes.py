@@ -170,9 +170,9 @@ def test_cli_validate_and_list(tmp_path, capsys):
 
 
 def test_compressor_and_data_must_cut_the_context_alike():
-    ok = load_recipe("recipes/crosscontext_repeat.yaml")  # tokens of 2 on both sides
-    validate_recipe(ok)
+    tokens = ["compressor.spans=tokens", "compressor.span_tokens=2", "data.spans=tokens", "data.span_tokens=2"]
+    validate_recipe(load_recipe("recipes/crosscontext.yaml", tokens))  # tokens of 2 on both sides
     with pytest.raises(RecipeError, match=r"compressor.spans \(tokens, 2 per span\) and data.spans \(tokens, 4 per"):
-        validate_recipe(load_recipe("recipes/crosscontext_repeat.yaml", ["data.span_tokens=4"]))
+        validate_recipe(load_recipe("recipes/crosscontext.yaml", [*tokens[:3], "data.span_tokens=4"]))
     with pytest.raises(RecipeError, match=r"e.g. data.spans=sentence"):  # the data's default is paragraph
-        validate_recipe(load_recipe("recipes/crosscontext_open.yaml", ["compressor.spans=sentence"]))
+        validate_recipe(load_recipe("recipes/crosscontext.yaml", ["compressor.spans=sentence"]))
