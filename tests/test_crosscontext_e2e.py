@@ -228,6 +228,10 @@ def test_cli_eval_xc_reports_and_rejects_bad_input(xc_adapter_dir, tmp_path, cap
     second = json.loads((other / "results.json").read_text())
     assert second["n"] == 2 and not set(second["item_ids"]) & set(results["item_ids"])
     assert second["selection"]["excluded"] == {"reports": ["results.json"], "items": 2}
+    same = tmp_path / "same"  # exactly the items of an earlier report
+    assert main(["eval-xc", str(xc_adapter_dir), "--out", str(same), "--max-new-tokens", "2", "--latency-runs", "0",
+                 "--systems", "receiver", "--only", str(other / "results.json")]) == 0
+    assert json.loads((same / "results.json").read_text())["item_ids"] == second["item_ids"]
     assert main(["eval-xc", str(xc_adapter_dir), "--out", str(out), "--exclude", str(tmp_path / "none.json")]) == 2
     assert "none.json does not exist" in capsys.readouterr().err
     assert main(["eval-xc", str(xc_adapter_dir), "--out", str(out), "--limit", "0"]) == 2

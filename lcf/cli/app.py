@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="held-out items (seeded sample); default all")
     p.add_argument("--exclude", nargs="+", default=[], metavar="RESULTS_JSON",
                    help="leave out the items these earlier reports scored (to confirm on items not yet looked at)")
+    p.add_argument("--only", nargs="+", default=[], metavar="RESULTS_JSON",
+                   help="score exactly the items these earlier reports scored (the same items as another evaluation)")
     p.add_argument("--systems", nargs="+", default=list(XC_SYSTEM_CHOICES), choices=XC_SYSTEM_CHOICES)
     p.add_argument("--text-tokens", nargs="+", type=int, default=[50, 100, 200], metavar="N",
                    help="message budgets of the text baselines")

@@ -90,7 +90,7 @@ def cmd_eval_xc(args) -> int:
     adapter = load_adapter(resolve_adapter(args.adapter), device=args.device)
     data = OmegaConf.to_container(OmegaConf.from_dotlist(list(args.data))) if args.data else None
     items, facts = held_out_items(adapter, data, limit=args.limit, seed=args.seed, data_root=args.data_root,
-                                  exclude=args.exclude)
+                                  exclude=args.exclude, only=args.only)
     _check_xc_lengths(adapter, items, args.systems, args.max_new_tokens)  # before any compute
     systems = build_xc_systems(adapter, args.systems, text_tokens=args.text_tokens,
                                has_own=facts["has_own_context"], spans=args.spans)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from lcf.errors import LCFError
-from lcf.eval.harness import _elapsed_ms, _first_line
+from lcf.eval.harness import elapsed_ms, first_line
 from lcf.eval.metrics import squad_scores
 from lcf.eval.systems import PlainModel, mismatch_partner
 from lcf.runtime.kinds import FUSED, PER_TOKEN
@@ -219,14 +219,14 @@ def evaluate_xc(systems: Sequence[XCSystem], items: Sequence[Any], *, max_new_to
             sent += s
             if on_batch:
                 on_batch(system.name, len(chunk))
-        preds = [_first_line(t) for t in texts]
+        preds = [first_line(t) for t in texts]
         messages = list(system.messages) if isinstance(system, TextMessage) else [None] * len(items)
         scores = squad_scores(preds, golds) | {"bytes_sent": statistics.mean(sent)}
         # batch-1 time to first token (the mismatched control needs a second item and costs what lcf-x costs)
         if latency_runs > 0 and getattr(system, "control", "none") != "mismatched":
             one = list(items[:1])
             system.answer(one, 1)  # warm-up
-            runs = [_elapsed_ms(lambda: system.answer(one, 1), system.adapter._device()) for _ in range(latency_runs)]
+            runs = [elapsed_ms(lambda: system.answer(one, 1), system.adapter._device()) for _ in range(latency_runs)]
             scores["ttft_ms"] = statistics.median(runs)
         results["scores"][system.name] = scores
         scores["contains"] = contains_rate(texts, golds)
@@ -268,7 +268,7 @@ def ids_in_results(paths: Sequence[str | Path]) -> set[str]:
     for path in paths:
         path = Path(path)
         if not path.is_file():
-            raise LCFError(f"{path} does not exist; --exclude takes results.json files of earlier evaluations")
+            raise LCFError(f"{path} does not exist; --exclude / --only take results.json files of earlier evaluations")
         got = json.loads(path.read_text()).get("item_ids")
         if not isinstance(got, list):
             raise LCFError(f"{path} has no 'item_ids' list; expected the results.json of lcf eval-xc or kv_translate")
@@ -277,12 +277,12 @@ def ids_in_results(paths: Sequence[str | Path]) -> set[str]:
 
 
 def held_out_items(adapter: Any, data: dict | None = None, *, limit: int | None = None, seed: int = 0,
-                   data_root: str | None = None, exclude: Sequence[str | Path] = ()
-                   ) -> tuple[list[Any], dict[str, Any]]:
+                   data_root: str | None = None, exclude: Sequence[str | Path] = (),
+                   only: Sequence[str | Path] = ()) -> tuple[list[Any], dict[str, Any]]:
     """Held-out cross-context items: the validation split of ``data`` (a dataset spec ``{type, ...}``;
     default: the data the adapter was trained on), minus contexts too long for the sharer and items that
     the reports in ``exclude`` scored, then a seeded sample of ``limit``. Returns (items, facts about the
-    selection)."""
+    selection). ``only``: exactly the items those reports scored (the same items as an earlier evaluation)."""
     import random
 
     from lcf.data.crosscontext import CrossContextError, sharer_features
@@ -301,6 +301,13 @@ def held_out_items(adapter: Any, data: dict | None = None, *, limit: int | None 
     _, val = dataset.split_examples()
     gone = ids_in_results(exclude)
     val = [it for it in val if str(it.id) not in gone]
+    if only:
+        wanted = ids_in_results(only)
+        val = [it for it in val if str(it.id) in wanted]
+        if len(val) < len(wanted):
+            raise LCFError(f"--only: {len(wanted) - len(val)} of the {len(wanted)} items of {', '.join(map(str, only))} "
+                           f"are not in the validation split of this --data (or were excluded); pass the --data those "
+                           f"reports used")
     limit_tokens = min(adapter.max_context_tokens(), getattr(dataset, "max_context_tokens", 1 << 30))
     template = adapter.config.get("templates", {}).get("sharer", "auto")
     kept = []
@@ -320,4 +327,6 @@ def held_out_items(adapter: Any, data: dict | None = None, *, limit: int | None 
              "max_context_tokens": limit_tokens, "has_own_context": any(it.receiver_context for it in kept)}
     if exclude:
         facts["excluded"] = {"reports": [Path(p).name for p in exclude], "items": len(gone)}
+    if only:
+        facts["only"] = {"reports": [Path(p).name for p in only], "items": len(kept)}
     return kept, facts
