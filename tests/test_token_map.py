@@ -258,3 +258,10 @@ def test_ddp_two_processes_train_the_token_map(tiny_pair, tmp_path):  # noqa: F8
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
     adapter = load_adapter(export(run, tmp_path / "adapter", which="last"))
     assert adapter.send(CONTEXTS[1]).codes.shape[1] == 8
+
+
+def test_the_dry_run_counts_the_token_map_without_weights():
+    from lcf.dry_run import count_recipe
+
+    count = count_recipe(validate_recipe(load_recipe(REPO / "recipes" / "xc_token.yaml")), "xc_token.yaml")
+    assert count.params == 512 * (9216 + 11520) and count.fused_layers == 30  # Gemma-3-270M -> SmolLM2-135M rows

@@ -47,6 +47,11 @@ class TokenMap(LowRank):
     def init_args(self) -> dict[str, Any]:
         return recorded_args(self)
 
+    @property
+    def active_layers(self) -> list[int]:
+        """The receiver layers it writes: all of them (the context's rows of every layer)."""
+        return list(range(len(self.shapes.receiver)))
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
