@@ -27,7 +27,7 @@ import tempfile
 import torch
 
 from lcf.config import load_recipe, validate_recipe
-from lcf.eval.harness import _elapsed_ms, measure_latency
+from lcf.eval.harness import elapsed_ms, measure_latency
 from lcf.eval.systems import AdapterSystem, ReceiverAlone, SharerAlone
 from lcf.export import adapter_config, write_adapter
 from lcf.pair import build_pair
@@ -156,7 +156,7 @@ def main() -> None:
         times = {k: [] for k in parts}
         for _ in range(args.repeats):
             for k, fn in parts.items():
-                times[k].append(_elapsed_ms(fn, device))
+                times[k].append(elapsed_ms(fn, device))
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = med["fused"] / (med["receiver"] + med["sharer"])
         print(f"{n:>13} {s_ids.shape[1]:>7} {med['fused']:>9.1f} {med['receiver']:>12.1f} {med['sharer']:>18.1f} "

@@ -19,7 +19,7 @@ import torch
 
 from lcf.eval.compose import resolve_adapter
 from lcf.eval.crosscontext import LatentXC, TextMessage, evaluate_xc, held_out_items
-from lcf.eval.harness import _elapsed_ms
+from lcf.eval.harness import elapsed_ms
 from lcf.runtime import load_adapter
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     for system in (text, latent):
         system.answer(one, 1)  # warm-up
         ttft[system.name] = statistics.median(
-            _elapsed_ms(lambda: system.answer(one, 1), adapter._device()) for _ in range(args.repeats))
+            elapsed_ms(lambda: system.answer(one, 1), adapter._device()) for _ in range(args.repeats))
     accuracy = evaluate_xc([TextMessage(adapter, args.tokens), latent], items, latency_runs=0)["scores"]
     print(f"cross-context TTFT, batch 1, median of {args.repeats} runs (torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {adapter._device()}); accuracy on {len(items)} held-out items")

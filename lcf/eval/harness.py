@@ -112,7 +112,8 @@ def adapter_labels(dirs: Sequence[str]) -> list[str]:
 
 
 # -- timing ------------------------------------------------------------------------------------------
-def _elapsed_ms(fn: Callable[[], Any], device: torch.device) -> float:
+def elapsed_ms(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time of ``fn()`` in milliseconds (CUDA events on a GPU, so queued kernels are counted)."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
@@ -131,8 +132,8 @@ def measure_latency(system: System, prompt: str, *, runs: int = 3, new_tokens: i
     and ``e2e_ms`` (prompt -> ``new_tokens`` tokens), medians of ``runs`` runs after a warm-up."""
     device = system.device
     system.generate([prompt], max_new_tokens=new_tokens, min_new_tokens=new_tokens)  # warm-up
-    ttft = [_elapsed_ms(lambda: system.generate([prompt], max_new_tokens=1), device) for _ in range(runs)]
-    e2e = [_elapsed_ms(lambda: system.generate([prompt], max_new_tokens=new_tokens, min_new_tokens=new_tokens),
+    ttft = [elapsed_ms(lambda: system.generate([prompt], max_new_tokens=1), device) for _ in range(runs)]
+    e2e = [elapsed_ms(lambda: system.generate([prompt], max_new_tokens=new_tokens, min_new_tokens=new_tokens),
                        device) for _ in range(runs)]
     return {"ttft_ms": statistics.median(ttft), "e2e_ms": statistics.median(e2e), "new_tokens": new_tokens,
             "runs": runs, "device": str(device)}
@@ -205,7 +206,8 @@ def _run_mc_generated(system: System, task: Task, items: list[MCItem], batch_siz
     return {"accuracy": sum(r["correct"] for r in rows) / len(rows)}, rows
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
+    """The first non-empty line of a generated answer, stripped (what QA items are scored on)."""
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
@@ -219,7 +221,7 @@ def _run_qa(system: System, task: Task, items: list[QAItem], max_new_tokens: int
         rows = [{"id": it.id, "text": t, "pred": p, "gold": it.answers, "correct": c}
                 for it, t, p, c in zip(items, texts, preds, correct)]
         return {"em": sum(correct) / len(items)}, rows
-    preds = [_first_line(t) for t in texts]
+    preds = [first_line(t) for t in texts]
     rows = [{"id": it.id, "text": t, "pred": p, "gold": it.answers} for it, t, p in zip(items, texts, preds)]
     return squad_scores(preds, [it.answers for it in items]), rows
 
