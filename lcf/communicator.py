@@ -32,8 +32,8 @@ from torch import nn
 
 from lcf.errors import LCFError
 from lcf.models.capture import prefill_all_positions
-from lcf.models.kv import KVView, cache_kwargs, prefill
-from lcf.training.options import choice_log_likelihoods
+from lcf.models.choices import choice_log_likelihoods
+from lcf.models.kv import KVView, cache_kwargs, positions_from_mask, prefill
 
 Combine = Literal["sequential", "sum"]
 SharerTransform = Callable[[int, KVView], KVView]
@@ -46,11 +46,6 @@ class SharerInputs:
     align_index: torch.Tensor | None
     align_mask: torch.Tensor | None
     span_ids: torch.Tensor | None = None
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of a left-padded batch: 0.. over real tokens, 0 on padding."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _autocast_state(device_type: str) -> dict:
@@ -282,7 +277,7 @@ class Communicator(nn.Module):
         """Response-token cross-entropy: {'loss': mean over tokens, 'loss_sum', 'tokens'} plus per
         example 'row_loss_sum' and 'row_tokens' (B,), e.g. for scoring options by log-likelihood.
         ``choices``: also 'choice_ll' (B, K), every option's summed log-likelihood on the same fused
-        cache (the batch carries all options; see :mod:`lcf.training.options`)."""
+        cache (the batch carries all options; see :mod:`lcf.models.choices`)."""
         view = self.fused_prompt_cache(batch, fuse=fuse, sharer_transform=sharer_transform)
         extra = {"choice_ll": choice_log_likelihoods(self.receiver, view, batch)} if choices else {}
         logits = self.continue_logits(batch, view)

@@ -282,7 +282,8 @@ translators: Registry = Registry("translators", ("lcf.translators",))
 compressors: Registry = Registry("compressors", ("lcf.compressors",))
 layer_maps: Registry = Registry("layer_maps", ("lcf.align.layers",))
 token_aligners: Registry = Registry("token_aligners", ("lcf.align.tokens",))
-datasets: Registry = Registry("datasets", ("lcf.data",))
+datasets: Registry = Registry("datasets", ("lcf.data.instruct", "lcf.data.task_data", "lcf.data.fact_transfer",
+                                           "lcf.data.xc_qa", "lcf.data.chat_hub", "lcf.data.xc_mix"))
 tasks: Registry = Registry("tasks", ("lcf.eval.tasks",))
 
 REGISTRIES: dict[str, Registry] = {

@@ -15,7 +15,7 @@ from lcf.config import load_recipe, validate_recipe
 from lcf.errors import LCFError, RecipeError
 from lcf.export import export
 from lcf.runtime import AdapterError, load_adapter
-from lcf.runtime.adapter import check_finite_cache
+from lcf.runtime.models import check_finite_cache
 from lcf.training.run import train
 from tests.test_train_export import recipe, tiny_pair  # noqa: F401  (fixture)
 

@@ -1,67 +1,45 @@
 """Training data: instruction data (shared context) and cross-context data, features and batching.
 
-Importing this package registers the dataset components ``instruct_json`` (instruction data for
-translators) and the cross-context datasets ``fact_transfer`` (synthetic), ``squad_xc``,
-``hotpotqa_xc`` and ``musique_xc``, and ``xc_mix`` (several of them mixed with item counts). The Lightning DataModule lives in :mod:`lcf.data.datamodule`
-(it imports ``lightning``, this package does not).
-"""
-from lcf.data.features import BATCH_KEYS, pad_token_id
-from lcf.data.instruct import (
-    DataError,
-    DataFileNotFoundError,
-    InstructData,
-    InstructExample,
-    build_features,
-    collate,
-    load_hub_dataset,
-    read_instruct_file,
-    resolve_data_file,
-)
-from lcf.data.crosscontext import (
-    ContextTooLongError,
-    CrossContextError,
-    XCExample,
-    receiver_features,
-    receiver_message,
-    sharer_features,
-    xc_features,
-)
-from lcf.data.spans import SPAN_SCHEMES, SpanError, split_spans, token_span_ids
-from lcf.data.task_data import EvalTaskData
-from lcf.data.xcdata import XCData
-from lcf.data.fact_transfer import FactTransferData
-from lcf.data.xc_qa import HotpotQAXCData, MuSiQueXCData, SQuADXCData
-from lcf.data.chat_hub import ChatHubData  # registers `chat_hub` (OpenHermes-2.5 and other chat datasets)
-from lcf.data.xc_mix import XCMix
+The dataset components are registered in :data:`lcf.registry.datasets` by their modules, which the
+registry imports on first use: ``instruct_json`` (instruction data for translators), ``eval_task``, the
+cross-context datasets ``fact_transfer`` (synthetic), ``squad_xc``, ``hotpotqa_xc`` and ``musique_xc``,
+``chat_hub`` (OpenHermes-2.5 and other chat datasets) and ``xc_mix`` (several of them mixed with item
+counts). The Lightning DataModule lives in :mod:`lcf.data.datamodule`.
 
-__all__ = [
-    "EvalTaskData",
-    "BATCH_KEYS",
-    "SPAN_SCHEMES",
-    "ContextTooLongError",
-    "CrossContextError",
-    "DataError",
-    "DataFileNotFoundError",
-    "FactTransferData",
-    "HotpotQAXCData",
-    "InstructData",
-    "InstructExample",
-    "MuSiQueXCData",
-    "SQuADXCData",
-    "SpanError",
-    "XCData",
-    "XCMix",
-    "XCExample",
-    "build_features",
-    "collate",
-    "load_hub_dataset",
-    "pad_token_id",
-    "read_instruct_file",
-    "receiver_features",
-    "receiver_message",
-    "resolve_data_file",
-    "sharer_features",
-    "split_spans",
-    "token_span_ids",
-    "xc_features",
-]
+Importing this package imports none of them: the runtime needs only :mod:`lcf.data.features` and
+:mod:`lcf.data.crosscontext`. The names below are still importable from here (``from lcf.data import
+XCData``); each loads its module when first asked for.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> the module that defines it
+_HOMES: dict[str, str] = {
+    **dict.fromkeys(("BATCH_KEYS", "pad_token_id"), "features"),
+    **dict.fromkeys(("DataError", "DataFileNotFoundError", "InstructData", "InstructExample", "build_features",
+                     "collate", "load_hub_dataset", "read_instruct_file", "resolve_data_file"), "instruct"),
+    **dict.fromkeys(("ContextTooLongError", "CrossContextError", "XCExample", "receiver_features",
+                     "receiver_message", "sharer_features", "xc_features"), "crosscontext"),
+    **dict.fromkeys(("SPAN_SCHEMES", "SpanError", "split_spans", "token_span_ids"), "spans"),
+    "EvalTaskData": "task_data",
+    "XCData": "xcdata",
+    "FactTransferData": "fact_transfer",
+    **dict.fromkeys(("HotpotQAXCData", "MuSiQueXCData", "SQuADXCData"), "xc_qa"),
+    "ChatHubData": "chat_hub",
+    "XCMix": "xc_mix",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'lcf.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lcf.data.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

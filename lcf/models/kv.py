@@ -194,6 +194,11 @@ def decoder(model):
     return body
 
 
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: 0.. over real tokens, 0 on padding."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> KVView:
     """Run the prompt through the model body only (no LM-head logits) and return its KVView."""
     from transformers import DynamicCache

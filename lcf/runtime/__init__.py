@@ -7,16 +7,20 @@ Needs only torch, transformers and safetensors (no Lightning, DeepSpeed or Omega
     print(adapter.generate("Name three primary colours."))
 
 - :mod:`lcf.runtime.format`    the adapter folder (file names, config keys, reading with clear errors)
-- :mod:`lcf.runtime.adapter`   :func:`load_adapter` and :class:`Adapter` (shared-context generation)
+- :mod:`lcf.runtime.load`      :func:`load_adapter` (any adapter kind)
+- :mod:`lcf.runtime.adapter`   :class:`Adapter` (shared-context generation)
+- :mod:`lcf.runtime.models`    the models an adapter runs with (model specs, fingerprint and dtype checks)
 - :mod:`lcf.runtime.xcontext`  cross-context ``send`` / ``receive`` (LCF-X)
 - :mod:`lcf.runtime.messages`  latent messages: the bytes that travel between a sender and a receiver
 - :mod:`lcf.runtime.token_kv`  per-token messages (one short code per context token) and their map
 - :mod:`lcf.runtime.token_adapter`  adapters that send them (``load_adapter`` returns one for such a folder)
 """
-from lcf.runtime.adapter import Adapter, build_compressor, build_translator, check_fingerprint, load_adapter
+from lcf.runtime.adapter import Adapter, build_compressor, build_translator
 from lcf.runtime.format import (COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, KNOWN_KEYS, WEIGHTS_NAME,
                                 AdapterError, load_weights, read_config, split_state)
+from lcf.runtime.load import load_adapter
 from lcf.runtime.messages import LatentMessage, MessageError
+from lcf.runtime.models import check_fingerprint
 from lcf.runtime.token_adapter import TokenAdapter
 from lcf.runtime.token_kv import TokenMessage
 

@@ -14,7 +14,6 @@ the receiver's; the summary can travel between processes as a latent message (:m
 """
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,11 +25,11 @@ import torch
 from lcf.communicator import Communicator
 from lcf.data.features import collate_prompts, pad_token_id, prompt_features
 from lcf.errors import LCFError
-from lcf.models.fingerprint import fingerprint
-from lcf.models.loading import LoadedModel, load_model
+from lcf.models.loading import LoadedModel
 from lcf.registry import compressors, token_aligners, translators
-from lcf.runtime.format import AdapterError, load_weights, read_config, split_state
-from lcf.runtime.kinds import FUSED, PER_TOKEN, adapter_kind
+from lcf.runtime.format import AdapterError, load_weights, split_state
+from lcf.runtime.kinds import FUSED
+from lcf.runtime.models import as_loaded, check_finite_cache, check_fingerprint
 from lcf.runtime.several import (SharerSide, batch_to, more_sharer_features, sharer_configs, sharer_states,
                                  translator_config)
 from lcf.runtime.xcontext import CrossContextMixin
@@ -74,62 +73,6 @@ def build_compressor(cfg: dict[str, Any], state: dict[str, torch.Tensor]):
     cls = compressors.get(spec["type"])
     compressor = cls(shapes=PairShapes.from_dict(cfg["shapes"]), **spec.get("args", {}))
     return _strict_load(compressor, state, spec["type"])
-
-
-DTYPES = ("float32", "bfloat16", "float16")  # what load_adapter(dtype=...) accepts (or the torch dtypes, or None)
-
-
-def check_dtype(dtype: Any) -> None:
-    """Refuse a model dtype lcf cannot load the models in, naming the accepted ones."""
-    if dtype is None or dtype in DTYPES or dtype in tuple(getattr(torch, d) for d in DTYPES):
-        return
-    raise AdapterError(f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPES)} (or None for each model "
-                       f"card's dtype)")
-
-
-def check_device(device: Any) -> None:
-    """Refuse a device this machine does not have, before any model is loaded."""
-    kind = str(device).split(":")[0] if device is not None else None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise AdapterError(f"device={device!r}: no CUDA device is available here (torch {torch.__version__}); use "
-                           f"device='cpu' or None")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise AdapterError(f"device={device!r}: MPS is not available here; use device='cpu' or None")
-
-
-def check_finite_cache(i: int, view: Any) -> Any:
-    """A ``sharer_transform`` that refuses a sharer cache with NaN or infinite values (a model run in a
-    dtype whose range it overflows, e.g. float16 for some models), which would silently spoil answers."""
-    for layer, (k, v) in enumerate(zip(view.keys, view.values)):
-        if not (bool(torch.isfinite(k).all()) and bool(torch.isfinite(v).all())):
-            raise AdapterError(
-                f"sharer {i}'s KV cache holds NaN or infinite values (layer {layer}, dtype {str(k.dtype)[6:]}): the "
-                f"sharer overflows in this dtype. Load the adapter with dtype='float32' (or 'bfloat16' on hardware "
-                f"that supports it)"
-            )
-    return view
-
-
-def _as_loaded(model: Any, default: str, dtype) -> LoadedModel:
-    if model is None:
-        model = default
-    if isinstance(model, LoadedModel):
-        return model
-    if isinstance(model, tuple) and len(model) == 2:
-        return LoadedModel(name=getattr(model[0], "name_or_path", "model"), model=model[0], tokenizer=model[1],
-                           card=None, path="")
-    return load_model(model, dtype=dtype)
-
-
-def check_fingerprint(role: str, expected: dict, lm: LoadedModel) -> None:
-    got = fingerprint(lm.model, lm.tokenizer)
-    want = expected.get("fingerprint", {})
-    if got != want:
-        raise AdapterError(
-            f"this adapter was trained for {role} {expected.get('name')!r} with fingerprint {want}, but the "
-            f"{role} given ({lm.name!r}) has fingerprint {got}. Load the adapter with the models it was "
-            f"trained for (or pass check_fingerprints=False if you know the models are equivalent)."
-        )
 
 
 @dataclass
@@ -219,33 +162,9 @@ class Adapter(CrossContextMixin):
         return texts[0] if single else texts
 
 
-def load_adapter(path: str | Path, *, sharer: Any = None, receiver: Any = None, device: str | None = None,
-                 dtype: str | None = None, check_fingerprints: bool = True, with_sharer: bool = True,
-                 with_receiver: bool = True) -> Adapter:
-    """Load an exported adapter. ``sharer``/``receiver``: a model spec (card name, local dir, hub id),
-    a ``LoadedModel``, a ``(model, tokenizer)`` tuple, or None for the models named in the adapter.
-    ``with_sharer=False`` skips the sharer (a process that only receives latent messages);
-    ``with_receiver=False`` the receiver model (a process that only sends per-token messages).
-    Per-token adapters (:mod:`lcf.runtime.token_kv`) load as a
-    :class:`~lcf.runtime.token_adapter.TokenAdapter` with the same ``send`` / ``receive``."""
-    check_dtype(dtype)
-    check_device(device)
-    folder = Path(path)
-    cfg = read_config(folder)
-    module, _, name = LOADERS[adapter_kind(cfg["translator"]["type"])].partition(":")
-    loader = getattr(importlib.import_module(module), name)
-    return loader(folder, cfg, sharer=sharer, receiver=receiver, device=device, dtype=dtype,
-                  check_fingerprints=check_fingerprints, with_sharer=with_sharer, with_receiver=with_receiver)
-
-
-#: adapter kind (lcf.runtime.kinds) -> "module:function" that loads such a folder
-LOADERS: dict[str, str] = {FUSED: "lcf.runtime.adapter:load_fused_adapter",
-                           PER_TOKEN: "lcf.runtime.token_adapter:load_token_adapter"}
-
-
 def load_fused_adapter(folder: Path, cfg: dict[str, Any], *, sharer: Any, receiver: Any, device: str | None,
                        dtype: str | None, check_fingerprints: bool, with_sharer: bool, with_receiver: bool) -> Adapter:
-    """:func:`load_adapter` for adapters that fuse the sharer's cache into the receiver's (the default kind)."""
+    """:func:`lcf.runtime.load_adapter` for adapters that fuse the sharer's cache into the receiver's (the default kind)."""
     if not with_receiver:
         raise AdapterError(f"{folder}: with_receiver=False is only for per-token adapters; this one fuses into the "
                            f"receiver's cache, so it needs the receiver")
@@ -261,8 +180,8 @@ def load_fused_adapter(folder: Path, cfg: dict[str, Any], *, sharer: Any, receiv
         raise AdapterError(f"{folder}: with_sharer=False only makes sense for cross-context adapters (with a "
                            f"compressor); this adapter needs the sharer's cache of every prompt")
     given = list(sharer) if isinstance(sharer, list) else [sharer]  # several sharers: a list, one spec each
-    s = _as_loaded(given[0], cfg["sharer"]["name"], dtype) if with_sharer else None
-    r = _as_loaded(receiver, cfg["receiver"]["name"], dtype)
+    s = as_loaded(given[0], cfg["sharer"]["name"], dtype) if with_sharer else None
+    r = as_loaded(receiver, cfg["receiver"]["name"], dtype)
     if check_fingerprints:
         if s is not None:
             check_fingerprint("sharer", cfg["sharer"], s)
@@ -285,7 +204,7 @@ def _more_sharers(entries: list[dict], states: list[dict], given: list, dtype, c
                            f"(or None for the models it names), got {len(given)}")
     out = []
     for i, entry in enumerate(entries[1:], start=1):
-        lm = _as_loaded(given[i] if len(given) > 1 else None, entry["sharer"]["name"], dtype)
+        lm = as_loaded(given[i] if len(given) > 1 else None, entry["sharer"]["name"], dtype)
         if check:
             check_fingerprint(f"sharer {i}", entry["sharer"], lm)
         aligner = token_aligners.build(entry.get("token_alignment") or {"type": "maximal_coverage"},

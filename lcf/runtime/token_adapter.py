@@ -182,8 +182,8 @@ def load_token_adapter(folder: Path, cfg: dict[str, Any], *, sharer: Any, receiv
     """:func:`lcf.runtime.load_adapter` for per-token adapters (strict about tensors and models)."""
     from lcf.models.fingerprint import tokenizer_fingerprint
     from lcf.models.loading import load_tokenizer
-    from lcf.runtime.adapter import _as_loaded, check_fingerprint
     from lcf.runtime.format import load_weights
+    from lcf.runtime.models import as_loaded, check_fingerprint
 
     low = LowRank.from_state(load_weights(folder), str(folder / WEIGHTS_NAME))
     shapes = cfg.get("shapes") or {}
@@ -193,8 +193,8 @@ def load_token_adapter(folder: Path, cfg: dict[str, Any], *, sharer: Any, receiv
                            f"{shapes}, args {cfg['translator'].get('args')}); re-export the adapter")
     if not (with_sharer or with_receiver):
         raise AdapterError("with_sharer=False and with_receiver=False leave nothing to run; keep one side")
-    s = _as_loaded(sharer, cfg["sharer"]["name"], dtype) if with_sharer else None
-    r = _as_loaded(receiver, cfg["receiver"]["name"], dtype) if with_receiver else None
+    s = as_loaded(sharer, cfg["sharer"]["name"], dtype) if with_sharer else None
+    r = as_loaded(receiver, cfg["receiver"]["name"], dtype) if with_receiver else None
     r_tok = r.tokenizer if r is not None else load_tokenizer(cfg["receiver"]["name"])
     if check_fingerprints:
         if s is not None:

@@ -20,6 +20,7 @@ from lcf.errors import LCFError
 from lcf.models.kv import cat_views
 from lcf.runtime.format import WEIGHTS_NAME, file_fingerprint
 from lcf.runtime.messages import LatentMessage, MessageError
+from lcf.runtime.models import check_finite_cache
 
 
 class CrossContextMixin:
@@ -128,8 +129,6 @@ class CrossContextMixin:
 
     def send(self, context: str, *, spans: str | None = None, span_tokens: int | None = None) -> LatentMessage:
         """The latent message of one context: the summary plus a header naming sharer, receiver, adapter."""
-        from lcf.runtime.adapter import check_finite_cache
-
         view = check_finite_cache(0, self.summarise([context], spans=spans, span_tokens=span_tokens))
         header = self.expected_header() | {"summary_len": view.seq_len}
         return LatentMessage.from_view(view, self.compressor.sharer_layers, header)

@@ -18,9 +18,10 @@ import torch
 
 from lcf.config import load_recipe, save_resolved, validate_recipe
 from lcf.data.datamodule import InstructDataModule
+from lcf.models.choices import choice_log_likelihoods, require_choices
 from lcf.models.kv import cache_kwargs, extract_kv
 from lcf.pair import build_pair
-from lcf.training.options import choice_log_likelihoods, option_terms, require_choices
+from lcf.training.options import option_terms
 from lcf.training.run import build_data, build_translator, make_trainer, run_dir_of
 from lcf.training.settings import TrainerSettings
 

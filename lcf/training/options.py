@@ -2,8 +2,8 @@
 
 The usual loss teaches the receiver to write the gold option's text. Multiple choice is scored
 differently: every option's continuation is scored by its log-likelihood and the best one is picked
-(lm-evaluation-harness ``acc``; ``acc_norm`` divides by the option's length in characters). The
-option loss trains exactly that decision::
+(lm-evaluation-harness ``acc``; ``acc_norm`` divides by the option's length in characters; the scores
+come from :func:`lcf.models.choices.choice_log_likelihoods`). The option loss trains exactly that decision::
 
     score_k = sum_t log p(option_k token t | prompt, option_k tokens < t)     (option_score: sum)
     score_k = that sum / len(option_k text in characters)                      (option_score: norm)
@@ -36,50 +36,11 @@ from typing import Literal
 import torch
 
 from lcf.errors import LCFError
-from lcf.models.kv import KVView, cache_kwargs
+from lcf.models.choices import choice_log_likelihoods
+from lcf.models.kv import positions_from_mask, prefill
 
-CHOICE_KEYS = ("choice_ids", "choice_mask", "choice_valid", "choice_gold", "choice_chars")
 SHARER_CHOICE_KEYS = ("sharer_prompt_ids", "sharer_prompt_mask", "sharer_choice_ids", "sharer_choice_mask")
 OptionScore = Literal["norm", "sum"]
-
-
-def require_choices(batch: dict) -> None:
-    missing = [k for k in CHOICE_KEYS if k not in batch]
-    if missing:
-        raise LCFError(
-            f"trainer.option_loss_weight > 0 needs every option of each item in the batch, but the batch lacks "
-            f"{', '.join(missing)}; set `data.choices: true` with `data: {{type: eval_task, format: cloze}}`, or set "
-            f"trainer.option_loss_weight: 0")
-
-
-def repeat_view(view: KVView, k: int) -> KVView:
-    """``view`` with each batch row repeated ``k`` times in place (row b -> rows b*k .. b*k+k-1)."""
-    return KVView([t.repeat_interleave(k, 0) for t in view.keys], [t.repeat_interleave(k, 0) for t in view.values],
-                  view.seq_len, view.specs)
-
-
-def choice_log_likelihoods(model: torch.nn.Module, view: KVView, batch: dict, side: str = "receiver") -> torch.Tensor:
-    """(B, K) summed log-likelihood of each option's tokens after the prompt.
-
-    ``view`` holds the cache of every prompt token but the last (as
-    :meth:`~lcf.communicator.Communicator.fused_prompt_cache` returns it); the last prompt token is
-    run again with each option, as in :meth:`~lcf.communicator.Communicator.continue_logits`.
-    ``side="sharer"``: the sharer's prompt and option tokens (``model`` is then the sharer)."""
-    require_choices(batch)
-    prefix = "" if side == "receiver" else f"{side}_"
-    p_ids, p_mask = batch[f"{side}_prompt_ids"], batch[f"{side}_prompt_mask"]
-    c_ids, c_mask = batch[f"{prefix}choice_ids"], batch[f"{prefix}choice_mask"]
-    b, k, length = c_ids.shape
-    inp = torch.cat([p_ids[:, -1:].repeat_interleave(k, 0), c_ids.reshape(b * k, length)], dim=1)
-    attn = torch.cat([p_mask.repeat_interleave(k, 0), c_mask.reshape(b * k, length)], dim=1)
-    start = p_mask.long().sum(-1, keepdim=True).repeat_interleave(k, 0) - 1
-    pos = start + torch.arange(length + 1, device=inp.device)
-    owner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT-wrapped receiver
-    cache = cache_kwargs(owner, repeat_view(view, k).to_cache(owner))
-    logits = model(input_ids=inp, attention_mask=attn, position_ids=pos, use_cache=True, **cache).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    token_ll = logp.gather(-1, c_ids.reshape(b * k, length, 1)).squeeze(-1)
-    return (token_ll * c_mask.reshape(b * k, length)).sum(-1).view(b, k)
 
 
 def option_scores(ll: torch.Tensor, batch: dict, score: OptionScore = "norm") -> torch.Tensor:
@@ -108,9 +69,6 @@ def sharer_choice_log_likelihoods(sharer: torch.nn.Module, batch: dict) -> torch
         raise LCFError(f"trainer.sharer_option_weight > 0 needs the options in the sharer's tokens, but the batch "
                        f"lacks {', '.join(missing)}; use `data: {{type: eval_task, format: cloze, choices: true}}` "
                        f"with a token-aligned sharer, or set trainer.sharer_option_weight: 0")
-    from lcf.communicator import positions_from_mask  # lcf.communicator imports this module
-    from lcf.models.kv import prefill
-
     ids, mask = batch["sharer_prompt_ids"][:, :-1], batch["sharer_prompt_mask"][:, :-1]
     view = prefill(sharer, ids, attention_mask=mask, position_ids=positions_from_mask(mask))
     return choice_log_likelihoods(sharer, view, batch, side="sharer")
