@@ -108,7 +108,7 @@ class CharTokenizer:
 def test_eval_task_choices_become_padded_option_tensors(mix_root, monkeypatch):  # noqa: F811
     import lcf.data.task_data as td
 
-    monkeypatch.setattr(td, "_build", lambda ex, *a, **k: {
+    monkeypatch.setattr(td, "example_features", lambda ex, *a, **k: {
         "source": ex.source, "index": ex.index, "receiver_prompt_ids": [5, 6], "sharer_prompt_ids": [7],
         "align_index": [0, 0], "align_mask": [False, True], "response_ids": [8]})
     data = build(tasks=[{"name": "arc_easy", "split": "train"}, {"name": "sciq"}], format="cloze", choices=True,

@@ -98,7 +98,7 @@ def task_root_of(mix_root: Path) -> Path:
 def test_weighted_mixture_repeats_rows_and_keeps_validation_apart(mix_root, monkeypatch):
     import lcf.data.task_data as td
 
-    monkeypatch.setattr(td, "_build", lambda ex, *a, **k: {"source": ex.source, "index": ex.index})
+    monkeypatch.setattr(td, "example_features", lambda ex, *a, **k: {"source": ex.source, "index": ex.index})
     tasks = [{"name": "arc_easy", "split": "train", "weight": 2}, {"name": "openbookqa", "split": "train"},
              {"name": "sciq", "weight": 0.5}]
     data = build(tasks=tasks, format="cloze", data_root=str(mix_root), val_size=3, seed=1)

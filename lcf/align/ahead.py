@@ -17,12 +17,10 @@ Positions without a counterpart stay masked; ``coverage`` keeps describing the p
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from lcf.align.tokens import TokenAlignment
+from lcf.align.alignment import TokenAlignment
 
 
 def read_ahead(alignment: TokenAlignment, n: int) -> TokenAlignment:

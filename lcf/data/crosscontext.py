@@ -65,7 +65,7 @@ def receiver_message(question: str, receiver_context: str = "") -> str:
     return f"{head}Question: {question.strip()}\nAnswer with a short phrase."
 
 
-def _encode_prompt(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]], list[bool]]:
+def encode_prompt(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]], list[bool]]:
     """Token ids, offsets and special flags of a formatted prompt (BOS added unless already there)."""
     ids, offsets, special = encode_with_offsets(tokenizer, text, auto_special_tokens(tokenizer, text))
     return ids.tolist(), [(int(a), int(b)) for a, b in offsets], special.tolist()
@@ -92,7 +92,7 @@ def sharer_features(
             f"examples need a non-empty sharer_context (drop such rows, or give the context to the sharer)"
         )
     prompt = format_messages(sharer_tokenizer, [{"role": "user", "content": context}], template)
-    ids, offsets, special = _encode_prompt(sharer_tokenizer, prompt.text)
+    ids, offsets, special = encode_prompt(sharer_tokenizer, prompt.text)
     if max_tokens is not None and len(ids) > max_tokens:
         raise ContextTooLongError(
             f"the sharer prompt of this context has {len(ids)} tokens ({len(context)} characters) with "
@@ -113,7 +113,7 @@ def _receiver_prompt(tokenizer: Any, question: str, receiver_context: str,
         )
     messages = [{"role": "user", "content": receiver_message(question, receiver_context)}]
     text = format_messages(tokenizer, messages, template).text
-    ids, _, _ = _encode_prompt(tokenizer, text)
+    ids, _, _ = encode_prompt(tokenizer, text)
     return messages, text, ids
 
 

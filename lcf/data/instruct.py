@@ -213,13 +213,15 @@ def build_features(
     Filtered: a receiver or sharer prompt longer than ``max_prompt_tokens``, or an empty response.
     Responses are truncated to ``max_response_tokens`` (end-of-turn included).
     """
-    out = _build(example, receiver_tokenizer, sharer_tokenizer, aligner, receiver_template=receiver_template,
-                 sharer_template=sharer_template, max_prompt_tokens=max_prompt_tokens,
-                 max_response_tokens=max_response_tokens)
+    out = example_features(example, receiver_tokenizer, sharer_tokenizer, aligner,
+                           receiver_template=receiver_template, sharer_template=sharer_template,
+                           max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens)
     return out if isinstance(out, dict) else None
 
 
-def _build(example: InstructExample, *args: Any, **kwargs: Any) -> dict[str, Any] | str:
+def example_features(example: InstructExample, *args: Any, **kwargs: Any) -> dict[str, Any] | str:
+    """Features of ``example`` (arguments as :func:`build_features`), or the reason it is filtered out;
+    an error names the example's source row."""
     try:
         out = featurize(example.messages(), example.response, *args, **kwargs)
     except LCFError as exc:
@@ -329,7 +331,7 @@ class InstructData:
         pos = 0
         for split, want in zip(splits, wanted):
             while pos < len(order) and (want is None or len(split) < want):
-                out = _build(rows[order[pos]], receiver_tokenizer, sharer_tokenizer, aligner, **kwargs)
+                out = example_features(rows[order[pos]], receiver_tokenizer, sharer_tokenizer, aligner, **kwargs)
                 pos += 1
                 if isinstance(out, dict):
                     split.append(out)

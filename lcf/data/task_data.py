@@ -29,7 +29,7 @@ import random
 from collections import Counter
 from typing import Any, Literal
 
-from lcf.data.instruct import InstructData, InstructExample, _build
+from lcf.data.instruct import InstructData, InstructExample, example_features
 from lcf.data.rows import DataError
 from lcf.errors import suggest
 from lcf.registry import datasets
@@ -191,7 +191,7 @@ class EvalTaskData(InstructData):
 
         def feature(i: int) -> dict | None:
             if i not in built:
-                built[i] = _build(rows[i], receiver_tokenizer, sharer_tokenizer, aligner, **kwargs)
+                built[i] = example_features(rows[i], receiver_tokenizer, sharer_tokenizer, aligner, **kwargs)
                 if not isinstance(built[i], dict):
                     dropped[built[i]] += 1  # type: ignore[index]
                 elif self.choices:

@@ -50,7 +50,7 @@ def context_span(tokenizer: Any, question: str, context: str, template: str = "a
     """Tokenize the receiver's ``receiver + full context`` prompt and locate the context's tokens in it.
     ``receiver_context`` (text the receiver holds itself) comes first, then ``context``, then the question."""
     from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import _encode_prompt, receiver_message
+    from lcf.data.crosscontext import encode_prompt, receiver_message
 
     context, own = context.strip(), receiver_context.strip()
     message = receiver_message(question, f"{own}\n\n{context}" if own else context)
@@ -61,7 +61,7 @@ def context_span(tokenizer: Any, question: str, context: str, template: str = "a
                        "rewrite it?); per-token rows need the context's own tokens in the prompt")
     start = at + (len(own) + 2 if own else 0)
     end = start + len(context)
-    ids, offsets, special = _encode_prompt(tokenizer, text)
+    ids, offsets, special = encode_prompt(tokenizer, text)
     inside = [i for i, (s, e) in enumerate(offsets) if not special[i] and e > s and s < end and e > start]
     a, b = inside[0], inside[-1] + 1
     if b >= len(ids):
@@ -99,11 +99,11 @@ def question_only(model: Any, tokenizer: Any, question: str, own_context: str = 
     """The receiver's prompt of ``question`` after the text it holds itself (no sharer context), prefilled but
     for its last token: (cache, start of the tail, tail), ready for :func:`greedy`."""
     from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import _encode_prompt, receiver_message
+    from lcf.data.crosscontext import encode_prompt, receiver_message
 
     text = format_messages(tokenizer, [{"role": "user", "content": receiver_message(question, own_context)}],
                            template).text
-    ids = torch.tensor([_encode_prompt(tokenizer, text)[0]], device=model.device)
+    ids = torch.tensor([encode_prompt(tokenizer, text)[0]], device=model.device)
     return prefill(model, ids[:, :-1]), ids.shape[1] - 1, ids[0, -1:]
 
 
@@ -127,11 +127,11 @@ def sharer_rows(sharer: Any, sharer_tokenizer: Any, rope: Rope, receiver_tokeniz
     every position's K/V is kept (:func:`prefill_every_position`)."""
     from lcf.align.templates import format_messages
     from lcf.align.tokens import align_texts, auto_special_tokens
-    from lcf.data.crosscontext import _encode_prompt
+    from lcf.data.crosscontext import encode_prompt
 
     rt, st, body = receiver_tokenizer, sharer_tokenizer, context.strip()
     s_text = format_messages(st, [{"role": "user", "content": context}], sharer_template).text
-    s_ids = _encode_prompt(st, s_text)[0]
+    s_ids = encode_prompt(st, s_text)[0]
     al = align_texts(rt, st, span.text, s_text, segments=[(span.start, s_text.find(body), len(body))],
                      add_special_tokens=(auto_special_tokens(rt, span.text), auto_special_tokens(st, s_text)))
     if len(al) != len(span.ids) or not bool(al.mask[span.a:span.b].all()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,16 @@ def build_token_map(recipe: dict[str, Any], pair: Any) -> Any:
     return translators.build(recipe["translator"], "translator", shapes=shapes)
 
 
-def train_token_map(recipe: dict[str, Any], cfg: Any, recipe_path: str | Path, settings: TrainerSettings, out: Path,
-                    *, resume: bool) -> Path:
+def train_token_map(recipe: dict[str, Any], recipe_path: str | Path, settings: TrainerSettings, out: Path, *,
+                    resume: bool, data: Any, new_trainer: Callable[[], Any]) -> Path:
+    """Train the recipe's map into ``out``: ``data`` is the recipe's dataset, ``new_trainer()`` the run's
+    Lightning Trainer (checkpoints, resume, loggers) as :func:`lcf.training.run.train` sets it up."""
     from lcf.pair import build_pair
     from lcf.token_map.data import TokenRowsDataModule
     from lcf.token_map.init import initialise
     from lcf.token_map.losses import loss_weights
     from lcf.token_map.module import TokenMapModule
     from lcf.token_map.rows import TokenRows
-    from lcf.training.run import _callbacks, _SaveRecipe, build_data, make_trainer
 
     if not recipe.get("init") and not resume:
         raise RecipeError("init: a token_map starts from a fitted map; add `init: {type: ridge, fit: [...]}` or "
@@ -42,7 +44,6 @@ def train_token_map(recipe: dict[str, Any], cfg: Any, recipe_path: str | Path, s
     t0 = time.perf_counter()
     pair = build_pair(recipe, dtype=settings.model_dtype)
     translator = build_token_map(recipe, pair)
-    data = build_data(recipe)
     rows = TokenRows(pair.receiver.model, pair.receiver.tokenizer, pair.sharer.model, pair.sharer.tokenizer,
                      template=getattr(data, "receiver_template", "auto"),
                      sharer_template=getattr(data, "sharer_template", "auto"))
@@ -56,7 +57,7 @@ def train_token_map(recipe: dict[str, Any], cfg: Any, recipe_path: str | Path, s
                             loss_weights(recipe.get("losses")))
     module.set_variance(dm.receiver_variance(translator.y_mean))
     prepared = time.perf_counter() - t0
-    trainer = make_trainer(settings, out, resume=resume, callbacks=[*_callbacks(settings, out), _SaveRecipe(cfg, out)])
+    trainer = new_trainer()
     last = out / "ckpt" / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:

@@ -196,10 +196,14 @@ def _train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume
     L.seed_everything(int(recipe.get("seed", 0)), workers=True, verbose=False)
     from lcf.runtime.kinds import PER_TOKEN, adapter_kind
 
+    def new_trainer() -> L.Trainer:  # checkpoints, resume, loggers, and the resolved recipe saved from rank 0
+        return make_trainer(settings, out, resume=resume, callbacks=[*_callbacks(settings, out), _SaveRecipe(cfg, out)])
+
     if recipe.get("translator") and adapter_kind(recipe["translator"]["type"]) == PER_TOKEN:
         from lcf.token_map.train import train_token_map  # per-token rows, not a fused cache edit
 
-        return train_token_map(recipe, cfg, recipe_path, settings, out, resume=resume)
+        return train_token_map(recipe, recipe_path, settings, out, resume=resume, data=build_data(recipe),
+                               new_trainer=new_trainer)
     t0 = time.perf_counter()
     if has_several(recipe):  # `sharers:` list: one pair (sharer, layer map, aligner) and translator per sharer
         pairs = build_pairs(recipe, dtype=settings.model_dtype)
@@ -240,7 +244,7 @@ def _train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume
     # counted before ZeRO-3 may partition the parameters
     num_parameters = (sum(t.num_parameters() for t in all_translators)
                       + (compressor.num_parameters() if compressor is not None else 0))
-    trainer = make_trainer(settings, out, resume=resume, callbacks=[*_callbacks(settings, out), _SaveRecipe(cfg, out)])
+    trainer = new_trainer()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
