@@ -20,9 +20,10 @@ import logging
 import sys
 from pathlib import Path
 
-from lcf.errors import LCFError
-
 from lcf.cli.choices import MC_FORMAT_CHOICES, SYSTEM_CHOICES, XC_SYSTEM_CHOICES
+from lcf.cli.extras import missing_extra_line
+from lcf.cli.quiet import quiet_third_party
+from lcf.errors import LCFError
 
 
 def _console():
@@ -342,11 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
     _split_overrides(args)
     try:
         return args.fn(args)
     except LCFError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # an optional dependency this command needs: name the extra that installs it
+        line = missing_extra_line(exc, args.command)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError) as exc:  # file-system faults: one line naming the path and the fix
         from lcf.paths import as_os_error, os_error_line

@@ -13,6 +13,7 @@ read that checkpoint and take seconds instead of a minute of GGUF dequantization
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -143,6 +144,9 @@ def prepare(name: str, *, force: bool = False, verify: bool = True) -> Path:
     out = prepared_dir(card)
     if is_prepared(card) and not force:
         return out
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"{name!r} comes as a GGUF file, and converting it once into the cache needs the gguf "
+                             f"package, which is not installed; install it with: pip install 'lcf[gguf]'")
     gguf = gguf_file(card)
     dtype = getattr(torch, card.dtype)
     log.info("preparing %s from %s (one-time GGUF dequantization)", name, gguf)
