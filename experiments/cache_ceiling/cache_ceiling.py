@@ -211,7 +211,7 @@ def run(model: Any, tokenizer: Any, items: Sequence[Any], methods: Sequence[str]
         ) -> dict[str, Any]:
     """Scores and predictions per method, in the layout of ``lcf eval-xc``'s results."""
     from lcf.eval.crosscontext import contains_rate
-    from lcf.eval.harness import _first_line
+    from lcf.eval.harness import first_line
     from lcf.eval.metrics import squad_scores
 
     bad = [m for m in methods if not valid_method(m)]
@@ -241,7 +241,7 @@ def run(model: Any, tokenizer: Any, items: Sequence[Any], methods: Sequence[str]
                 tails = [t[-1:] for t in tails]
             new = greedy(model, [v for v, _ in made], tails, [s for _, s in made], max_new_tokens, stop)
             texts += [tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
-        preds = [_first_line(t) for t in texts]
+        preds = [first_line(t) for t in texts]
         scores = squad_scores(preds, golds) | {"contains": contains_rate(texts, golds),
                                                "slots": sum(slots) / len(slots)}
         if any(it.distractors for it in items):

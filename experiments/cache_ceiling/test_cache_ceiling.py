@@ -27,10 +27,10 @@ def setup(real_receiver_tokenizer):
 
 def _full_prompt_logits(model, tok, question, context):
     from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import _encode_prompt, receiver_message
+    from lcf.data.crosscontext import encode_prompt, receiver_message
 
     text = format_messages(tok, [{"role": "user", "content": receiver_message(question, context)}]).text
-    ids = torch.tensor([_encode_prompt(tok, text)[0]])
+    ids = torch.tensor([encode_prompt(tok, text)[0]])
     return model(input_ids=ids).logits[0]
 
 
@@ -49,10 +49,10 @@ def test_context_span_and_text_method_equal_the_full_prompt(setup):
     full = _full_prompt_logits(model, tok, QUESTION, CONTEXT)
     assert p.b + len(p.tail) == full.shape[0]
     from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import _encode_prompt, receiver_message
+    from lcf.data.crosscontext import encode_prompt, receiver_message
 
     text = format_messages(tok, [{"role": "user", "content": receiver_message(QUESTION, CONTEXT)}]).text
-    ids = _encode_prompt(tok, text)[0]
+    ids = encode_prompt(tok, text)[0]
     assert tok.decode(ids[p.a:p.b]).strip() == CONTEXT
     for method in ("text", "mean-1", "rmean-1", "last-1"):
         view, start = cc.compress(p, method, rope=cc.rotary(model))
@@ -135,7 +135,7 @@ def test_mismatched_uses_the_other_items_context_and_tail_positions(setup):
 def test_late_question_is_computed_without_the_context(setup):
     """late-M: the question's K/V equal a pass over the whole prompt with the context masked out."""
     from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import _encode_prompt, receiver_message
+    from lcf.data.crosscontext import encode_prompt, receiver_message
     from transformers import DynamicCache
 
     from lcf.models.kv import cache_kwargs, extract_kv
@@ -145,7 +145,7 @@ def test_late_question_is_computed_without_the_context(setup):
     late = cc.late_tail(model, p)
     assert late.seq_len == len(p.tail) - 1
     text = format_messages(tok, [{"role": "user", "content": receiver_message(QUESTION, CONTEXT)}]).text
-    ids = torch.tensor([_encode_prompt(tok, text)[0][:-1]])
+    ids = torch.tensor([encode_prompt(tok, text)[0][:-1]])
     mask = torch.ones_like(ids)
     mask[:, p.a:p.b] = 0
     cache = DynamicCache(config=model.config)

@@ -86,7 +86,7 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
     :class:`Ridge` or ``lcf.eval.kv_tune.LowRank`` (callable on sharer rows, with ``y_mean``). Items are read
     ``batch_size`` at a time (two batches' rows in memory at most), so long contexts fit."""
     from lcf.eval.crosscontext import contains_rate
-    from lcf.eval.harness import _first_line
+    from lcf.eval.harness import first_line
     from lcf.eval.metrics import squad_scores
 
     bad = [m for m in methods if m not in METHODS + QUANTIZED]
@@ -124,7 +124,7 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
     res: dict[str, Any] = {"n": n, "item_ids": [it.id for it in items], "scores": {}, "predictions": {}}
     golds = [it.answers for it in items]
     for method in methods:
-        preds = [_first_line(t) for t in texts[method]]
+        preds = [first_line(t) for t in texts[method]]
         scores = squad_scores(preds, golds) | {"contains": contains_rate(texts[method], golds),
                                                "slots": sum(tokens) / n}
         if sent[method]:
