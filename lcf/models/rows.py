@@ -3,9 +3,9 @@ layer, and greedy decoding on top of a cache assembled by hand.
 
 These are the pieces shared by ``lcf.token_map`` (the sharer's cache, translated token by token), the
 runtime of per-token messages (``lcf.runtime.token_kv``) and the experiments that led to them
-(``experiments/cache_ceiling``: the receiver's own cache, compressed). One row holds one token's keys (rotary phase undone) and values of
-every layer, heads flattened: ``sum over layers of 2 * kv_heads * head_dim`` numbers. Needs only torch
-and transformers.
+(``experiments/cache_ceiling``: the receiver's own cache, compressed). One row holds one token's keys
+(rotary phase undone) and values of every layer, heads flattened: ``sum over layers of 2 * kv_heads *
+head_dim`` numbers. Needs only torch and transformers.
 """
 from __future__ import annotations
 
