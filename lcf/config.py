@@ -45,9 +45,10 @@ WHOLE_SECTIONS = ("init",)
 # plain sections validated by a dataclass (registered by the modules that own them)
 SETTINGS_SECTIONS: dict[str, str] = {"trainer": "lcf.training.settings:TrainerSettings"}  # section -> "module:Class"
 # sections of the per-token map (translator type token_map), each checked by a function "module:function"
-METHOD_SECTIONS: dict[str, str] = {"init": "lcf.token_map.init:check_init", "losses": "lcf.token_map.losses:loss_weights"}
+METHOD_SECTIONS: dict[str, str] = {"init": "lcf.token_map.init:check_init"}
+# `losses:` (a list of loss components, lcf.training.loss) is checked against the recipe's trainer and data
 PLAIN_KEYS = {"defaults", "imports", "name", "description", "seed", "data_root", "output_dir", "pair", "sharer", "receiver",
-              "sharers"}  # sharers: a list of sharers, each with its sections (lcf.several)
+              "sharers", "losses"}  # sharers: a list of sharers, each with its sections (lcf.several)
 
 
 def _load_file(path: Path, stack: tuple[Path, ...]) -> DictConfig:
@@ -84,6 +85,9 @@ def merge_layers(base: DictConfig, top: DictConfig) -> DictConfig:
         if isinstance(old, DictConfig) and isinstance(new, DictConfig) and "type" in new and "type" in old \
                 and new.type != old.type:
             del base[name]
+    old, new = base.get("losses"), top.get("losses")  # a list of components; an earlier recipe's mapping is refused
+    if old is not None and new is not None and isinstance(old, ListConfig) != isinstance(new, ListConfig):
+        del base["losses"]  # lists replace each other anyway; a mapping cannot merge into a list
     for name in WHOLE_SECTIONS:  # a layer that switches such a section's form replaces it
         old, new = base.get(name), top.get(name)
         if isinstance(old, DictConfig) and isinstance(new, DictConfig) and \
@@ -222,7 +226,7 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
     if not problems:  # depths are only meaningful once the models and the layer map are valid
         attempt(_check_layer_map_depths, data)
         attempt(_check_span_scheme, data)
-        attempt(_check_contrast, data)
+    attempt(_check_losses, data)
     attempt(_check_finite, data)
     attempt(check_sharers, data, check_model=_check_model_spec, check_depths=_check_layer_map_depths,
             check_component=lambda kind, spec, path: get_registry(kind).check(
@@ -247,7 +251,7 @@ def _check_finite(data: dict) -> None:
 
 
 def _check_method_sections(data: dict) -> None:
-    """``init:`` / ``losses:`` belong to a per-token translator (``adapter_kind = "per_token"``), which checks them."""
+    """``init:`` belongs to a per-token translator (``adapter_kind = "per_token"``), which checks them."""
     import importlib
 
     from lcf.runtime.kinds import PER_TOKEN, adapter_kind
@@ -271,6 +275,10 @@ def _check_settings(section: str, cls: type, values: Any) -> None:
 
     if not isinstance(values, dict):
         raise RecipeError(f"{section}: expected a mapping of settings, got {values!r}")
+    moved = [key for key in values if key in getattr(cls, "MOVED", {})]
+    if moved:  # keys of earlier recipes: one line each, saying the new form
+        lines = [f"{section}.{key} moved: " + cls.MOVED[key].replace("W", str(values[key])) for key in moved]
+        raise RecipeError("\n".join(lines))
     check_arguments(cls, values, section)
     try:
         cls(**values)
@@ -307,15 +315,11 @@ def _span_scheme(kind: str, spec: Any) -> tuple[Any, Any] | None:
     return spec.get("spans", default["spans"]), spec.get("span_tokens", default["span_tokens"])
 
 
-def _check_contrast(data: dict) -> None:
-    """``trainer.contrast_weight`` swaps in another item's token-aligned sharer cache: one sharer, no compressor."""
-    trainer = data.get("trainer") or {}
-    if not (isinstance(trainer, dict) and (trainer.get("contrast_weight") or 0) > 0):
-        return
-    if data.get("compressor") is not None or data.get("sharers"):
-        what = "a compressor (cross-context)" if data.get("compressor") is not None else "a `sharers:` list"
-        raise RecipeError(f"trainer.contrast_weight > 0 compares one token-aligned sharer's caches, but this recipe "
-                          f"has {what}; set trainer.contrast_weight: 0")
+def _check_losses(data: dict) -> None:
+    """``losses:`` (or its default): known components, their arguments, and what each needs of the recipe."""
+    from lcf.training.loss import check_losses
+
+    check_losses(data)
 
 
 def _check_span_scheme(data: dict) -> None:

@@ -30,8 +30,10 @@ _MISSING = inspect.Parameter.empty
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, builtin_modules: tuple[str, ...] = (), base: type | None = None):
+    def __init__(self, kind: str, builtin_modules: tuple[str, ...] = (), base: type | None = None,
+                 singular: str | None = None):
         self.kind = kind
+        self.singular = singular or kind[:-1]  # "losses" -> "loss", not "losse"
         self.entry_point_group = f"lcf.{kind}"
         self._builtin_modules = builtin_modules
         self._base = base
@@ -55,7 +57,7 @@ class Registry(Generic[T]):
         if self._base is not None and inspect.isclass(obj) and not issubclass(obj, self._base):
             raise RegistryError(
                 f"{self.kind}: {_qualname(obj)} registered as {name!r} must subclass "
-                f"{_qualname(self._base)}; derive from it (or from a registered {self.kind[:-1]})."
+                f"{_qualname(self._base)}; derive from it (or from a registered {self.singular})."
             )
         old = self._items.get(name)
         if old is not None and old is not obj and not override:
@@ -121,7 +123,7 @@ class Registry(Generic[T]):
             return self._import_path(name)
         known = sorted(self._items)
         raise RegistryError(
-            f"unknown {self.kind[:-1]} {name!r}.{suggest(name, known)} Registered {self.kind}: "
+            f"unknown {self.singular} {name!r}.{suggest(name, known)} Registered {self.kind}: "
             f"{', '.join(known) or '(none)'}. Register one with @lcf.registry.{self.kind}.register(...) "
             f"or give a dotted import path such as 'my_pkg.module.MyClass'."
         )
@@ -151,7 +153,7 @@ class Registry(Generic[T]):
         """Validate ``spec`` (``{'type': name, **kwargs}``) without building; return (cls, kwargs)."""
         if not isinstance(spec, Mapping):
             raise RecipeError(
-                f"{path}: expected a mapping with a 'type' key naming a {self.kind[:-1]}, got {spec!r}"
+                f"{path}: expected a mapping with a 'type' key naming a {self.singular}, got {spec!r}"
             )
         if "type" not in spec:
             raise RecipeError(
@@ -170,7 +172,7 @@ class Registry(Generic[T]):
 
     def build(self, spec: Mapping[str, Any], path: str | None = None, **extra) -> T:
         """Build a component from ``spec``; ``extra`` are arguments the caller supplies (sizes, ...)."""
-        path = path or self.kind[:-1]
+        path = path or self.singular
         cls, kwargs = self.check(spec, path, extra=extra)
         try:
             return cls(**kwargs, **extra)
@@ -285,9 +287,11 @@ token_aligners: Registry = Registry("token_aligners", ("lcf.align.tokens",))
 datasets: Registry = Registry("datasets", ("lcf.data.instruct", "lcf.data.task_data", "lcf.data.fact_transfer",
                                            "lcf.data.xc_qa", "lcf.data.chat_hub", "lcf.data.xc_mix"))
 tasks: Registry = Registry("tasks", ("lcf.eval.tasks",))
+# loss terms of a recipe's `losses:` list (lcf.training.loss.Loss subclasses; checked when a recipe builds them)
+losses: Registry = Registry("losses", ("lcf.training.loss_terms", "lcf.token_map.losses"), singular="loss")
 
 REGISTRIES: dict[str, Registry] = {
-    r.kind: r for r in (translators, compressors, layer_maps, token_aligners, datasets, tasks)
+    r.kind: r for r in (translators, compressors, layer_maps, token_aligners, datasets, tasks, losses)
 }
 
 

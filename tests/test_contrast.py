@@ -8,6 +8,7 @@ from lcf.data.features import collate_prompts
 from lcf.errors import LCFError
 from lcf.eval.controls import control_features
 from lcf.training.contrast import contrast_loss, mismatched_batch, option_ce_per_item
+from lcf.training.loss_terms import Contrast, OptionCE, ResponseCE
 from lcf.training.module import LCFModule
 from lcf.training.settings import TrainerSettings
 from tests.test_communicator import make_batch, make_comm
@@ -50,27 +51,37 @@ def test_contrast_loss_is_a_hinge_on_the_gap():
     assert logs["contrast_own_better"] == 0.5 and torch.allclose(logs["contrast_gap"], gap.mean())
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # steps called without a Trainer
 def test_training_step_adds_the_term_with_translator_gradients():
     torch.manual_seed(0)
     comm = make_comm().train()
     batch = with_choices(make_batch())
-    settings = TrainerSettings(max_steps=4, option_loss_weight=1.0, contrast_weight=1.0, contrast_margin=5.0)
-    module = LCFModule(comm, settings)
-    contrast = module._contrast(comm(batch, choices=True), batch)
+    settings = TrainerSettings(max_steps=4)
+    term = Contrast(weight=1.0, margin=5.0)
+    module = LCFModule(comm, settings, [ResponseCE(), OptionCE(), term])
+    contrast, logs = term(module, comm(batch, choices=True), batch)
+    assert set(logs) == {"contrast_gap", "contrast_own_better"}
     assert contrast > 0  # a margin of 5 nats is not met by an untrained translator
     contrast.backward()
     grads = [p.grad for p in comm.translators[0].parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
-    plain = LCFModule(comm, TrainerSettings(max_steps=4, option_loss_weight=1.0))
+    plain = LCFModule(comm, settings, [ResponseCE(), OptionCE()])
     assert module.training_step(batch, 0) > plain.training_step(batch, 0)
 
 
 def test_contrast_settings_are_validated():
-    with pytest.raises(ValueError, match="contrast_weight must be >= 0"):
-        TrainerSettings(contrast_weight=-1)
-    with pytest.raises(ValueError, match="contrast_margin must be >= 0"):
-        TrainerSettings(contrast_margin=-0.1)
-    assert TrainerSettings(contrast_weight=0.5).uses_choices
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        Contrast(weight=-1)
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        Contrast(margin=-0.1)
+    assert Contrast(weight=0.5).needs_choices and not Contrast.in_validation
+
+
+def test_contrast_needs_one_token_aligned_sharer_at_run_time():
+    term = Contrast()
+    module = LCFModule(make_comm(n_sharers=2), TrainerSettings(), [ResponseCE(), term])
+    with pytest.raises(LCFError, match="exactly one token-aligned sharer"):  # before any second pass
+        term(module, {"choice_ll": torch.zeros(2, 3)}, with_choices(make_batch()))
 
 
 def test_recipes_that_cannot_contrast_are_refused_at_validation():
@@ -80,9 +91,15 @@ def test_recipes_that_cannot_contrast_are_refused_at_validation():
     def check(path, *overrides):
         return validate_recipe(load_recipe(path, list(overrides)))
 
-    with pytest.raises(RecipeError, match="contrast_weight > 0 compares one token-aligned sharer"):
-        check("recipes/crosscontext.yaml", "trainer.contrast_weight=1")
-    contrast = ("recipes/science_mc_options.yaml", "trainer.contrast_weight=1.0", "token_alignment.read_ahead=1")
+    with pytest.raises(RecipeError, match="contrast .* needs exactly one token-aligned sharer, but this recipe has a "
+                                          "compressor"):
+        check("recipes/crosscontext.yaml", "losses=[{type: response_ce}, {type: contrast, weight: 1}]")
+    with pytest.raises(RecipeError, match="trainer.contrast_weight moved: add `losses: "):
+        check("recipes/science_mc_options.yaml", "trainer.contrast_weight=1.0")
+    terms = "losses=[{type: response_ce}, {type: option_ce}, {type: contrast, weight: 1.0}]"
+    contrast = ("recipes/science_mc_options.yaml", terms, "token_alignment.read_ahead=1")
     with pytest.raises(RecipeError, match="batch_size must be >= 2"):
         check(*contrast, "trainer.batch_size=1")
-    assert check(*contrast)["trainer"]["contrast_weight"] == 1.0
+    with pytest.raises(RecipeError, match="data.choices: true"):
+        check(*contrast, "data.choices=false")
+    assert check(*contrast)["losses"][2] == {"type": "contrast", "weight": 1.0}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from lcf.training.lora import LoRAReceiverModule, lora_params_per_rank, matching_rank, train_lora
@@ -18,6 +19,7 @@ def test_matching_rank_counts_lora_parameters():
     assert matching_rank(model, 512 * 3) == 3
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # steps called without a Trainer
 def test_fresh_lora_loss_equals_receiver_alone():
     from peft import LoraConfig, get_peft_model
 

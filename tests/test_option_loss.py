@@ -7,6 +7,7 @@ import torch
 from lcf.data.features import collate
 from lcf.errors import LCFError
 from lcf.training.lora import LoRAReceiverModule
+from lcf.training.loss_terms import OptionCE, ResponseCE, SharerOptionCE
 from lcf.training.options import option_loss, option_scores
 from lcf.training.settings import TrainerSettings
 from tests.conftest import tiny_llama
@@ -60,10 +61,10 @@ def test_option_scores_normalise_per_character_and_mask_padding():
     assert torch.allclose(loss, ref) and acc == 0.5  # row 0 picks option 1 (gold 2), row 1 picks 0 (gold 0)
     with pytest.raises(LCFError, match="acc_norm"):
         option_scores(ll, batch, "mean")
-    with pytest.raises(ValueError, match="option_loss_weight must be >= 0"):
-        TrainerSettings(option_loss_weight=-1.0)
-    with pytest.raises(ValueError, match="option_score must be"):
-        TrainerSettings(option_score="mean")
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        OptionCE(weight=-1.0)
+    with pytest.raises(ValueError, match="score must be"):
+        OptionCE(score="mean")
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # steps called without a Trainer
@@ -71,7 +72,7 @@ def test_option_loss_trains_the_translator_and_needs_options():
     from lcf.training.module import LCFModule
 
     comm = make_comm().train()
-    module = LCFModule(comm, TrainerSettings(option_loss_weight=1.0))
+    module = LCFModule(comm, TrainerSettings(), [ResponseCE(), OptionCE(weight=1.0)])
     batch = with_choices(make_batch())
     loss = module.training_step(batch, 0)
     plain = comm(batch)["loss"]
@@ -89,7 +90,7 @@ def test_lora_choice_log_likelihoods_at_init_equal_the_receiver_alone():
     comm = make_comm().eval()
     batch = with_choices(make_batch())
     peft_model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    module = LoRAReceiverModule(peft_model.eval(), TrainerSettings(option_loss_weight=1.0))
+    module = LoRAReceiverModule(peft_model.eval(), TrainerSettings(), losses=[ResponseCE(), OptionCE(weight=1.0)])
     with torch.no_grad():
         assert torch.allclose(module._choice_ll(batch), comm(batch, fuse=False, choices=True)["choice_ll"], atol=1e-4)
     peft_model.train()
@@ -182,10 +183,10 @@ def test_sharer_option_loss_is_the_cross_entropy_against_the_sharers_distributio
     ref = sum(-(torch.softmax(t[i, :n] / 0.1, -1) * torch.log_softmax(s[i, :n] / 0.1, -1)).sum()
               for i, n in ((0, 3), (1, 2))) / 2
     assert torch.allclose(sharp, ref)
-    with pytest.raises(ValueError, match="sharer_option_weight must be >= 0"):
-        TrainerSettings(sharer_option_weight=-0.5)
-    with pytest.raises(ValueError, match="sharer_option_temperature must be > 0"):
-        TrainerSettings(sharer_option_temperature=0.0)
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        SharerOptionCE(weight=-0.5)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        SharerOptionCE(temperature=0.0)
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # steps called without a Trainer
@@ -194,21 +195,21 @@ def test_sharer_as_teacher_trains_the_translator_and_the_lora_control():
 
     from lcf.training.module import LCFModule
 
-    settings = TrainerSettings(sharer_option_weight=1.0)
+    settings, terms = TrainerSettings(), [ResponseCE(), SharerOptionCE(weight=1.0)]
     comm = make_comm().train()
     batch = with_sharer_choices(make_batch())
-    loss = LCFModule(comm, settings).training_step(batch, 0)
+    loss = LCFModule(comm, settings, terms).training_step(batch, 0)
     assert loss > comm(batch)["loss"]
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in comm.translators[0].parameters())
     assert not any(p.grad is not None for p in comm.sharers[0].parameters())  # the teacher stays frozen
     with pytest.raises(LCFError, match="sharer_choice_ids"):
-        LCFModule(comm, settings).training_step(with_choices(make_batch()), 0)
-    assert LCFModule(make_comm(n_sharers=2), settings).teacher() is None  # several sharers: no single teacher
+        LCFModule(comm, settings, terms).training_step(with_choices(make_batch()), 0)
+    assert LCFModule(make_comm(n_sharers=2), settings, terms).teacher() is None  # several sharers: no single teacher
 
     peft_model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    lora = LoRAReceiverModule(peft_model.train(), settings, sharer=comm.sharers[0])
+    lora = LoRAReceiverModule(peft_model.train(), settings, sharer=comm.sharers[0], losses=terms)
     lora._loss(batch).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in peft_model.named_parameters() if "lora" in n)
     with pytest.raises(LCFError, match="exactly one token-aligned sharer"):
-        LoRAReceiverModule(peft_model, settings)._loss(batch)
+        LoRAReceiverModule(peft_model, settings, losses=terms)._loss(batch)

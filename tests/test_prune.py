@@ -15,7 +15,7 @@ from lcf.runtime import load_adapter
 from lcf.training.run import train
 from tests.test_train_export import recipe, tiny_pair  # noqa: F401  (tiny_pair is a fixture)
 
-GATES = "trainer.gate_lr=0.5 trainer.gate_sparsity=5.0 trainer.gate_target_open=0.0".split()
+GATES = ["trainer.gate_lr=0.5", "losses=[{type: response_ce}, {type: gate_sparsity, weight: 5.0, target_open: 0.0}]"]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_gates_learn_at_their_own_rate_and_are_logged(gated_run):
     assert opens[0] == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=1e-4)  # the initial logit +1
     # lr 0.01 alone would move a logit by at most ~0.04 in 4 Adam steps; at gate_lr 0.5 the penalty closes them
     assert opens[-1] < opens[0] - 0.05
-    assert any(r.get("train/gate_penalty") for r in rows) and any(r.get("train/lm_loss") for r in rows)
+    assert any(r.get("train/gate_penalty") for r in rows) and any(r.get("train/response_loss") for r in rows)
     assert any(r.get("gates/r0_k") for r in rows)
 
 

@@ -149,7 +149,10 @@ def test_science_recipe_validates():
     data = validate_recipe(load_recipe(recipe), origin="science_mc")
     assert [t["name"] for t in data["data"]["tasks"]] == ["arc_easy", "arc_challenge", "openbookqa", "sciq"]
     assert data["data"]["receiver_template"] == data["data"]["sharer_template"] == "raw"
-    with pytest.raises(RecipeError, match="gate_sparsity"):
-        validate_recipe(load_recipe(recipe, ["trainer.gate_sparsity=-1"]), origin="science_mc")
-    with pytest.raises(RecipeError, match="gate_target_open"):
-        validate_recipe(load_recipe(recipe, ["trainer.gate_target_open=1.5"]), origin="science_mc")
+    assert data["losses"][1] == {"type": "gate_sparsity", "weight": 0.0, "target_open": 0.33}
+    with pytest.raises(RecipeError, match=r"losses\[1\] \(gate_sparsity\): weight must be a finite number >= 0"):
+        validate_recipe(load_recipe(recipe, ["losses.1.weight=-1"]), origin="science_mc")
+    with pytest.raises(RecipeError, match="target_open must be a fraction"):
+        validate_recipe(load_recipe(recipe, ["losses.1.target_open=1.5"]), origin="science_mc")
+    with pytest.raises(RecipeError, match="trainer.gate_sparsity moved: add `losses: "):
+        validate_recipe(load_recipe(recipe, ["trainer.gate_sparsity=2.0"]), origin="science_mc")

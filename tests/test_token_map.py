@@ -22,6 +22,7 @@ from lcf.runtime import TokenAdapter, load_adapter
 from lcf.token_map.init import load_map
 from lcf.token_map.ridge import Ridge
 from lcf.token_map.rows import TokenRows
+from lcf.training.loss import build_losses
 from lcf.training.run import train
 from tests.conftest import REPO, tiny_llama
 from tests.test_train_export import tiny_pair  # noqa: F401
@@ -61,7 +62,7 @@ def recipe(root: Path, out: Path, extra: str = "") -> Path:
           type: ridge
           held: 4
           fit: [{{type: fact_transfer, num_train: 40, num_val: 4, items: 24}}]
-        losses: {{answer_ce: 1.0, rows_mse: 0.5}}
+        losses: [{{type: answer_ce}}, {{type: rows_mse, weight: 0.5}}]
         data:
           type: xc_mix
           val_items: 4
@@ -87,6 +88,8 @@ def test_shipped_recipes_validate_and_the_component_is_listed():
     for name in ("xc_token.yaml", "xc_token_stage2.yaml"):
         recipe_ = validate_recipe(load_recipe(REPO / "recipes" / name))
         assert recipe_["translator"]["type"] == "token_map"
+        weights = [(t.name, t.weight) for t in build_losses(recipe_)]
+        assert weights == [("answer_ce", 1.0), ("rows_mse", 1.0)]  # the weights of the mapping form they replace
     second = validate_recipe(load_recipe(REPO / "recipes" / "xc_token_stage2.yaml"))
     assert set(second["init"]) == {"from"}  # the stage's `from` replaces the ridge section, not merged into it
     assert [s["items"] for s in second["data"]["sets"]] == [300, 300]
@@ -100,8 +103,12 @@ def test_shipped_recipes_validate_and_the_component_is_listed():
     ("init.helt=3", "init.helt: unknown key. Did you mean 'held'"),
     ("init.held=0", "init.held: at least one held-out context"),
     ("init.type=svd", "init.type: expected 'ridge'"),
-    ("losses.answer_cee=1", "losses.answer_cee: unknown loss term"),
-    ("losses.rows_mse=-1", "losses.rows_mse: a finite weight >= 0"),
+    ("losses.0.type=answer_cee", "losses\\[0\\].type: unknown loss 'answer_cee'. Did you mean 'answer_ce'"),
+    ("losses.1.weight=-1", "losses\\[1\\] \\(rows_mse\\): weight must be a finite number >= 0"),
+    ("losses.1.wieght=1", "losses\\[1\\].wieght: RowsMSE has no argument 'wieght'. Did you mean 'weight'"),
+    ("losses=[{type: response_ce}]", "losses\\[0\\] \\(response_ce\\): this term serves a fused translator"),
+    ("losses={answer_ce: 1.0, rows_mse: 1.0}", "losses: expected a list of loss components, e.g. `losses: "
+                                               "\\[\\{type: answer_ce, weight: 1.0\\}"),
     ("data.sets.1.items=0", "data.sets\\[1\\].items: must be an int >= 1"),
     ("data.sets.0.num_trian=3", "data.sets\\[0\\].num_trian"),
     ("translator.rnak=3", "translator.rnak"),
@@ -126,6 +133,11 @@ def test_train_export_load_send_receive(tiny_pair, tmp_path):  # noqa: F811
     assert (run / "init" / "token_map_init.safetensors").is_file()
     metrics = (run / "logs" / "metrics.csv").read_text()
     assert "train/answer_ce" in metrics and "train/rows_mse" in metrics and "val/loss" in metrics
+    with open(run / "logs" / "metrics.csv") as f:
+        logged = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    for r in logged:  # the recipe's terms, weighted: answer_ce 1 (default) + rows_mse 0.5
+        assert float(r["train/loss"]) == pytest.approx(float(r["train/answer_ce"]) + 0.5 * float(r["train/rows_mse"]),
+                                                       rel=1e-5)
     folder = export(run, tmp_path / "adapter", which="last")
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["translator"] == {"type": "token_map", "args": {"rank": 8, "standardize": True}}

@@ -35,6 +35,7 @@ def finetune(pair: Pair, translator: LowRank, items: Sequence[Any], *, steps: in
     Gemma-3-270M -> SmolLM2-135M in fp32); ``features_dtype=torch.float16`` halves that.
     """
     from lcf.token_map.data import item_rows
+    from lcf.token_map.losses import AnswerCE, RowsMSE
     from lcf.token_map.module import TokenMapModule
     from lcf.training.settings import TrainerSettings
 
@@ -49,7 +50,7 @@ def finetune(pair: Pair, translator: LowRank, items: Sequence[Any], *, steps: in
         raise LCFError("finetune needs training items with answers (whose prompts fit the models' windows)")
     # the library's loss (lcf.token_map.module), on this script's own sampling and optimiser
     losses = TokenMapModule(translator, model, pair.receiver_rope, TrainerSettings(),
-                            {"answer_ce": 1.0, "rows_mse": mse_weight})
+                            [AnswerCE(), RowsMSE(weight=mse_weight)])
     dtype = translator.y_mean.dtype
     var = sum(((d["y"].to(dtype) - translator.y_mean) ** 2).sum(0) for d in data) / sum(len(d["y"]) for d in data)
     losses.set_variance(var.clamp(min=1e-6))

@@ -93,7 +93,7 @@ class EvalTaskData(InstructData):
             raise DataError("eval_task: format 'cloze' answers with the option text; drop `answer: letter` "
                             "or use format 'prompt'")
         if choices and format != "cloze":
-            raise DataError("eval_task: choices: true (every option in each example, for trainer.option_loss_weight) "
+            raise DataError("eval_task: choices: true (every option in each example, for the option_ce loss) "
                             "needs format: cloze")
         if (task is None) == (tasks is None or len(tasks) == 0):
             raise DataError("eval_task: give exactly one of `task` (one task) or `tasks` (a weighted mixture: "

@@ -24,9 +24,9 @@ def require_choices(batch: dict) -> None:
     missing = [k for k in CHOICE_KEYS if k not in batch]
     if missing:
         raise LCFError(
-            f"trainer.option_loss_weight > 0 needs every option of each item in the batch, but the batch lacks "
-            f"{', '.join(missing)}; set `data.choices: true` with `data: {{type: eval_task, format: cloze}}`, or set "
-            f"trainer.option_loss_weight: 0")
+            f"an option loss (option_ce, sharer_option_ce, contrast) needs every option of each item in the batch, "
+            f"but the batch lacks {', '.join(missing)}; set `data.choices: true` with `data: {{type: eval_task, "
+            f"format: cloze}}`, or remove the option terms from the recipe's `losses:`")
 
 
 def repeat_view(view: KVView, k: int) -> KVView:

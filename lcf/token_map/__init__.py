@@ -11,7 +11,8 @@ rotated to its position and read by the receiver in place of its own cache of th
 - :mod:`lcf.token_map.ridge`   the closed-form ridge fit and its rank-r cut (the data-fitted initialisation)
 - :mod:`lcf.token_map.init`    the recipe's ``init:`` section (``{type: ridge, ...}`` or ``{from: RUN_OR_ADAPTER}``)
 - :mod:`lcf.token_map.data`    cached training rows and a resumable loader (Lightning DataModule)
-- :mod:`lcf.token_map.module`  the LightningModule: answer cross-entropy + weighted MSE to the receiver's rows
+- :mod:`lcf.token_map.losses`  its loss components: ``answer_ce`` and ``rows_mse`` (the recipe's ``losses:``)
+- :mod:`lcf.token_map.module`  the LightningModule: the weighted sum of those terms
 - :mod:`lcf.token_map.train`   ``lcf train`` for this method (init stage, then the Lightning trainer)
 
 The runtime side (send, receive, messages) lives in :mod:`lcf.runtime.token_kv` and

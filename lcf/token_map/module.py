@@ -1,6 +1,7 @@
 """The LightningModule of the per-token map: the frozen receiver reads the translated rows of a context.
 
-    loss = answer_ce * CE(receiver's answer tokens | translated context) + rows_mse * mean((y_hat - y)^2 / var)
+    loss = sum of the recipe's weighted loss components (lcf.token_map.losses), by default
+         1.0 * answer_ce (CE of the receiver's answer tokens | translated context) + 1.0 * rows_mse (mean((y_hat - y)^2 / var))
 
 ``y_hat`` = the map of the sharer's rows, placed (rotated) where the receiver's own cache of the context would
 be; CE covers the answer's tokens and the end-of-turn token; ``var`` is the per-column variance of the
@@ -10,24 +11,25 @@ out of the checkpoints. The optimiser and schedule are the trainer section's (``
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 
 from lcf.errors import LCFError
-from lcf.models.kv import cache_kwargs
-from lcf.models.rows import Rope, unflat_kv
+from lcf.models.rows import Rope
+from lcf.training.loss import Loss, apply_losses
 from lcf.training.settings import TrainerSettings
+
 
 class TokenMapModule(L.LightningModule):
     def __init__(self, translator: torch.nn.Module, receiver: Any, receiver_rope: Rope, settings: TrainerSettings,
-                 weights: Mapping[str, float]):
+                 losses: Sequence[Loss]):
         super().__init__()
         self.translator = translator
         self._receiver = [receiver]  # in a list: not a submodule, so neither trained nor checkpointed
-        self.rope, self.settings, self.weights = receiver_rope, settings, dict(weights)
+        self.rope, self.settings, self.losses = receiver_rope, settings, list(losses)
         self.register_buffer("variance", torch.ones(translator.y_mean.numel()), persistent=False)
 
     @property
@@ -37,36 +39,21 @@ class TokenMapModule(L.LightningModule):
     def set_variance(self, variance: torch.Tensor) -> None:
         self.variance.copy_(variance.to(self.variance))
 
+    def translate(self, f: dict) -> torch.Tensor:
+        """The map's rows of one item's sharer rows ``f["x"]``."""
+        return self.translator(f["x"].to(self.translator.y_mean.dtype))
+
     def item_losses(self, f: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(answer CE, normalised rows MSE) of one item."""
-        dtype = self.translator.y_mean.dtype
-        x, y, p, ans = f["x"].to(dtype), f["y"].to(dtype), f["head"], f["answer"]
-        rows = self.translator(x)
-        mse = (((rows - y) ** 2) / self.variance).mean()
-        if not self.weights["answer_ce"]:
-            return mse.new_zeros(()), mse
-        view, start = unflat_kv(rows, p, self.rope)
-        ids = torch.cat([p.tail, ans])[None]
-        model = self.receiver
-        pos = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
-        out = model(input_ids=ids, position_ids=pos, use_cache=True,
-                    attention_mask=torch.ones(1, start + ids.shape[1], dtype=torch.long, device=ids.device),
-                    **cache_kwargs(model, view.to_cache(model)))
-        ce = torch.nn.functional.cross_entropy(out.logits[0, len(p.tail) - 1:-1].float(), ans)
-        return ce, mse
+        """(answer CE, normalised rows MSE) of one item, unweighted."""
+        from lcf.token_map.losses import item_answer_ce, item_rows_mse
+
+        rows = self.translate(f)
+        return item_answer_ce(self, rows, f), item_rows_mse(self, rows, f)
 
     def _step(self, batch: list[dict], stage: str) -> torch.Tensor:
-        ce = mse = 0.0
-        for f in batch:
-            c, m = self.item_losses(f)
-            ce, mse = ce + c, mse + m
-        ce, mse = ce / len(batch), mse / len(batch)
-        loss = self.weights["answer_ce"] * ce + self.weights["rows_mse"] * mse
-        sync = stage == "val"
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=sync)
-        self.log(f"{stage}/answer_ce", ce.detach() if torch.is_tensor(ce) else ce, batch_size=len(batch),
-                 sync_dist=sync)
-        self.log(f"{stage}/rows_mse", mse.detach(), batch_size=len(batch), sync_dist=sync)
+        out = {"rows": [self.translate(f) for f in batch]}
+        loss = apply_losses(self, self.losses, out, batch, stage, len(batch))
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=stage == "val")
         return loss
 
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:

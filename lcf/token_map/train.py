@@ -34,7 +34,7 @@ def train_token_map(recipe: dict[str, Any], recipe_path: str | Path, settings: T
     from lcf.pair import build_pair
     from lcf.token_map.data import TokenRowsDataModule
     from lcf.token_map.init import initialise
-    from lcf.token_map.losses import loss_weights
+    from lcf.training.loss import TOKEN_MAP, build_losses
     from lcf.token_map.module import TokenMapModule
     from lcf.token_map.rows import TokenRows
 
@@ -54,7 +54,7 @@ def train_token_map(recipe: dict[str, Any], recipe_path: str | Path, settings: T
                              rows_dtype=getattr(data, "rows_dtype", "float16"))
     dm.setup("fit")
     module = TokenMapModule(translator, pair.receiver.model, rows.receiver_rope, settings,
-                            loss_weights(recipe.get("losses")))
+                            build_losses(recipe, TOKEN_MAP))
     module.set_variance(dm.receiver_variance(translator.y_mean))
     prepared = time.perf_counter() - t0
     trainer = new_trainer()

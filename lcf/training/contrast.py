@@ -1,5 +1,7 @@
 """A contrastive term: the item's own sharer cache must beat another item's on the option decision.
 
+The loss component ``{type: contrast, weight: 1.0, margin: 0.2}`` (:mod:`lcf.training.loss_terms`).
+
 The evaluation's mismatched control (:mod:`lcf.eval.controls`) shows that most of what a fused receiver
 gains is adaptation: with another item's sharer cache it scores about as well. The plain losses never
 ask for more, since a translator that ignores the sharer's content already lowers them. This term does
@@ -33,8 +35,8 @@ def mismatched_batch(batch: dict) -> dict:
     ids, mask = batch["sharer_prompt_ids"], batch["sharer_prompt_mask"]
     b, width = ids.shape
     if b < 2:
-        raise LCFError("trainer.contrast_weight > 0 pairs each item with another item of its batch, but this batch "
-                       "has 1 item; set trainer.batch_size >= 2 (and keep the last batch full) or contrast_weight: 0")
+        raise LCFError("the contrast loss pairs each item with another item of its batch, but this batch has 1 item; "
+                       "set trainer.batch_size >= 2 (and keep the last batch full) or remove contrast from `losses:`")
     partner = torch.roll(torch.arange(b, device=ids.device), -1)  # item i reads item i+1's cache
     lengths = mask.long().sum(-1)
     own_pad, other_pad = width - lengths, (width - lengths)[partner]

@@ -4,6 +4,10 @@
 the recipe's steps, with about as many trainable parameters as the recipe's translator. If an
 adapter beats this control, its gain is not explained by tuning the receiver to the data.
 Output: ``<output_dir>/<name>-lora/lora/`` (a PEFT adapter folder) + ``summary.json``.
+
+It trains on the recipe's ``losses:`` that apply to a receiver alone (``response_ce``, ``option_ce``,
+``sharer_option_ce``: components whose ``trainers`` name ``lora``). The others are left out with a warning:
+``contrast`` compares sharer caches and ``gate_sparsity`` acts on gates; the LoRA receiver has neither.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -21,7 +26,7 @@ from lcf.data.datamodule import InstructDataModule
 from lcf.models.choices import choice_log_likelihoods, require_choices
 from lcf.models.kv import cache_kwargs, extract_kv
 from lcf.pair import build_pair
-from lcf.training.options import option_terms
+from lcf.training.loss import FUSED, LORA, Loss, apply_losses, build_losses, needs_choices
 from lcf.training.run import build_data, build_translator, make_trainer, run_dir_of
 from lcf.training.settings import TrainerSettings
 
@@ -46,28 +51,35 @@ def matching_rank(model, n_params: int, targets=TARGETS) -> int:
 class LoRAReceiverModule(L.LightningModule):
     """Receiver-only next-token loss on response tokens (same batches as the translator's training)."""
 
-    def __init__(self, peft_model, settings: TrainerSettings, sharer: torch.nn.Module | None = None):
+    def __init__(self, peft_model, settings: TrainerSettings, sharer: torch.nn.Module | None = None,
+                 losses: Sequence[Loss] | None = None):
         super().__init__()
         self.model = peft_model
         self.settings = settings
-        # the sharer answering alone, the teacher of trainer.sharer_option_weight (not a submodule: frozen, unsaved)
+        # the sharer answering alone, the teacher of sharer_option_ce (not a submodule: frozen, unsaved)
         self.__dict__["sharer"] = sharer
+        if losses is None:
+            from lcf.training.loss_terms import ResponseCE
+
+            losses = [ResponseCE()]
+        self.losses = list(losses)
+
+    def teacher(self) -> torch.nn.Module | None:
+        """The sharer model (on this module's device), or None when the control was given none."""
+        if self.sharer is not None and next(self.sharer.parameters()).device != self.device:
+            self.sharer.to(self.device)
+        return self.sharer
 
     def _loss(self, batch, stage: str = "train") -> torch.Tensor:
-        """The response loss, plus the weighted option loss when the recipe asks for it (as LCFModule)."""
-        loss = self._response_loss(batch)
-        s, bs = self.settings, batch["response_ids"].shape[0]
+        """The weighted sum of the loss terms (as LCFModule, each logged); ``val/loss`` is the response loss."""
+        bs = batch["response_ids"].shape[0]
+        out = {"loss": self._response_loss(batch)}
+        if needs_choices(self.losses):
+            out["choice_ll"] = self._choice_ll(batch)
+        total = apply_losses(self, self.losses, out, batch, stage, bs)
         if stage == "val":  # val/loss is the response loss for every module, so runs compare
-            self.log("val/loss", loss, prog_bar=True, batch_size=bs)
-        if not s.uses_choices:
-            return loss
-        if self.sharer is not None and next(self.sharer.parameters()).device != batch["response_ids"].device:
-            self.sharer.to(batch["response_ids"].device)
-        extra, logs = option_terms(self._choice_ll(batch), batch, s, self.sharer)
-        self.log(f"{stage}/response_loss", loss.detach(), batch_size=bs)
-        for name, value in logs.items():
-            self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name.endswith(("acc", "agree")), batch_size=bs)
-        return loss + extra
+            self.log("val/loss", out["loss"], prog_bar=True, batch_size=bs)
+        return out["loss"] if total is None else total
 
     def _choice_ll(self, batch) -> torch.Tensor:
         """Every option's log-likelihood, the prompt run once (with LoRA) and its cache repeated per option."""
@@ -114,6 +126,22 @@ class LoRAReceiverModule(L.LightningModule):
                                                    "interval": "step"}}
 
 
+def control_losses(recipe: dict) -> list[Loss]:
+    """The recipe's loss terms that a receiver alone can compute; the others are dropped with a warning."""
+    terms = build_losses(recipe, FUSED)
+    for t in terms:
+        if LORA not in t.trainers:
+            log.warning("losses: %s is left out of the LoRA control: it needs the sharer's cache or the translator's "
+                        "gates, and the LoRA receiver has neither (its other terms are the translator's)", t.type_name)
+    kept = [t for t in terms if LORA in t.trainers]
+    if not any(t.weight > 0 for t in kept):
+        from lcf.errors import RecipeError
+
+        raise RecipeError("losses: none of this recipe's terms applies to the LoRA control (a receiver alone); add "
+                          "{type: response_ce} or {type: option_ce}")
+    return kept
+
+
 def train_lora(recipe_path: str | Path, overrides=(), *, rank: int | None = None) -> Path:
     """Train the LoRA control for a recipe; return its run directory."""
     from peft import LoraConfig, get_peft_model
@@ -136,13 +164,11 @@ def train_lora(recipe_path: str | Path, overrides=(), *, rank: int | None = None
     # no Lightning checkpoints: they would hold the whole receiver; the PEFT folder is the output
     trainer = make_trainer(settings, out, callbacks=[], enable_checkpointing=False)
     save_resolved(cfg, out)
-    teacher = pair.sharer.model if settings.sharer_option_weight > 0 else None
-    if settings.contrast_weight > 0:
-        log.warning("trainer.contrast_weight is ignored by the LoRA control: it compares sharer caches, and the "
-                    "LoRA receiver reads none (its other losses are the translator's)")
+    terms = control_losses(recipe)
+    teacher = pair.sharer.model if any(t.needs_teacher and t.weight > 0 for t in terms) else None
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    trainer.fit(LoRAReceiverModule(peft_model, settings, teacher), datamodule=dm)
+    trainer.fit(LoRAReceiverModule(peft_model, settings, teacher, terms), datamodule=dm)
     if trainer.is_global_zero:
         peft_model.save_pretrained(out / "lora")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}

@@ -1,7 +1,11 @@
-"""LightningModule that trains only the translator(s) of a :class:`~lcf.communicator.Communicator`."""
+"""LightningModule that trains only the translator(s) of a :class:`~lcf.communicator.Communicator`.
+
+The training loss is the weighted sum of the recipe's loss components (``losses:``, :mod:`lcf.training.loss`;
+default: the response cross-entropy), each logged under ``train/<name>``; ``val/loss`` is the response loss."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import lightning as L
 import torch
@@ -9,9 +13,8 @@ import torch
 from lcf.communicator import Communicator
 from lcf.errors import LCFError
 from lcf.models.kv import decoder
+from lcf.training.loss import Loss, apply_losses, needs_choices
 from lcf.training.settings import TrainerSettings
-from lcf.training.contrast import contrast_loss, mismatched_batch
-from lcf.training.options import option_terms
 from lcf.training.strategy import gathered, offloads_optimizer, register_gate_parameters
 from lcf.translators.base import annealed_temperature
 
@@ -21,10 +24,15 @@ class NonFiniteLossError(LCFError, FloatingPointError):
 
 
 class LCFModule(L.LightningModule):
-    def __init__(self, communicator: Communicator, settings: TrainerSettings):
+    def __init__(self, communicator: Communicator, settings: TrainerSettings, losses: Sequence[Loss] | None = None):
         super().__init__()
         self.communicator = communicator
         self.settings = settings
+        if losses is None:
+            from lcf.training.loss_terms import ResponseCE
+
+            losses = [ResponseCE()]
+        self.losses = list(losses)  # plain objects, not submodules: nothing of theirs is trained or checkpointed
         self._cudnn_sdp: bool | None = None  # cuDNN attention's setting before fit, while fit turned it off
         self._compiled: list[torch.nn.Module] = []  # frozen decoder bodies compiled for this fit
 
@@ -38,7 +46,7 @@ class LCFModule(L.LightningModule):
         return t
 
     def gate_parameters(self) -> list[torch.nn.Parameter]:
-        """The gate logits of every translator (their own optimizer group and the sparsity penalty)."""
+        """The gate logits of every translator (their own optimizer group and the ``gate_sparsity`` term)."""
         return [p for tr in self.communicator.translators for p in tr.gates.parameters() if p.requires_grad]
 
     def open_fraction(self) -> torch.Tensor | None:
@@ -50,16 +58,9 @@ class LCFModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         temperature = self._anneal()
-        s = self.settings
         out = self._forward(batch)
-        loss = self._with_option_loss(out, batch, "train")
-        if s.contrast_weight > 0:
-            loss = loss + s.contrast_weight * self._contrast(out, batch)
-        if s.gate_sparsity > 0 and (open_frac := self.open_fraction()) is not None:
-            penalty = s.gate_sparsity * (open_frac - s.gate_target_open) ** 2
-            self.log("train/lm_loss", loss.detach(), batch_size=batch["response_ids"].shape[0])
-            self.log("train/gate_penalty", penalty.detach(), batch_size=batch["response_ids"].shape[0])
-            loss = loss + penalty.to(loss.dtype)
+        bs = batch["response_ids"].shape[0]
+        loss = apply_losses(self, self.losses, out, batch, "train", bs)
         if not torch.isfinite(loss):
             where = f"epoch {self.current_epoch}, batch {batch_idx}, global step {self.global_step}"
             callback = self.trainer.checkpoint_callback if self._trainer is not None else None
@@ -68,7 +69,6 @@ class LCFModule(L.LightningModule):
                 f"training loss is {loss.item()} at {where}; training stopped. Last good checkpoint: "
                 f"{keep}. Lower trainer.lr, check that batch's data, or resume from that checkpoint."
             )
-        bs = batch["response_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/gate_temperature", temperature, batch_size=bs)
         if self._trainer is not None and self.trainer.optimizers:
@@ -89,46 +89,19 @@ class LCFModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         out = self._forward(batch)
-        self._with_option_loss(out, batch, "val")
-        self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["response_ids"].shape[0], sync_dist=True)
+        bs = batch["response_ids"].shape[0]
+        apply_losses(self, self.losses, out, batch, "val", bs)  # logs each term; val/loss stays the response loss
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
         return out["loss"]
 
     def _forward(self, batch: dict) -> dict:
-        # `choices` only when an option term is on: communicators that override forward keep working
-        return self.communicator(batch, choices=True) if self.settings.uses_choices else self.communicator(batch)
+        # `choices` only when a term needs the options: communicators that override forward keep working
+        return self.communicator(batch, choices=True) if needs_choices(self.losses) else self.communicator(batch)
 
     def teacher(self) -> torch.nn.Module | None:
-        """The sharer model scored as teacher by ``sharer_option_weight`` (one token-aligned sharer), else None."""
+        """The sharer model answering alone, the teacher of ``sharer_option_ce`` (one token-aligned sharer), else None."""
         comm = self.communicator
         return comm.sharers[0] if len(comm.sharers) == 1 and comm.compressor(0) is None else None
-
-    def _with_option_loss(self, out: dict, batch: dict, stage: str) -> torch.Tensor:
-        """The response loss, plus the weighted option terms the recipe asks for (all logged)."""
-        s, bs = self.settings, batch["response_ids"].shape[0]
-        if not s.uses_choices:
-            return out["loss"]
-        extra, logs = option_terms(out["choice_ll"], batch, s, self.teacher() if s.sharer_option_weight > 0 else None)
-        sync = stage == "val"
-        self.log(f"{stage}/response_loss", out["loss"].detach(), batch_size=bs, sync_dist=sync)
-        for name, value in logs.items():
-            self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name.endswith(("acc", "agree")),
-                     batch_size=bs, sync_dist=sync)
-        return out["loss"] + extra
-
-    def _contrast(self, out: dict, batch: dict) -> torch.Tensor:
-        """The contrastive term (:mod:`lcf.training.contrast`): a second fused pass with another item's cache."""
-        comm = self.communicator
-        if len(comm.sharers) != 1 or comm.compressor(0) is not None:
-            raise LCFError("trainer.contrast_weight > 0 needs exactly one token-aligned sharer (no compressor, not "
-                           "several sharers); set trainer.contrast_weight: 0 for this recipe")
-        other = comm(mismatched_batch(batch), choices=True)["choice_ll"]
-        loss, logs = contrast_loss(out["choice_ll"], other, batch, self.settings.contrast_margin,
-                                   self.settings.option_score)
-        bs = batch["response_ids"].shape[0]
-        self.log("train/contrast", loss.detach(), batch_size=bs)
-        for name, value in logs.items():
-            self.log(f"train/{name}", value, batch_size=bs)
-        return loss
 
     def setup(self, stage: str) -> None:
         if self._trainer is not None:

@@ -5,8 +5,8 @@ differently: every option's continuation is scored by its log-likelihood and the
 (lm-evaluation-harness ``acc``; ``acc_norm`` divides by the option's length in characters; the scores
 come from :func:`lcf.models.choices.choice_log_likelihoods`). The option loss trains exactly that decision::
 
-    score_k = sum_t log p(option_k token t | prompt, option_k tokens < t)     (option_score: sum)
-    score_k = that sum / len(option_k text in characters)                      (option_score: norm)
+    score_k = sum_t log p(option_k token t | prompt, option_k tokens < t)     (score: sum)
+    score_k = that sum / len(option_k text in characters)                      (score: norm)
     option_loss = cross_entropy(softmax_k(score_k), gold)
 
 Batches carry every option (``data: {type: eval_task, format: cloze, choices: true}``):
@@ -14,7 +14,8 @@ Batches carry every option (``data: {type: eval_task, format: cloze, choices: tr
 (items with fewer options are padded), ``choice_gold`` (B,) and ``choice_chars`` (B, K).
 The prompt is computed once per item; its cache is repeated for the K continuations.
 
-The sharer as teacher (``trainer.sharer_option_weight``): the sharer answers the same item on its own,
+Loss components (:mod:`lcf.training.loss_terms`): ``option_ce`` is ``option_loss``; ``sharer_option_ce``
+is ``sharer_option_loss``. The sharer as teacher (``{type: sharer_option_ce}``): the sharer answers the same item on its own,
 scoring every option the same way, and the fused receiver's option distribution is pulled towards the
 sharer's (cross-entropy against the sharer's softmax over option scores, i.e. KL up to a constant)::
 
@@ -22,7 +23,7 @@ sharer's (cross-entropy against the sharer's softmax over option scores, i.e. KL
 
 Per-character scores differ little between options (a few tenths of a nat), so at ``T = 1`` both
 distributions are nearly flat and the term carries almost no signal (measured: the validation value
-stayed within 0.005 of its start over 400 steps); ``trainer.sharer_option_temperature`` below 1
+stayed within 0.005 of its start over 400 steps); a ``temperature`` below 1
 sharpens both sides (knowledge distillation with a temperature, here used to sharpen).
 
 Only the sharer's *cache* reaches the receiver, so matching the sharer on an item means reading that
@@ -46,7 +47,7 @@ OptionScore = Literal["norm", "sum"]
 def option_scores(ll: torch.Tensor, batch: dict, score: OptionScore = "norm") -> torch.Tensor:
     """Per-option scores as lm-eval ranks them (``acc_norm``: per character), ``-inf`` on padded options."""
     if score not in ("norm", "sum"):
-        raise LCFError(f"option_score must be 'norm' (log-likelihood per character, acc_norm) or 'sum' (acc), "
+        raise LCFError(f"the option score must be 'norm' (log-likelihood per character, acc_norm) or 'sum' (acc), "
                        f"got {score!r}")
     out = ll / batch["choice_chars"].clamp(min=1).to(ll.dtype) if score == "norm" else ll
     return out.masked_fill(~batch["choice_valid"].bool(), float("-inf"))
@@ -66,9 +67,9 @@ def sharer_choice_log_likelihoods(sharer: torch.nn.Module, batch: dict) -> torch
     """(B, K) the sharer's own log-likelihood of each option after its own prompt (the teacher)."""
     missing = [k for k in SHARER_CHOICE_KEYS if k not in batch]
     if missing:
-        raise LCFError(f"trainer.sharer_option_weight > 0 needs the options in the sharer's tokens, but the batch "
-                       f"lacks {', '.join(missing)}; use `data: {{type: eval_task, format: cloze, choices: true}}` "
-                       f"with a token-aligned sharer, or set trainer.sharer_option_weight: 0")
+        raise LCFError(f"sharer_option_ce needs the options in the sharer's tokens, but the batch lacks "
+                       f"{', '.join(missing)}; use `data: {{type: eval_task, format: cloze, choices: true}}` with a "
+                       f"token-aligned sharer, or remove sharer_option_ce from the recipe's `losses:`")
     ids, mask = batch["sharer_prompt_ids"][:, :-1], batch["sharer_prompt_mask"][:, :-1]
     view = prefill(sharer, ids, attention_mask=mask, position_ids=positions_from_mask(mask))
     return choice_log_likelihoods(sharer, view, batch, side="sharer")
@@ -85,22 +86,3 @@ def sharer_option_loss(ll: torch.Tensor, sharer_ll: torch.Tensor, batch: dict, s
     loss = -(teacher * logq).sum(-1).mean()
     agree = (student.argmax(-1) == teacher.argmax(-1)).float().mean()
     return loss, agree.detach()
-
-
-def option_terms(ll: torch.Tensor, batch: dict, settings, sharer: torch.nn.Module | None) -> tuple[torch.Tensor, dict]:
-    """The option terms a recipe asks for, weighted and summed, and what to log (name -> value):
-    ``option_loss_weight`` (gold option) and ``sharer_option_weight`` (the sharer's distribution)."""
-    total, logs = ll.new_zeros(()), {}
-    if settings.option_loss_weight > 0:
-        loss, acc = option_loss(ll, batch, settings.option_score)
-        total = total + settings.option_loss_weight * loss
-        logs.update(option_loss=loss.detach(), option_acc=acc)
-    if settings.sharer_option_weight > 0:
-        if sharer is None:
-            raise LCFError("trainer.sharer_option_weight > 0 needs exactly one token-aligned sharer model; this run "
-                           "has none (or several, or a cross-context compressor); set trainer.sharer_option_weight: 0")
-        loss, agree = sharer_option_loss(ll, sharer_choice_log_likelihoods(sharer, batch), batch, settings.option_score,
-                                         settings.sharer_option_temperature)
-        total = total + settings.sharer_option_weight * loss
-        logs.update(sharer_option_loss=loss.detach(), sharer_agree=agree)
-    return total, logs

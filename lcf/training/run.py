@@ -22,6 +22,7 @@ from lcf.errors import LCFError, RecipeError
 from lcf.pair import Pair, build_pair
 from lcf.registry import compressors, datasets, translators
 from lcf.several import build_pairs, build_translators, has_several, sharer_entries
+from lcf.training.loss import FUSED, build_losses
 from lcf.training.module import LCFModule
 from lcf.training.settings import TrainerSettings
 from lcf.translators.base import PairShapes
@@ -240,7 +241,7 @@ def _train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume
             )
     comm = Communicator(pair.receiver.model, [p.sharer.model for p in pairs], all_translators,
                         combine=settings.combine, compressors=[compressor] + [None] * (len(pairs) - 1))
-    module = LCFModule(comm, settings)
+    module = LCFModule(comm, settings, build_losses(recipe, FUSED))
     # counted before ZeRO-3 may partition the parameters
     num_parameters = (sum(t.num_parameters() for t in all_translators)
                       + (compressor.num_parameters() if compressor is not None else 0))

@@ -4,7 +4,7 @@ Lightning is imported only to check ``trainer.strategy`` options against its str
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 #: ``trainer.compile_models`` values: None (eager) or a ``torch.compile`` mode
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -26,26 +26,9 @@ class TrainerSettings:
     gate_temperature_start: float = 1.0
     gate_temperature_end: float = 0.001
     gate_anneal_steps: int | None = None  # default: max_steps
-    # Gates that learn: their own learning rate (None: lr; a scalar logit moves about lr per Adam step),
-    # and a penalty gate_sparsity * (mean sigmoid(logit) - gate_target_open)^2 on the fraction of open
-    # gates (0: off), which pushes that fraction towards the target while the loss picks the layers.
+    # Gates that learn: their own learning rate (None: lr; a scalar logit moves about lr per Adam step).
+    # Their sparsity penalty is a loss term: `losses: [{type: response_ce}, {type: gate_sparsity, ...}]`.
     gate_lr: float | None = None
-    gate_sparsity: float = 0.0
-    gate_target_open: float = 0.33
-    # Multiple choice: add option_loss_weight * cross-entropy over every option's score (lm-eval's
-    # decision; see lcf.training.options; needs data.choices: true). option_score: norm (per character,
-    # acc_norm) or sum (acc).
-    option_loss_weight: float = 0.0
-    option_score: Literal["norm", "sum"] = "norm"
-    # ... plus sharer_option_weight * cross-entropy of the fused option distribution against the sharer's
-    # own (the sharer as teacher; one token-aligned sharer; the LoRA control gets the same term).
-    sharer_option_weight: float = 0.0
-    sharer_option_temperature: float = 1.0  # both distributions at this temperature (< 1 sharpens them)
-    # ... plus contrast_weight * mean relu(contrast_margin - (option CE with another item's sharer cache
-    # - option CE with the item's own)): the right cache must beat a wrong one (lcf.training.contrast;
-    # one token-aligned sharer; costs a second fused pass per step; the LoRA control has no sharer: off there).
-    contrast_weight: float = 0.0
-    contrast_margin: float = 0.2
     val_every_n_steps: int = 50
     limit_val_batches: int | None = None
     checkpoint_every_n_steps: int = 50
@@ -72,6 +55,21 @@ class TrainerSettings:
     # data.pad_to_multiple). The first steps of each new shape pay the compilation. Undone after training.
     compile_models: str | None = None
 
+    #: keys of earlier recipes that are loss components now (lcf.training.loss_terms): key -> the new form
+    MOVED: ClassVar[dict[str, str]] = {
+        "option_loss_weight": "add `losses: [{type: response_ce}, {type: option_ce, weight: W}]`",
+        "option_score": "it is the `score:` of option_ce (and of sharer_option_ce, contrast), e.g. "
+                        "`losses: [{type: response_ce}, {type: option_ce, weight: 1.0, score: norm}]`",
+        "sharer_option_weight": "add `losses: [{type: response_ce}, {type: sharer_option_ce, weight: W}]`",
+        "sharer_option_temperature": "it is the `temperature:` of sharer_option_ce, e.g. "
+                                     "`losses: [{type: response_ce}, {type: sharer_option_ce, temperature: 0.1}]`",
+        "contrast_weight": "add `losses: [{type: response_ce}, {type: option_ce}, {type: contrast, weight: W}]`",
+        "contrast_margin": "it is the `margin:` of contrast, e.g. `losses: [..., {type: contrast, margin: 0.2}]`",
+        "gate_sparsity": "add `losses: [{type: response_ce}, {type: gate_sparsity, weight: W}]`",
+        "gate_target_open": "it is the `target_open:` of gate_sparsity, e.g. "
+                            "`losses: [{type: response_ce}, {type: gate_sparsity, weight: 2.0, target_open: 0.33}]`",
+    }
+
     def __post_init__(self):
         problems = []
         if self.max_steps < 1:
@@ -86,26 +84,6 @@ class TrainerSettings:
             problems.append(f"lr must be > 0 (got {self.lr})")
         if self.gate_lr is not None and not self.gate_lr > 0:
             problems.append(f"gate_lr must be > 0 or null (the same as lr), got {self.gate_lr}")
-        if not self.gate_sparsity >= 0:
-            problems.append(f"gate_sparsity must be >= 0 (0 turns the penalty off), got {self.gate_sparsity}")
-        if not 0 <= self.gate_target_open <= 1:
-            problems.append(f"gate_target_open must be a fraction in [0, 1], got {self.gate_target_open}")
-        if not self.option_loss_weight >= 0:
-            problems.append(f"option_loss_weight must be >= 0 (0 turns the option loss off), got {self.option_loss_weight}")
-        if not self.sharer_option_weight >= 0:
-            problems.append(f"sharer_option_weight must be >= 0 (0 turns the sharer term off), got {self.sharer_option_weight}")
-        if not self.contrast_weight >= 0:
-            problems.append(f"contrast_weight must be >= 0 (0 turns the contrastive term off), "
-                            f"got {self.contrast_weight}")
-        if self.contrast_weight > 0 and self.batch_size < 2:
-            problems.append(f"contrast_weight > 0 pairs each item with another item of its batch: batch_size must "
-                            f"be >= 2 (got {self.batch_size})")
-        if not self.contrast_margin >= 0:
-            problems.append(f"contrast_margin must be >= 0 (nats of option cross-entropy), got {self.contrast_margin}")
-        if not self.sharer_option_temperature > 0:
-            problems.append(f"sharer_option_temperature must be > 0 (1: plain softmax), got {self.sharer_option_temperature}")
-        if self.option_score not in ("norm", "sum"):
-            problems.append(f"option_score must be 'norm' (acc_norm) or 'sum' (acc), got {self.option_score!r}")
         if self.model_dtype not in (None, "float32", "bfloat16", "float16"):
             problems.append(f"model_dtype must be float32, bfloat16, float16 or null (the card's), got {self.model_dtype!r}")
         if self.compile_models not in COMPILE_MODES:
@@ -116,11 +94,6 @@ class TrainerSettings:
         check_strategy(self.strategy, self.accelerator)  # fails at validation time, not after loading models
         if problems:
             raise ValueError("trainer: " + "; ".join(problems))
-
-    @property
-    def uses_choices(self) -> bool:
-        """Whether a training step needs every option of each item (an option term is on)."""
-        return self.option_loss_weight > 0 or self.sharer_option_weight > 0 or self.contrast_weight > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
