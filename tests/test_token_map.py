@@ -25,6 +25,7 @@ from lcf.token_map.rows import TokenRows
 from lcf.training.loss import build_losses
 from lcf.training.run import train
 from tests.conftest import REPO, tiny_llama
+from tests.test_resume import KILLER
 from tests.test_train_export import tiny_pair  # noqa: F401
 
 CONTEXTS = [
@@ -34,20 +35,6 @@ CONTEXTS = [
     "Dario Vesk repairs clocks in Trieste and sings in a choir on Sundays.",
     "Emi Tanaka grew up in Osaka, studied chemistry, and now teaches in Leeds.",
 ]
-KILLER = """
-import os, signal, sys
-import lightning as L
-import lcf.training.run as run
-
-class Kill(L.Callback):  # SIGKILL: no cleanup, no final checkpoint
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == int(sys.argv[1]):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-callbacks = run._callbacks
-run._callbacks = lambda settings, out: [*callbacks(settings, out), Kill()]
-run.train(sys.argv[2], sys.argv[3:])
-"""
 
 
 def recipe(root: Path, out: Path, extra: str = "") -> Path:
