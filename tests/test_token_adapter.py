@@ -154,16 +154,26 @@ def test_eval_xc_scores_a_per_token_adapter_and_its_baselines(tiny):
     contexts = [CONTEXT, "Bo Renner keeps three goats near Ghent.", "Cleo Marsh rows on the river in Jakarta."]
     items = [XCExample(id=str(i), sharer_context=c, question=QUESTION, answers=["Tromso"])
              for i, c in enumerate(contexts)]
-    chosen = ["receiver", "full", "text", "lcf-x", "int8", "zero", "mismatched"]
+    chosen = ["receiver", "full", "text", "lcf-x", "int8", "zero", "mean", "mismatched"]
     systems = build_xc_systems(adapter, chosen, text_tokens=[3], has_own=False)
     res = evaluate_xc(systems, items, max_new_tokens=6, batch_size=2, latency_runs=1)
     names = ["receiver alone", "receiver + full context", "text-3", "per-token message", "per-token message int8",
-             "per-token message (zero code)", "per-token message (mismatched)"]
+             "per-token message (zero K/V)", "per-token message (zero code: the map's mean K/V)",
+             "per-token message (mismatched)"]
     assert list(res["scores"]) == names
     texts = {n: [p["text"] for p in res["predictions"][n]] for n in names}
     # one model on both sides, identity map: the message is the receiver's own cache of the context
     assert texts["per-token message"] == texts["receiver + full context"]
     assert texts["receiver alone"] == adapter.answer([QUESTION] * 3, max_new_tokens=6)
+    # zero K/V: the receiver reads all-zero keys and values where the context was (the map's rows are zeroed)
+    p = prepare_item(adapter.receiver.model, adapter.receiver.tokenizer, QUESTION, CONTEXT)
+    from lcf.models.rows import unflat_kv
+
+    rows = torch.zeros(p.b - p.a, adapter.map.up.shape[1])
+    view, start = unflat_kv(rows, type(p)(p.view, p.a, p.a, p.tail), adapter._ropes["receiver"])
+    model, tok = adapter.receiver.model, adapter.receiver.tokenizer
+    want = tok.decode(greedy(model, [view], [p.tail], [start], 6, stop_ids(model, tok))[0], skip_special_tokens=True)
+    assert texts["per-token message (zero K/V)"][0] == want.strip()
     scores = res["scores"]
     assert scores["per-token message"]["bytes_sent"] > scores["per-token message int8"]["bytes_sent"] > 0
     assert scores["receiver alone"]["bytes_sent"] == 0 and "ttft_ms" in scores["per-token message"]

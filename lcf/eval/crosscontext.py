@@ -19,6 +19,7 @@ and "the receiver's first answer token", message writing included) and bytes sen
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,9 +33,11 @@ from lcf.eval.metrics import squad_scores
 from lcf.eval.systems import PlainModel, mismatch_partner
 from lcf.runtime.kinds import FUSED, PER_TOKEN
 from lcf.runtime.messages import LatentMessage
+from lcf.runtime.token_kv import LowRank
 
 SUMMARY_REQUEST = "{context}\n\nRewrite the key facts of the text above briefly, keeping every name and number."
-XC_SYSTEMS: tuple[str, ...] = ("receiver", "own", "full", "text", "lcf-x", "int8", "int4", "zero", "mismatched")
+XC_SYSTEMS: tuple[str, ...] = ("receiver", "own", "full", "text", "lcf-x", "int8", "int4", "zero", "mean",
+                                "mismatched")
 
 
 class XCSystem:
@@ -140,14 +143,20 @@ class LatentXC(XCSystem):
 
 class TokenXC(LatentXC):
     """A per-token adapter's message (:mod:`lcf.runtime.token_adapter`): sent as bytes, parsed back and read
-    in place of the context. control ``"zero"``: an all-zero code (it decodes to the map's mean K/V)."""
+    in place of the context. Controls: ``"zero"``, all-zero K/V at the context's positions (the message's
+    length, nothing of its content); ``"mean"``, an all-zero code, which decodes to the map's mean K/V;
+    ``"mismatched"``, another item's message."""
+
+    NAMES = {"none": "", "zero": " (zero K/V)", "mean": " (zero code: the map's mean K/V)"}
 
     def __init__(self, adapter: Any, control: str = "none", quantize: str = "none", spans: str | None = None):
         if spans is not None:
             raise LCFError("a per-token adapter sends one code per context token, not spans; drop --spans")
         super().__init__(adapter, control=control, quantize=quantize)
         suffix = "" if quantize == "none" else f" {quantize}"
-        self.name = "per-token message" + suffix + {"none": "", "zero": " (zero code)"}.get(control, f" ({control})")
+        self.name = "per-token message" + suffix + self.NAMES.get(control, f" ({control})")
+        if control == "zero":  # the same adapter whose decoder gives all-zero rows
+            self.adapter = dataclasses.replace(adapter, map=ZeroRows(adapter.map))
 
     @torch.no_grad()
     def answer(self, items: Sequence[Any], max_new_tokens: int, min_new_tokens: int = 0) -> tuple[list[str], list[int]]:
@@ -157,12 +166,22 @@ class TokenXC(LatentXC):
         data = []
         for it in items:
             msg = a.send(self.partner_context[it.id] if self.control == "mismatched" else it.sharer_context)
-            if self.control == "zero":
+            if self.control == "mean":
                 msg.codes = torch.zeros_like(msg.codes)
             data.append(msg.to_bytes(self.quantize))
         texts = a.receive(data, [it.question for it in items], own_context=[it.receiver_context for it in items],
                           max_new_tokens=max_new_tokens)
         return texts, [len(d) for d in data]
+
+
+class ZeroRows(LowRank):
+    """A per-token map whose decoder returns all-zero receiver rows (the zero-K/V control)."""
+
+    def __init__(self, low: LowRank):
+        super().__init__(low.down.detach(), low.up.detach(), low.x_mean, low.x_std, low.y_mean)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(code.shape[0], self.up.shape[1], dtype=self.up.dtype, device=code.device)
 
 
 def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequence[int] = (50, 100, 200),
@@ -191,6 +210,8 @@ def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequen
             out.append(latent(adapter, quantize=kind, spans=spans))
         elif kind in ("zero", "mismatched"):
             out.append(latent(adapter, control=kind, spans=spans))
+        elif kind == "mean" and latent is TokenXC:  # an all-zero code: per-token adapters only (like "own", skipped
+            out.append(TokenXC(adapter, control="mean"))  # where it does not apply)
     return out
 
 
