@@ -97,6 +97,23 @@ def test_second_training_of_a_busy_run_folder_is_refused_with_the_owner_pid(tiny
     assert (train(path, ["trainer.max_steps=1"]) / "ckpt" / "last.ckpt").exists()  # free once the owner is gone
 
 
+def test_the_lora_control_locks_its_run_folder_too(tiny_pair, tmp_path):  # noqa: F811
+    from lcf.training.lora import train_lora
+
+    path = recipe(tiny_pair, tmp_path / "runs")
+    folder = tmp_path / "runs" / "tiny-lora"
+    owner = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert owner.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusyError, match=rf"pid {owner.pid}"):
+            train_lora(path, ["trainer.max_steps=1"])
+        assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]
+    finally:
+        owner.kill()
+        owner.wait()
+
+
 # -- 2. non-finite numbers ---------------------------------------------------------------------------
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_non_finite_lr_is_refused_by_validation(tmp_path, value, capsys):

@@ -143,13 +143,24 @@ def control_losses(recipe: dict) -> list[Loss]:
 
 
 def train_lora(recipe_path: str | Path, overrides=(), *, rank: int | None = None) -> Path:
-    """Train the LoRA control for a recipe; return its run directory."""
+    """Train the LoRA control for a recipe; return its run directory (``<name>-lora``), checked and locked for
+    this training before any model loads, as ``lcf train`` locks its own (:mod:`lcf.run_lock`)."""
+    from lcf.paths import check_output_path
+    from lcf.run_lock import run_folder_lock
+
+    recipe = validate_recipe(load_recipe(recipe_path, overrides), origin=str(recipe_path))
+    out = run_dir_of(recipe).with_name(f"{recipe.get('name') or 'run'}-lora")
+    check_output_path(out, "LoRA control run folder (output_dir/<name>-lora)")
+    with run_folder_lock(out):
+        return _train_lora(recipe_path, overrides, out, rank=rank)
+
+
+def _train_lora(recipe_path: str | Path, overrides, out: Path, *, rank: int | None) -> Path:
     from peft import LoraConfig, get_peft_model
 
     cfg = load_recipe(recipe_path, overrides)
     recipe = validate_recipe(cfg, origin=str(recipe_path))
     settings = TrainerSettings(**(recipe.get("trainer") or {}))
-    out = run_dir_of(recipe).with_name(f"{recipe.get('name') or 'run'}-lora")
     L.seed_everything(int(recipe.get("seed", 0)), workers=True, verbose=False)
     t0 = time.perf_counter()
     pair = build_pair(recipe, dtype=settings.model_dtype)
