@@ -129,10 +129,11 @@ def load_map(path: Path) -> tuple[LowRank, dict[str, Any]]:
         cfg = json.loads((path / CONFIG_NAME).read_text())
         return LowRank.from_state(load_weights(path), str(path)), cfg.get("training", {})
     last = path / "ckpt" / "last.ckpt"
-    if last.exists():  # a checkpoint file, or a DeepSpeed ZeRO checkpoint folder (gathered to full tensors)
-        from lcf.export import load_checkpoint
-
-        state = load_checkpoint(last)["state_dict"]
+    if last.is_dir():  # a DeepSpeed ZeRO checkpoint: its shards are gathered by `lcf export`
+        raise LCFError(f"init.from: {last} is a DeepSpeed ZeRO checkpoint folder; export the run first (`lcf export "
+                       f"{path} OUT --which last`) and give init.from the adapter folder OUT")
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
         low = LowRank.from_state({k[len("translator."):]: v for k, v in state.items()
                                   if k.startswith("translator.")}, str(last))
         summary = path / "summary.json"
