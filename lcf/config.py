@@ -48,7 +48,7 @@ SETTINGS_SECTIONS: dict[str, str] = {"trainer": "lcf.training.settings:TrainerSe
 METHOD_SECTIONS: dict[str, str] = {"init": "lcf.token_map.init:check_init"}
 # `losses:` (a list of loss components, lcf.training.loss) is checked against the recipe's trainer and data
 PLAIN_KEYS = {"defaults", "imports", "name", "description", "seed", "data_root", "output_dir", "pair", "sharer", "receiver",
-              "sharers", "losses"}  # sharers: a list of sharers, each with its sections (lcf.several)
+              "sharers", "losses"}  # sharers: a list of sharers, each with its sections (lcf.several.recipe)
 
 
 def _load_file(path: Path, stack: tuple[Path, ...]) -> DictConfig:

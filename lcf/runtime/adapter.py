@@ -30,7 +30,7 @@ from lcf.registry import compressors, token_aligners, translators
 from lcf.runtime.format import AdapterError, load_weights, split_state
 from lcf.runtime.kinds import FUSED
 from lcf.runtime.models import as_loaded, check_finite_cache, check_fingerprint
-from lcf.runtime.several import (SharerSide, batch_to, more_sharer_features, sharer_configs, sharer_states,
+from lcf.several.runtime import (SharerSide, batch_to, more_sharer_features, sharer_configs, sharer_states,
                                  translator_config)
 from lcf.runtime.xcontext import CrossContextMixin
 
@@ -114,7 +114,7 @@ class Adapter(CrossContextMixin):
                                                                  templates.get("receiver", "auto"),
                                                                  items[-1]["receiver_prompt_ids"])
         if self.more_sharers:
-            from lcf.data.several import collate_several
+            from lcf.several.data import collate_several
 
             pads = [pad_token_id(self.sharer.tokenizer)] + [pad_token_id(s.model.tokenizer) for s in self.more_sharers]
             return collate_several(items, pad_token_id(self.receiver.tokenizer), pads, with_response=False)

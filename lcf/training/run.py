@@ -17,7 +17,7 @@ import torch
 from lcf.communicator import Communicator
 from lcf.config import load_recipe, save_resolved, validate_recipe
 from lcf.data.datamodule import InstructDataModule
-from lcf.data.several_module import SeveralSharersDataModule
+from lcf.several.datamodule import SeveralSharersDataModule
 from lcf.errors import LCFError, RecipeError
 from lcf.pair import Pair, build_pair
 from lcf.registry import compressors, datasets, translators

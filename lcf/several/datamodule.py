@@ -1,4 +1,4 @@
-"""Lightning data module for several sharers (features joined by :mod:`lcf.data.several`)."""
+"""Lightning data module for several sharers (features joined by :mod:`lcf.several.data`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,7 +7,7 @@ from typing import Any
 
 from lcf.data.datamodule import InstructDataModule
 from lcf.data.features import pad_token_id
-from lcf.data.several import collate_several, join_sharer_features
+from lcf.several.data import collate_several, join_sharer_features
 from lcf.errors import LCFError
 
 

@@ -5,7 +5,7 @@ by the dataset's own ``prepare`` and joined on the example (``source``, ``index`
 every sharer is kept, one dropped for any sharer (e.g. a prompt too long in its tokenizer) is dropped.
 Sharer 0 stays in the usual feature keys; the others go under ``more_sharers`` and :func:`collate_several`
 turns them into ``batch["sharers"]`` (the layout :class:`lcf.communicator.Communicator` reads). Light
-(torch only): the runtime uses it too; the Lightning data module is :mod:`lcf.data.several_module`.
+(torch only): the runtime uses it too; the Lightning data module is :mod:`lcf.several.datamodule`.
 """
 from __future__ import annotations
 
