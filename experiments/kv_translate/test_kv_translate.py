@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the experiment's own modules
 import kv_translate as kt  # noqa: E402
 from lcf.token_map.rows import head_only  # noqa: E402
+from tests.test_token_rows import same_pair  # noqa: E402,F401  (one model on both sides; kt.Pair is TokenRows)
 
 CONTEXTS = [
     "Ada Lindqvist moved to Tromsø a few years ago. She works as a luthier.",
@@ -29,12 +30,6 @@ CONTEXTS = [
 def _items() -> list[XCExample]:
     return [XCExample(id=str(i), sharer_context=c, question="Where does this person live?", answers=["x"])
             for i, c in enumerate(CONTEXTS)]
-
-
-@pytest.fixture(scope="module")
-def same_pair(real_receiver_tokenizer):
-    model = tiny_llama(vocab_size=len(real_receiver_tokenizer), layers=2).double()
-    return kt.Pair(model, real_receiver_tokenizer, model, real_receiver_tokenizer)
 
 
 def test_ridge_recovers_the_identity_and_the_text_answers(same_pair, tmp_path):

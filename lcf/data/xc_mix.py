@@ -59,14 +59,15 @@ def check_sets(sets: Any, path: str) -> None:
 
 
 def pick(sets: Sequence[Mapping[str, Any]], path: str, data_root: str | None, seed: int, *,
-         distinct_contexts: bool = False) -> tuple[list[Any], list[dict[str, Any]]]:
+         distinct_contexts: bool = False, val_items: int = 0) -> tuple[list[Any], list[dict[str, Any]]]:
     """Up to ``items`` training examples with answers (or distinct contexts) of each set, shuffled together.
-    Returns them and, per set, its spec with the number it gave."""
+    Returns them and, per set, its spec with the number it gave (and, under ``"val"``, up to ``val_items`` of its
+    validation examples with answers, from the same read of the set)."""
     out: list[Any] = []
     used: list[dict[str, Any]] = []
     for i, spec in enumerate(sets):
         dataset, count = build_set(spec, f"{path}[{i}]", data_root)
-        train = dataset.split_examples()[0]
+        train, held = dataset.split_examples()
         if distinct_contexts:
             seen: dict[str, Any] = {}
             for it in train:
@@ -80,6 +81,10 @@ def pick(sets: Sequence[Mapping[str, Any]], path: str, data_root: str | None, se
             raise DataError(f"{path}[{i}] ({spec.get('type')}): its training split has no items with answers")
         out += taken
         used.append({k: v for k, v in spec.items() if k != "data_root"} | {COUNT_KEY: len(taken)})
+        if val_items:
+            held = [it for it in held if it.answers]
+            random.Random(seed).shuffle(held)
+            used[-1]["val"] = held[:val_items]
     random.Random(seed + 1).shuffle(out)
     return out, used
 
@@ -104,11 +109,7 @@ class XCMix:
         check_sets(kwargs.get("sets"), f"{path}.sets")
 
     def split_examples(self) -> tuple[list[Any], list[Any]]:
-        train, self.used = pick(self.sets, "data.sets", self.data_root, self.seed)
-        val: list[Any] = []
-        for i, spec in enumerate(self.sets):
-            dataset, _ = build_set(spec, f"data.sets[{i}]", self.data_root)
-            held = [it for it in dataset.split_examples()[1] if it.answers]
-            random.Random(self.seed).shuffle(held)
-            val += held[:self.val_items]
+        train, used = pick(self.sets, "data.sets", self.data_root, self.seed, val_items=self.val_items)
+        val = [it for u in used for it in u.pop("val", [])]  # each set read once for both splits
+        self.used = used
         return train, val
