@@ -162,6 +162,7 @@ def extract_kv(cache, config, seq_len: int | None = None) -> KVView:
 def build_cache(model_or_config, view: KVView):
     """Inverse of :func:`extract_kv`: a fresh ``DynamicCache`` that continues at ``view.seq_len``."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     config = _config(model_or_config)
     specs = layer_specs(config)
@@ -178,7 +179,11 @@ def build_cache(model_or_config, view: KVView):
                 f"layer {i} attends globally but holds {k.shape[2]} of {view.seq_len} positions; "
                 f"a global layer needs every position"
             )
-        layer.update(k, v)
+        if type(layer) is DynamicLayer:
+            layer.lazy_initialization(k, v)  # hold the view's tensors: update() would copy them
+            layer.keys, layer.values = k, v
+        else:
+            layer.update(k, v)
         if hasattr(layer, "cumulative_length"):  # sliding layers count positions seen, not stored
             layer.cumulative_length = view.seq_len
     return cache

@@ -151,6 +151,8 @@ def batch_views(views: Sequence[KVView]) -> tuple[KVView, list[int]]:
     """Left-pad single-row views to one batch; returns it and each row's number of padded positions."""
     n = max(v.seq_len for v in views)
     pads = [n - v.seq_len for v in views]
+    if len(views) == 1:
+        return views[0], pads  # nothing to pad: no copy of the cache
 
     def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([torch.nn.functional.pad(t, (0, 0, pad, 0)) for t, pad in zip(tensors, pads)])

@@ -20,8 +20,8 @@ import torch
 
 from lcf.errors import LCFError
 from lcf.models.kv import prefill
-from lcf.models.rows import (Prepared, context_span, greedy, layer_rope, question_only, sharer_rows, stop_ids,
-                             unflat_kv)
+from lcf.models.placement import decode_into_cache, layer_kinds
+from lcf.models.rows import Prepared, context_span, greedy, layer_rope, question_only, sharer_rows, stop_ids
 from lcf.runtime.format import WEIGHTS_NAME, AdapterError, file_fingerprint
 from lcf.runtime.kinds import PER_TOKEN
 from lcf.runtime.limits import LengthError, check_length
@@ -47,6 +47,7 @@ class TokenAdapter:
     def __post_init__(self) -> None:
         self._ropes = {role: layer_rope(m.model) for role, m in (("sharer", self.sharer), ("receiver", self.receiver))
                        if m is not None}
+        self._kinds = layer_kinds(self.receiver.model) if self.receiver is not None else []
         self._fingerprint = file_fingerprint(self.folder / WEIGHTS_NAME)
 
     @property
@@ -144,8 +145,8 @@ class TokenAdapter:
                          f"question)", len(span.ids) + len(msg.codes), model, new_tokens=max_new_tokens)
             ids = torch.tensor([span.ids], device=model.device)
             p = Prepared(prefill(model, ids[:, :span.a]), span.a, span.a, ids[0, span.b:])
-            view, start = unflat_kv(self.map.decode(msg.codes.to(self._device())).to(model.device), p,
-                                    self._ropes["receiver"])
+            view, start = decode_into_cache(self.map.decode, msg.codes.to(self._device()), p,
+                                            self._ropes["receiver"], self._kinds)
             views.append(view)
             tails.append(p.tail)
             starts.append(start)
