@@ -19,6 +19,10 @@ passed as ``sharer_views=`` and the sharer is not run at all — it may even be 
 
 The frozen LLMs are deliberately *not* registered as submodules: ``state_dict()``, optimizers and
 checkpoints hold only translator (and compressor) weights, while ``.to()`` still moves the LLMs along.
+
+A *receiver adapter* (``receiver_adapter=``, e.g. :class:`lcf.runtime.receiver_lora.ReceiverLoRA`, already hooked
+onto the receiver) is a submodule: trained, checkpointed and moved with the translators. While any of its
+parameters trains, the receiver's prompt prefill keeps its gradients.
 """
 from __future__ import annotations
 
@@ -61,8 +65,12 @@ class Communicator(nn.Module):
         translators: Sequence[nn.Module],
         combine: Combine = "sequential",
         compressors: Sequence[nn.Module | None] | None = None,
+        receiver_adapter: nn.Module | None = None,
     ):
         super().__init__()
+        if receiver_adapter is not None and any(s is receiver for s in sharers):
+            raise LCFError("a receiver adapter is hooked onto the receiver, and a sharer is that same model object, "
+                           "so the adapter would change the sharer too; load the sharer as a model of its own")
         if len(sharers) != len(translators) or not sharers:
             raise LCFError(
                 f"Communicator needs one translator per sharer; got {len(sharers)} sharers and "
@@ -78,6 +86,7 @@ class Communicator(nn.Module):
         # keyed by sharer index: sharers without a compressor have no entry
         self.compressors = nn.ModuleDict({str(i): c for i, c in enumerate(compressors) if c is not None})
         self.combine = combine
+        self.receiver_adapter = receiver_adapter  # a submodule (trained and saved), or None
         #: on CUDA, run the sharers' prompt prefills on side streams alongside the receiver's (no effect elsewhere);
         #: None (default): only for batches of 2 or more rows. Measured on an H200 (docs/benchmarks.md): a batch-8
         #: training step 491 -> 395 ms with the overlap, a batch-1 first token 80 -> 85 ms (side streams cost more
@@ -133,6 +142,13 @@ class Communicator(nn.Module):
     @torch.no_grad()
     def _prefill(self, model, ids: torch.Tensor, mask: torch.Tensor) -> KVView:
         return prefill(model, ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+
+    def _receiver_prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> KVView:
+        """The receiver's prompt cache; with gradients while its receiver adapter trains."""
+        adapter = self.receiver_adapter
+        if adapter is not None and torch.is_grad_enabled() and any(p.requires_grad for p in adapter.parameters()):
+            return prefill(self.receiver, ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+        return self._prefill(self.receiver, ids, mask)
 
     def _side_stream_prefills(self, batch: dict, given: list) -> tuple[dict[int, KVView], list]:
         """On CUDA (when :attr:`overlap_prefills`): the prompt prefills of the token-aligned sharers queued on
@@ -229,7 +245,7 @@ class Communicator(nn.Module):
             return view
         if inp.span_ids is None:
             raise LCFError(f"sharer {i} has a compressor, so the batch needs `sharer_span_ids` (the span of each "
-                           f"sharer token; build cross-context features with lcf.data.crosscontext)")
+                           f"sharer token; build cross-context features with lcf.data.xc.features)")
         return compressor(view, inp.span_ids)
 
     def fused_prompt_cache(self, batch: dict, fuse: bool = True, sharer_transform: SharerTransform | None = None,
@@ -247,7 +263,7 @@ class Communicator(nn.Module):
             raise LCFError(f"sharer_views: {len(given)} entries for {len(self.sharers)} sharers")
         early, streams = self._side_stream_prefills(batch, given) if fuse else ({}, [])
         try:
-            base = self._prefill(self.receiver, ids[:, :-1], mask[:, :-1])
+            base = self._receiver_prefill(ids[:, :-1], mask[:, :-1])
         finally:
             self._join_side_streams(early, streams)
         if not fuse:

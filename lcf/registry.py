@@ -285,13 +285,17 @@ compressors: Registry = Registry("compressors", ("lcf.compressors",))
 layer_maps: Registry = Registry("layer_maps", ("lcf.align.layers",))
 token_aligners: Registry = Registry("token_aligners", ("lcf.align.tokens",))
 datasets: Registry = Registry("datasets", ("lcf.data.instruct", "lcf.data.task_data", "lcf.data.fact_transfer",
-                                           "lcf.data.xc_qa", "lcf.data.chat_hub", "lcf.data.xc_mix"))
+                                           "lcf.data.xc.qa", "lcf.data.chat_hub", "lcf.data.xc.mix"))
 tasks: Registry = Registry("tasks", ("lcf.eval.tasks",))
 # loss terms of a recipe's `losses:` list (lcf.training.loss.Loss subclasses; checked when a recipe builds them)
 losses: Registry = Registry("losses", ("lcf.training.loss_terms", "lcf.token_map.losses"), singular="loss")
+# a receiver-side adapter composed with the translator (recipe `receiver_adapter:`; lcf.runtime.receiver_lora)
+receiver_adapters: Registry = Registry("receiver_adapters", ("lcf.runtime.receiver_lora",),
+                                       singular="receiver adapter")
 
 REGISTRIES: dict[str, Registry] = {
-    r.kind: r for r in (translators, compressors, layer_maps, token_aligners, datasets, tasks, losses)
+    r.kind: r for r in (translators, compressors, layer_maps, token_aligners, datasets, tasks, losses,
+                        receiver_adapters)
 }
 
 

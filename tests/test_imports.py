@@ -155,3 +155,50 @@ def test_runtime_import_loads_no_training_evaluation_cli_or_heavy_package():
     loaded = json.loads(proc.stdout)
     bad = [m for m in loaded if any(m == p or m.startswith(p + ".") for p in FORBIDDEN_PACKAGES)]
     assert not bad, f"`import lcf.runtime` loaded {bad}; the runtime must not depend on them"
+
+
+#: old import path -> its new home (thin modules kept for one release; CONTRIBUTING.md, what moved where)
+MOVED = {"lcf.data.crosscontext": "lcf.data.xc.features", "lcf.data.xcdata": "lcf.data.xc.dataset",
+         "lcf.data.xc_qa": "lcf.data.xc.qa", "lcf.data.xc_mix": "lcf.data.xc.mix",
+         "lcf.runtime.xcontext": "lcf.runtime.xc", "lcf.eval.crosscontext": "lcf.eval.xc"}
+#: names that changed with the move: old module -> {old name: new name}
+RENAMED = {"lcf.data.crosscontext": {"CrossContextError": "XCError"},
+           "lcf.runtime.xcontext": {"CrossContextMixin": "XCMixin"}}
+#: TEMPORARY: files being edited elsewhere that still import an old path (pyproject's filterwarnings ignores their
+#: warning); empty this, and delete that filter, once they import the new paths
+NOT_YET_MOVED = {"lcf/models/rows.py", "lcf/token_map/init.py", "benchmarks/token_ttft.py",
+                 "benchmarks/token_map_train.py", "benchmarks/xc_ttft.py"}
+
+
+def test_old_import_paths_warn_and_give_the_new_objects():
+    import importlib
+    import warnings
+
+    for old, new in MOVED.items():
+        sys.modules.pop(old, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+        messages = [str(w.message) for w in caught if w.category is DeprecationWarning]
+        assert any(m.startswith(f"{old} is deprecated") and new in m for m in messages), (old, messages)
+        home = importlib.import_module(new)
+        public = getattr(home, "__all__", None) or [n for n in vars(home) if not n.startswith("_")]
+        for name in public:
+            assert getattr(module, name) is getattr(home, name), (old, name)
+        for was, now in RENAMED.get(old, {}).items():
+            assert getattr(module, was) is getattr(home, now)
+
+
+def test_nothing_in_the_repository_imports_an_old_path():
+    """Only the deprecated modules themselves name their new home; everything else imports it directly."""
+    roots = [REPO / d for d in ("lcf", "tests", "benchmarks", "experiments")]
+    known = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    bad = []
+    for path in sorted(p for r in roots for p in r.rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel in NOT_YET_MOVED or (rel.startswith("lcf/") and module_name(path) in MOVED):
+            continue
+        name = module_name(path) if rel.startswith("lcf/") else "outside." + path.stem
+        bad += [f"{rel}:{line} imports {m} (now {MOVED[m]})" for m, line in scan(path, known, name).imports.items()
+                if m in MOVED]
+    assert not bad, "old import paths:\n" + "\n".join(bad)

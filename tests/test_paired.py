@@ -88,7 +88,7 @@ def test_merge_cuts_runs_to_their_common_items(two_reports, tmp_path):
         merge_results([two_reports[0], tmp_path / "c.json"])
 
 
-def test_cross_context_reports_compare_by_f1_em_and_contains(tmp_path, capsys, two_reports):
+def test_xc_reports_compare_by_f1_em_and_contains(tmp_path, capsys, two_reports):
     def xc(preds):
         golds = [["Paris"], ["the red fox", "red fox"], ["1990"]]
         return [{"id": f"x{i}", "pred": p, "text": p + " indeed", "gold": g} for i, (p, g) in enumerate(zip(preds, golds))]

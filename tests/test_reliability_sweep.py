@@ -16,14 +16,14 @@ import torch
 
 from lcf.cli import main
 from lcf.config import load_recipe, validate_recipe
-from lcf.data.crosscontext import ContextTooLongError
+from lcf.data.xc.features import ContextTooLongError
 from lcf.errors import RecipeError
 from lcf.paths import OutputPathError, check_free_space, check_output_path, os_error_line, write_bytes_whole
 from lcf.run_lock import RunFolderBusyError, run_folder_lock
 from lcf.runtime import AdapterError, load_adapter
 from lcf.runtime.limits import LengthError, truncate_text
 from tests.conftest import REPO
-from tests.test_crosscontext_e2e import xc_adapter, xc_adapter_dir, xc_pair  # noqa: F401  (fixtures)
+from tests.test_xc_e2e import xc_adapter, xc_adapter_dir, xc_pair  # noqa: F401  (fixtures)
 from tests.test_reliability_round2 import (HOLD_LOCK, adapter, adapter_dir, copy_adapter, edit_config,  # noqa: F401
                                            long_prompt, no_compute, one_line_error, run_dir, snapshot)
 from tests.test_train_export import recipe, tiny_pair  # noqa: F401  (fixture)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_llama
-from lcf.data.crosscontext import XCExample
+from lcf.data.xc.features import XCExample
 from lcf.errors import LCFError
 from lcf.export import export_token_map
 from lcf.models.kv import prefill
@@ -148,7 +148,7 @@ def test_receiving_side_needs_no_sharer_and_int8_int4_shrink_the_message(tiny):
 
 
 def test_eval_xc_scores_a_per_token_adapter_and_its_baselines(tiny):
-    from lcf.eval.crosscontext import build_xc_systems, evaluate_xc
+    from lcf.eval.xc import build_xc_systems, evaluate_xc
 
     adapter = _load(tiny)
     contexts = [CONTEXT, "Bo Renner keeps three goats near Ghent.", "Cleo Marsh rows on the river in Jakarta."]

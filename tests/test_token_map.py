@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lcf.config import load_recipe, validate_recipe
-from lcf.data.crosscontext import XCExample
+from lcf.data.xc.features import XCExample
 from lcf.errors import LCFError, RecipeError
 from lcf.export import export
 from lcf.registry import translators
@@ -169,6 +169,40 @@ def test_a_second_stage_starts_from_a_run_an_adapter_or_a_file(tiny_pair, tmp_pa
         train(stage, ["trainer.max_steps=1"])
 
 
+def test_a_second_stage_at_a_lower_rank_starts_from_the_cut_map(tiny_pair, tmp_path):  # noqa: F811
+    first = train(recipe(tiny_pair, tmp_path / "runs"), ["trainer.max_steps=1"])
+    stage = tmp_path / "runs" / "low.yaml"
+    stage.write_text(f"defaults: [recipe_in.yaml]\nname: low\ntranslator: {{type: token_map, rank: 4}}\n"
+                     f"init: {{from: {first}}}\n")
+    with pytest.raises(RecipeError, match="cut_on"):  # a rank-8 map does not fit a rank-4 translator as it is
+        train(stage, ["trainer.max_steps=1"])
+    stage.write_text(f"defaults: [recipe_in.yaml]\nname: low\ntranslator: {{type: token_map, rank: 4}}\n"
+                     f"init: {{from: {first}, cut_on: [{{type: fact_transfer, num_train: 40, num_val: 4, "
+                     f"items: 6}}]}}\n")
+    low = train(stage, ["trainer.max_steps=1"])
+    cut = json.loads((low / "summary.json").read_text())["init"]["cut"]
+    assert (cut["rank_from"], cut["rank"], cut["contexts"]) == (8, 4, 6) and 0 < cut["energy_kept"] <= 1
+
+
+def test_the_cut_is_the_least_squares_rank_k_map_on_its_codes():
+    from lcf.runtime.token_kv import LowRank
+    from lcf.token_map.cut import cut
+
+    torch.manual_seed(0)
+    low = LowRank(torch.randn(12, 6), torch.randn(6, 10), torch.zeros(12), torch.ones(12), torch.zeros(10))
+    x = torch.randn(500, 12) * torch.linspace(3, 0.1, 12)
+    full = low.decode(low.encode(x))
+    same, info = cut(low, low.encode(x), 6)
+    torch.testing.assert_close(same.decode(same.encode(x)), full, rtol=1e-4, atol=1e-3)
+    assert info["energy_kept"] == pytest.approx(1.0)
+    k3, _ = cut(low, low.encode(x), 3)
+    u, s, v = torch.linalg.svd(low.down @ low.up, full_matrices=False)
+    naive = x @ (u[:, :3] * s[:3]) @ v[:3]  # the plain SVD cut of the product ignores the data
+    assert ((k3.decode(k3.encode(x)) - full) ** 2).mean() < ((naive - full) ** 2).mean()
+    with pytest.raises(LCFError, match="rank must be"):
+        cut(low, low.encode(x), 7)
+
+
 def test_a_repeated_run_loads_the_stored_init_instead_of_fitting(tiny_pair, tmp_path, monkeypatch):  # noqa: F811
     path = recipe(tiny_pair, tmp_path / "runs")
     train(path, ["trainer.max_steps=1"])
@@ -225,7 +259,7 @@ def test_ridge_recovers_the_identity_and_its_cut_is_exact_at_full_rank(real_rece
 
 
 def test_mixed_sets_keep_their_counts_and_are_reproducible():
-    from lcf.data.xc_mix import XCMix, pick
+    from lcf.data.xc.mix import XCMix, pick
 
     sets = [{"type": "fact_transfer", "num_train": 6, "num_val": 2, "seed": 0, "items": 2},
             {"type": "fact_transfer", "num_train": 6, "num_val": 2, "seed": 1, "values": "open", "items": 5}]

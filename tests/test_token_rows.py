@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lcf.data.crosscontext import XCExample
+from lcf.data.xc.features import XCExample
 from lcf.errors import LCFError
 from lcf.models.rows import flat_kv, layer_rope, unflat_kv
 from lcf.token_map.rows import TokenRows

@@ -11,13 +11,13 @@ import torch
 
 from lcf.align.templates import format_messages
 from lcf.data import (
-    BATCH_KEYS, ContextTooLongError, CrossContextError, DataError, DataFileNotFoundError, FactTransferData,
+    BATCH_KEYS, ContextTooLongError, XCError, DataError, DataFileNotFoundError, FactTransferData,
     HotpotQAXCData, MuSiQueXCData, SpanError, SQuADXCData, XCExample, collate, receiver_features, receiver_message,
     sharer_features, split_spans, token_span_ids, xc_features,
 )
-from lcf.data.crosscontext import DROP_CONTEXT
+from lcf.data.xc.features import DROP_CONTEXT
 from lcf.data.features import DROP_EMPTY, DROP_PROMPT
-from lcf.data.xc_qa import hotpot_paragraphs
+from lcf.data.xc.qa import hotpot_paragraphs
 from lcf.errors import LCFError, RecipeError
 from lcf.eval.tasks import SQuAD, QAItem
 from lcf.registry import datasets
@@ -129,7 +129,7 @@ def test_sharer_span_ids_on_template_and_specials(which, rtok, stok):
 
 def test_sharer_features_errors(rtok):
     for empty in ("", "  \n\n "):
-        with pytest.raises(CrossContextError, match="nothing to read"):
+        with pytest.raises(XCError, match="nothing to read"):
             sharer_features(rtok, empty)
     n = len(sharer_features(rtok, CONTEXT)["sharer_prompt_ids"])
     assert len(sharer_features(rtok, CONTEXT, max_tokens=n)["sharer_prompt_ids"]) == n
@@ -150,7 +150,7 @@ def test_receiver_message_matches_eval_prompt(rtok):
     n = len(f["receiver_prompt_ids"])
     assert f["align_index"] == [0] * n and f["align_mask"] == [True] * n
     assert rtok.decode(f["receiver_prompt_ids"]).endswith("<|im_start|>assistant\n")
-    with pytest.raises(CrossContextError, match="question is empty"):
+    with pytest.raises(XCError, match="question is empty"):
         receiver_features(rtok, "  ")
 
 
@@ -167,7 +167,7 @@ def test_xc_features_and_drop_reasons(rtok, stok):
     assert len(xc_features(ex, rtok, stok, max_response_tokens=1)["response_ids"]) == 1
     for answers in ([], [" "]):
         assert xc_features(XCExample("e2", CONTEXT, "Q?", answers), rtok, stok) == DROP_EMPTY
-    with pytest.raises(CrossContextError) as err:
+    with pytest.raises(XCError) as err:
         xc_features(XCExample("bad", "", "Q?", ["a"]), rtok, stok)
     assert "nothing to read" in str(err.value) and any("'bad'" in n for n in err.value.__notes__)
 

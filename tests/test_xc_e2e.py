@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lcf.data.crosscontext import XCExample
+from lcf.data.xc.features import XCExample
 from lcf.errors import LCFError, RecipeError
-from lcf.eval.crosscontext import build_xc_systems, evaluate_xc, format_xc_table
+from lcf.eval.xc import build_xc_systems, evaluate_xc, format_xc_table
 from lcf.export import export
 from lcf.runtime.messages import LatentMessage, MessageError
 from lcf.runtime import AdapterError, load_adapter
@@ -241,7 +241,7 @@ def test_cli_eval_xc_reports_and_rejects_bad_input(xc_adapter_dir, tmp_path, cap
     assert "not a cross-context dataset" in capsys.readouterr().err
 
 
-def test_demo_crosscontext_part_prints_controls(xc_pair, tmp_path):
+def test_demo_xc_part_prints_controls(xc_pair, tmp_path):
     import io
 
     from rich.console import Console
@@ -257,3 +257,18 @@ def test_demo_crosscontext_part_prints_controls(xc_pair, tmp_path):
     helps = {"receiver alone": s(0.0), "lcf-x": s(0.7), "lcf-x (zero)": s(0.05), "lcf-x (mismatched)": s(0.1)}
     assert "70%" in xc_note(helps) and "controls at most 10%" in xc_note(helps)
     assert "does not help" in xc_note(helps | {"lcf-x (zero)": s(0.7)})
+
+
+def test_old_spellings_still_work_with_a_warning(xc_adapter):
+    """One release of grace for the names before `xc` became the one spelling (CONTRIBUTING.md)."""
+    import lcf.data
+    from lcf.cli.app import build_parser
+    from lcf.data.xc.features import XCError
+
+    with pytest.warns(DeprecationWarning, match="use Adapter.is_xc"):
+        assert xc_adapter.is_cross_context is True
+    with pytest.warns(DeprecationWarning, match="use lcf.data.XCError"):
+        assert lcf.data.CrossContextError is XCError
+    assert build_parser().parse_args(["demo", "--crosscontext", "r.yaml"]).xc == "r.yaml"
+    assert build_parser().parse_args(["demo", "--xc", "r.yaml"]).xc == "r.yaml"
+    assert build_parser().parse_args(["demo"]).xc == "none"

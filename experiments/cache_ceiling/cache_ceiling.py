@@ -210,7 +210,7 @@ def run(model: Any, tokenizer: Any, items: Sequence[Any], methods: Sequence[str]
         template: str = "auto", max_new_tokens: int = 16, batch_size: int = 8, progress: bool = False
         ) -> dict[str, Any]:
     """Scores and predictions per method, in the layout of ``lcf eval-xc``'s results."""
-    from lcf.eval.crosscontext import contains_rate
+    from lcf.eval.xc import contains_rate
     from lcf.eval.harness import first_line
     from lcf.eval.metrics import squad_scores
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_llama
-from lcf.data.crosscontext import XCExample
+from lcf.data.xc.features import XCExample
 from lcf.errors import LCFError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the experiment's own module
@@ -27,7 +27,7 @@ def setup(real_receiver_tokenizer):
 
 def _full_prompt_logits(model, tok, question, context):
     from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import encode_prompt, receiver_message
+    from lcf.data.xc.features import encode_prompt, receiver_message
 
     text = format_messages(tok, [{"role": "user", "content": receiver_message(question, context)}]).text
     ids = torch.tensor([encode_prompt(tok, text)[0]])
@@ -49,7 +49,7 @@ def test_context_span_and_text_method_equal_the_full_prompt(setup):
     full = _full_prompt_logits(model, tok, QUESTION, CONTEXT)
     assert p.b + len(p.tail) == full.shape[0]
     from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import encode_prompt, receiver_message
+    from lcf.data.xc.features import encode_prompt, receiver_message
 
     text = format_messages(tok, [{"role": "user", "content": receiver_message(QUESTION, CONTEXT)}]).text
     ids = encode_prompt(tok, text)[0]
@@ -135,7 +135,7 @@ def test_mismatched_uses_the_other_items_context_and_tail_positions(setup):
 def test_late_question_is_computed_without_the_context(setup):
     """late-M: the question's K/V equal a pass over the whole prompt with the context masked out."""
     from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import encode_prompt, receiver_message
+    from lcf.data.xc.features import encode_prompt, receiver_message
     from transformers import DynamicCache
 
     from lcf.models.kv import cache_kwargs, extract_kv

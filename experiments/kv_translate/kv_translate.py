@@ -85,7 +85,7 @@ def run(pair: Pair, translator: Any, items: Sequence[Any], methods: Sequence[str
     """Scores and predictions per method, in the layout of ``lcf eval-xc``'s results. ``translator``: a
     :class:`Ridge` or ``lcf.eval.kv_tune.LowRank`` (callable on sharer rows, with ``y_mean``). Items are read
     ``batch_size`` at a time (two batches' rows in memory at most), so long contexts fit."""
-    from lcf.eval.crosscontext import contains_rate
+    from lcf.eval.xc import contains_rate
     from lcf.eval.harness import first_line
     from lcf.eval.metrics import squad_scores
 
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     _, val, spec = _dataset(args.data, args.data_root)
     if args.exclude:
-        from lcf.eval.crosscontext import ids_in_results
+        from lcf.eval.xc import ids_in_results
 
         gone, before = ids_in_results(args.exclude), len(val)
         val = [it for it in val if str(it.id) not in gone]

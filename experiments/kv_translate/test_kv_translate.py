@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_gemma3, tiny_llama
-from lcf.data.crosscontext import XCExample
+from lcf.data.xc.features import XCExample
 from lcf.errors import LCFError
 import sys
 from pathlib import Path
@@ -194,7 +194,7 @@ def test_bad_inputs_are_refused_with_their_reason():
 def test_exclude_leaves_out_items_an_earlier_report_scored(tmp_path):
     import json
 
-    from lcf.eval.crosscontext import ids_in_results
+    from lcf.eval.xc import ids_in_results
 
     _, val, _ = kt._dataset(["type=fact_transfer", "num_train=4", "num_val=3"], None)
     (tmp_path / "a.json").write_text(json.dumps({"item_ids": [val[0].id]}))

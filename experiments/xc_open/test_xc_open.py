@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.test_crosscontext_e2e import xc_adapter, xc_adapter_dir, xc_pair  # noqa: F401  (fixtures)
+from tests.test_xc_e2e import xc_adapter, xc_adapter_dir, xc_pair  # noqa: F401  (fixtures)
 from tests.test_train_export import tiny_pair  # noqa: F401  (the fixture xc_pair builds on)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the experiment's own module

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lcf.eval.crosscontext import LatentXC, ReceiverOnly, evaluate_xc, format_xc_table, held_out_items
+from lcf.eval.xc import LatentXC, ReceiverOnly, evaluate_xc, format_xc_table, held_out_items
 
 QUANTS = ("none", "int8", "int4")
 

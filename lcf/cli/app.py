@@ -8,7 +8,7 @@
     lcf train RECIPE [key=value] [--resume]
     lcf train-lora RECIPE [key=value]     LoRA-tuned receiver control (same data, steps, ~parameters)
     lcf export RUN_OR_CKPT OUT_DIR        standalone adapter: adapter.safetensors + adapter_config.json
-    lcf demo [RECIPE] [key=value]         train -> export -> runtime -> answers -> comparison table [--crosscontext RECIPE]
+    lcf demo [RECIPE] [key=value]         train -> export -> runtime -> answers -> comparison table [--xc RECIPE]
     lcf eval ADAPTER|RUN|RECIPE... --tasks T... [--limit N] --out DIR   adapters vs baselines and controls
     lcf send ADAPTER --context TEXT|@FILE [--out MSG] [--quantize int8]   cross-context: context -> latent message
     lcf receive ADAPTER MSG --question TEXT             cross-context: latent message + question -> answer
@@ -160,10 +160,10 @@ def cmd_demo(args) -> int:
 
     con = _console()
     run_demo(args.recipe, args.overrides, skip_train=args.skip_train, console=con)
-    if args.crosscontext != "none":
+    if args.xc != "none":
         from lcf.cli.demo_xc import run_xc_demo
 
-        run_xc_demo(args.crosscontext, console=con)
+        run_xc_demo(args.xc, console=con)
     return 0
 
 
@@ -245,9 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", default="recipes/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     p.add_argument("--skip-train", action="store_true", help="reuse the run directory's checkpoint")
-    p.add_argument("--crosscontext", default="none", metavar="RECIPE",
+    p.add_argument("--xc", default="none", metavar="RECIPE",
                    help="also run the cross-context part with this recipe, e.g. recipes/crosscontext.yaml (about 20 "
                         "more minutes on a 2-core CPU; a 100-step run, 7 min, carried nothing); default: none")
+    p.add_argument("--crosscontext", dest="xc", metavar="RECIPE", help=argparse.SUPPRESS)  # the old name of --xc
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("eval", help="benchmark adapters against baselines and controls on the same items")

@@ -78,7 +78,7 @@ def cmd_eval_xc(args) -> int:
 
     from omegaconf import OmegaConf
     from lcf.eval.compose import resolve_adapter
-    from lcf.eval.crosscontext import build_xc_systems, evaluate_xc, format_xc_table, held_out_items
+    from lcf.eval.xc import build_xc_systems, evaluate_xc, format_xc_table, held_out_items
     from lcf.runtime import load_adapter
 
     if args.limit is not None and args.limit < 1:

@@ -1,4 +1,4 @@
-"""The demo's cross-context part (``lcf demo --crosscontext recipes/crosscontext.yaml``, off by default):
+"""The demo's cross-context part (``lcf demo --xc recipes/crosscontext.yaml``, off by default):
 the sharer reads a text the receiver never sees, and a latent message carries what it read. Trains the
 recipe (about 20 minutes on a 2-core CPU for recipes/crosscontext.yaml; a 100-step run of 7 minutes,
 measured, answered 7.5% against 12.5% for the zero-message control: too short to carry anything), sends one message
@@ -34,7 +34,7 @@ def run_xc_demo(recipe: str = "recipes/crosscontext.yaml", *, console=None, limi
     from rich.console import Console
     from rich.table import Table
 
-    from lcf.eval.crosscontext import build_xc_systems, evaluate_xc, held_out_items
+    from lcf.eval.xc import build_xc_systems, evaluate_xc, held_out_items
     from lcf.export import export
     from lcf.runtime import load_adapter
     from lcf.training.run import train

@@ -44,10 +44,10 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Literal
 
-from lcf.data.crosscontext import XCExample
+from lcf.data.xc.features import XCExample
 from lcf.data.fact_pools import OPEN_ATTRIBUTES, PHRASINGS, open_value, value_split
 from lcf.data.rows import DataError
-from lcf.data.xcdata import XCData
+from lcf.data.xc.dataset import XCData
 from lcf.errors import suggest
 from lcf.registry import datasets
 
@@ -131,7 +131,7 @@ class FactTransferData(XCData):
         (Ge et al., arXiv 2307.06945). Validation examples always ask the question. Raise
         ``max_response_tokens`` to fit the context.
     data_root: accepted for uniform recipes; unused.
-    Other options as in :class:`~lcf.data.xcdata.XCData` (``val_size``/``train_size`` are
+    Other options as in :class:`~lcf.data.xc.dataset.XCData` (``val_size``/``train_size`` are
     ``num_val``/``num_train`` here).
     """
 

@@ -96,7 +96,7 @@ def item_score(row: dict[str, Any], metric: str) -> float:
         raise LCFError(f"--metric {metric} scores cross-context reports (`lcf eval-xc`), whose rows carry the "
                        f"answer 'text' and a list of 'gold' answers; this row has {sorted(row)}: use --metric acc "
                        f"or acc_norm")
-    from lcf.eval.crosscontext import contains_rate
+    from lcf.eval.xc import contains_rate
     from lcf.eval.metrics import exact_match, f1
 
     if metric == "contains":

@@ -107,7 +107,7 @@ class LatentXC(XCSystem):
     def __init__(self, adapter: Any, control: str = "none", quantize: str = "none", spans: str | None = None):
         super().__init__(adapter)
         self.spans = spans  # None: the scheme the compressor was trained with
-        if not adapter.is_cross_context:
+        if not adapter.is_xc:
             raise LCFError("LCF-X evaluation needs a cross-context adapter (exported with a compressor)")
         self.control, self.quantize = control, quantize
         self.partner_context: dict[str, str] = {}  # item id -> the context the mismatched control reads
@@ -306,7 +306,7 @@ def held_out_items(adapter: Any, data: dict | None = None, *, limit: int | None 
     selection). ``only``: exactly the items those reports scored (the same items as an earlier evaluation)."""
     import random
 
-    from lcf.data.crosscontext import CrossContextError, sharer_features
+    from lcf.data.xc.features import XCError, sharer_features
     from lcf.registry import datasets
 
     spec = dict(data or (adapter.config.get("training") or {}).get("data") or {})
@@ -335,7 +335,7 @@ def held_out_items(adapter: Any, data: dict | None = None, *, limit: int | None 
     for it in val:
         try:
             sharer_features(adapter.sharer.tokenizer, it.sharer_context, template=template, max_tokens=limit_tokens)
-        except CrossContextError:
+        except XCError:
             continue
         kept.append(it)
     if not kept:

@@ -10,7 +10,7 @@ Needs only torch, transformers and safetensors (no Lightning, DeepSpeed or Omega
 - :mod:`lcf.runtime.load`      :func:`load_adapter` (any adapter kind)
 - :mod:`lcf.runtime.adapter`   :class:`Adapter` (shared-context generation)
 - :mod:`lcf.runtime.models`    the models an adapter runs with (model specs, fingerprint and dtype checks)
-- :mod:`lcf.runtime.xcontext`  cross-context ``send`` / ``receive`` (LCF-X)
+- :mod:`lcf.runtime.xc`  cross-context ``send`` / ``receive`` (LCF-X)
 - :mod:`lcf.runtime.messages`  latent messages: the bytes that travel between a sender and a receiver
 - :mod:`lcf.runtime.token_kv`  per-token messages (one short code per context token) and their map
 - :mod:`lcf.runtime.token_adapter`  adapters that send them (``load_adapter`` returns one for such a folder)

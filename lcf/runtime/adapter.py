@@ -32,7 +32,7 @@ from lcf.runtime.kinds import FUSED
 from lcf.runtime.models import as_loaded, check_finite_cache, check_fingerprint
 from lcf.several.runtime import (SharerSide, batch_to, more_sharer_features, sharer_configs, sharer_states,
                                  translator_config)
-from lcf.runtime.xcontext import CrossContextMixin
+from lcf.runtime.xc import XCMixin
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ def build_compressor(cfg: dict[str, Any], state: dict[str, torch.Tensor]):
 
 
 @dataclass
-class Adapter(CrossContextMixin):
+class Adapter(XCMixin):
     """An exported adapter with its models. ``sharer`` is None when loaded with ``with_sharer=False``
-    (a receiving process of cross-context messages). Cross-context methods: :mod:`lcf.runtime.xcontext`."""
+    (a receiving process of cross-context messages). Cross-context methods: :mod:`lcf.runtime.xc`."""
 
     config: dict[str, Any]
     communicator: Communicator
@@ -96,7 +96,7 @@ class Adapter(CrossContextMixin):
 
     def encode(self, prompts: Sequence[str | Sequence[dict]]) -> dict[str, torch.Tensor]:
         """Left-padded prompt batch (receiver and sharer templates, token alignment)."""
-        if self.is_cross_context:
+        if self.is_xc:
             raise LCFError("this is a cross-context adapter: the sharer reads a context of its own. Use "
                            "adapter.send(context) and adapter.receive(message, question)")
         if self.sharer is None:
@@ -187,9 +187,12 @@ def load_fused_adapter(folder: Path, cfg: dict[str, Any], *, sharer: Any, receiv
             check_fingerprint("sharer", cfg["sharer"], s)
         check_fingerprint("receiver", cfg["receiver"], r)
     more = _more_sharers(entries, states, given, dtype, check_fingerprints)
+    from lcf.runtime.receiver_lora import load_receiver_lora
+
+    lora = load_receiver_lora(folder, cfg, r.model)  # a composed adapter's receiver LoRA, hooked on; else None
     comm = Communicator(r.model, [s.model if s is not None else None] + [m.model.model for m, _ in more],
                         [translator] + [t for _, t in more], compressors=[compressor] + [None] * len(more),
-                        combine=cfg.get("combine", "sequential")).eval()
+                        combine=cfg.get("combine", "sequential"), receiver_adapter=lora).eval()
     if device:
         comm.to(device)
     aligner = token_aligners.build(cfg.get("token_alignment") or {"type": "maximal_coverage"}, "token_alignment")

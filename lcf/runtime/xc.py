@@ -23,7 +23,7 @@ from lcf.runtime.messages import LatentMessage, MessageError
 from lcf.runtime.models import check_finite_cache
 
 
-class CrossContextMixin:
+class XCMixin:
     """Methods of :class:`lcf.runtime.Adapter` for adapters with a compressor."""
 
     config: dict[str, Any]
@@ -38,11 +38,20 @@ class CrossContextMixin:
         return self.communicator.compressor(0)
 
     @property
-    def is_cross_context(self) -> bool:
+    def is_xc(self) -> bool:
+        """True for an adapter that sends and receives cross-context messages (it has a compressor)."""
         return self.compressor is not None
 
-    def _need_cross_context(self, what: str) -> None:
-        if not self.is_cross_context:
+    @property
+    def is_cross_context(self) -> bool:
+        """Deprecated spelling of :attr:`is_xc` (removed in the next release)."""
+        import warnings
+
+        warnings.warn("Adapter.is_cross_context is deprecated: use Adapter.is_xc", DeprecationWarning, stacklevel=2)
+        return self.is_xc
+
+    def _need_xc(self, what: str) -> None:
+        if not self.is_xc:
             raise LCFError(f"{what} needs a cross-context adapter (one exported with a `compressor:`, e.g. trained "
                            f"from recipes/crosscontext.yaml); this one translates token-aligned caches: use generate()")
 
@@ -71,10 +80,10 @@ class CrossContextMixin:
                         span_tokens: int | None = None) -> dict[str, torch.Tensor]:
         """Left-padded sharer batch (prompt ids, mask, span ids) of ``contexts`` in the sharer's template;
         ``spans`` / ``span_tokens`` default to the scheme the compressor was trained with."""
-        from lcf.data.crosscontext import sharer_features
+        from lcf.data.xc.features import sharer_features
         from lcf.data.features import collate_prompts, pad_token_id
 
-        self._need_cross_context("encode_contexts")
+        self._need_xc("encode_contexts")
         if self.sharer is None:
             raise LCFError("this adapter was loaded without its sharer (with_sharer=False): it can receive latent "
                            "messages but not read contexts; load it with the sharer to send")
@@ -92,7 +101,7 @@ class CrossContextMixin:
     def encode_questions(self, questions: Sequence[str], own_contexts: Sequence[str] | None = None
                          ) -> dict[str, torch.Tensor]:
         """Left-padded receiver batch of questions (optionally each with the receiver's own context)."""
-        from lcf.data.crosscontext import receiver_features
+        from lcf.data.xc.features import receiver_features
         from lcf.data.features import collate_prompts, pad_token_id
 
         own = list(own_contexts) if own_contexts is not None else [""] * len(questions)
@@ -151,7 +160,7 @@ class CrossContextMixin:
         """Answer ``question`` with ``message`` fused in (one message per question, or one for all)."""
         from lcf.data.features import pad_token_id
 
-        self._need_cross_context("receive")
+        self._need_xc("receive")
         single = isinstance(question, str)
         questions = [question] if single else list(question)
         msgs = message if isinstance(message, (list, tuple)) else [message] * len(questions)

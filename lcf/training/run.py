@@ -223,8 +223,8 @@ def _train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume
         dm = InstructDataModule(data, pair.receiver.tokenizer, pair.sharer.tokenizer, pair.aligner,
                                 batch_size=settings.batch_size, num_workers=settings.num_workers)
     compressor = build_compressor(recipe, pair)
-    cross_context_data = hasattr(data, "split_examples")  # lcf.data.xcdata.XCData
-    if cross_context_data != (compressor is not None):
+    xc_data = hasattr(data, "split_examples")  # lcf.data.xc.dataset.XCData
+    if xc_data != (compressor is not None):
         raise RecipeError(
             "compressor: cross-context data (the sharer reads its own context) needs a `compressor:` such as "
             "{type: span_pool}, and a compressor needs cross-context data (e.g. data.type=fact_transfer); this "
@@ -239,12 +239,17 @@ def _train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume
                 f"lcf.compressors.base.CONTEXT_LIMIT or the sharer's maximum positions); set "
                 f"data.max_context_tokens<={limit}"
             )
+    from lcf.training.receiver_adapter import build_receiver_adapter
+
+    receiver_adapter = build_receiver_adapter(recipe, pair.receiver.model)  # a receiver LoRA, or None
     comm = Communicator(pair.receiver.model, [p.sharer.model for p in pairs], all_translators,
-                        combine=settings.combine, compressors=[compressor] + [None] * (len(pairs) - 1))
+                        combine=settings.combine, compressors=[compressor] + [None] * (len(pairs) - 1),
+                        receiver_adapter=receiver_adapter)
     module = LCFModule(comm, settings, build_losses(recipe, FUSED))
     # counted before ZeRO-3 may partition the parameters
     num_parameters = (sum(t.num_parameters() for t in all_translators)
-                      + (compressor.num_parameters() if compressor is not None else 0))
+                      + (compressor.num_parameters() if compressor is not None else 0)
+                      + (receiver_adapter.num_parameters() if receiver_adapter is not None else 0))
     trainer = new_trainer()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
@@ -254,6 +259,7 @@ def _train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume
             "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics,
             "translator": translator.init_args | {"type": recipe["translator"]["type"]},
             "num_parameters": num_parameters, "train_examples": len(dm.train_features),
+            "receiver_adapter": receiver_adapter.config_record() if receiver_adapter is not None else None,
             "val_examples": len(dm.val_features),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,10 +1,10 @@
 """The shared machinery of cross-context datasets: seeded splits and feature building.
 
 A dataset subclasses :class:`XCData` and implements :meth:`XCData.read` (every
-:class:`~lcf.data.crosscontext.XCExample`, in a deterministic order) and optionally
+:class:`~lcf.data.xc.features.XCExample`, in a deterministic order) and optionally
 :meth:`XCData.group_of` (examples of one group never straddle train and validation, e.g. SQuAD
 articles). :meth:`XCData.split_examples` is the seeded split; :meth:`XCData.prepare` builds the
-features of both splits with :func:`~lcf.data.crosscontext.xc_features`.
+features of both splits with :func:`~lcf.data.xc.features.xc_features`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any, ClassVar
 
 from lcf.align.templates import TEMPLATES
-from lcf.data.crosscontext import DROP_CONTEXT, XCExample, xc_features
+from lcf.data.xc.features import DROP_CONTEXT, XCExample, xc_features
 from lcf.data.features import DROP_PROMPT
 from lcf.data.instruct import default_data_root, resolve_data_file
 from lcf.data.rows import DataError, Row, read_rows
@@ -160,7 +160,7 @@ class XCData:
 
     # -- features ----------------------------------------------------------------------------------
     def feature_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`~lcf.data.crosscontext.xc_features` this dataset uses."""
+        """The keyword arguments of :func:`~lcf.data.xc.features.xc_features` this dataset uses."""
         return dict(receiver_template=self.receiver_template, sharer_template=self.sharer_template,
                     spans=self.spans, span_tokens=self.span_tokens, max_context_tokens=self.max_context_tokens,
                     max_prompt_tokens=self.max_prompt_tokens, max_response_tokens=self.max_response_tokens)

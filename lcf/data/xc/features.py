@@ -28,7 +28,7 @@ from lcf.data.spans import check_scheme, token_span_ids
 from lcf.errors import LCFError
 
 __all__ = [
-    "DROP_CONTEXT", "ContextTooLongError", "CrossContextError", "XCExample", "receiver_features",
+    "DROP_CONTEXT", "ContextTooLongError", "XCError", "XCExample", "encode_prompt", "receiver_features",
     "receiver_message", "sharer_features", "xc_features",
 ]
 
@@ -36,11 +36,11 @@ __all__ = [
 DROP_CONTEXT = "sharer context longer than max_context_tokens"
 
 
-class CrossContextError(DataError):
+class XCError(DataError):
     """A cross-context example that cannot be turned into features (empty context, ...)."""
 
 
-class ContextTooLongError(CrossContextError):
+class ContextTooLongError(XCError):
     """A sharer context with more tokens than the sharer may read in one pass."""
 
 
@@ -82,12 +82,12 @@ def sharer_features(
 ) -> dict[str, list[int]]:
     """``{"sharer_prompt_ids", "sharer_span_ids"}`` of ``context`` as one user message.
 
-    Raises :class:`CrossContextError` for an empty context and :class:`ContextTooLongError` when the
+    Raises :class:`XCError` for an empty context and :class:`ContextTooLongError` when the
     prompt has more than ``max_tokens`` tokens.
     """
     check_scheme(spans, span_tokens)
     if not isinstance(context, str) or not context.strip():
-        raise CrossContextError(
+        raise XCError(
             f"the sharer context is empty ({context!r}), so the sharer has nothing to read; cross-context "
             f"examples need a non-empty sharer_context (drop such rows, or give the context to the sharer)"
         )
@@ -108,7 +108,7 @@ def sharer_features(
 def _receiver_prompt(tokenizer: Any, question: str, receiver_context: str,
                      template: TemplateName) -> tuple[list[dict[str, str]], str, list[int]]:
     if not isinstance(question, str) or not question.strip():
-        raise CrossContextError(
+        raise XCError(
             f"the question is empty ({question!r}); the receiver needs a question to answer. Fix or drop the row."
         )
     messages = [{"role": "user", "content": receiver_message(question, receiver_context)}]
@@ -150,7 +150,7 @@ def xc_features(
 
     Drop reasons: :data:`DROP_CONTEXT` (sharer prompt over ``max_context_tokens``), ``DROP_PROMPT``
     (receiver prompt over ``max_prompt_tokens``), ``DROP_EMPTY`` (no or empty first answer). Other
-    problems (empty context or question) raise :class:`CrossContextError` naming the example.
+    problems (empty context or question) raise :class:`XCError` naming the example.
     """
     try:
         answer = example.answers[0].strip() if example.answers else ""

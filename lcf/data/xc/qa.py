@@ -11,7 +11,7 @@
                  sharer reads every passage (``title: text`` when there is a title).
 
 Examples whose sharer prompt exceeds ``max_context_tokens`` are dropped (and counted) by
-:meth:`~lcf.data.xcdata.XCData.prepare`. Note that with the default 480, most HotpotQA halves
+:meth:`~lcf.data.xc.dataset.XCData.prepare`. Note that with the default 480, most HotpotQA halves
 (about 650 Gemma-3 tokens on the shared sample) and every MuSiQue example (about 5,700) are too long.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ import math
 import random
 from typing import Any, Literal
 
-from lcf.data.crosscontext import XCExample
+from lcf.data.xc.features import XCExample
 from lcf.data.rows import DataError, Row
-from lcf.data.xcdata import XCData, load_rows, string_list, text_field
+from lcf.data.xc.dataset import XCData, load_rows, string_list, text_field
 from lcf.registry import datasets
 
 __all__ = ["HotpotQAXCData", "MuSiQueXCData", "SQuADXCData", "hotpot_paragraphs"]
