@@ -38,7 +38,7 @@ def main() -> None:
 
     import lightning as L
 
-    from lcf.data.xc_mix import pick
+    from lcf.data.xc.mix import pick
     from lcf.models.loading import load_model
     from lcf.registry import layer_maps
     from lcf.token_map.data import TokenRowsDataModule, item_rows

@@ -20,7 +20,7 @@ import time
 import torch
 
 from lcf.align.templates import format_messages
-from lcf.data.crosscontext import receiver_message
+from lcf.data.xc.features import receiver_message
 from lcf.models.loading import load_model
 from lcf.export import export_token_map
 from lcf.runtime import load_adapter

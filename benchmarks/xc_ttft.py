@@ -18,7 +18,7 @@ import statistics
 import torch
 
 from lcf.eval.compose import resolve_adapter
-from lcf.eval.crosscontext import LatentXC, TextMessage, evaluate_xc, held_out_items
+from lcf.eval.xc import LatentXC, TextMessage, evaluate_xc, held_out_items
 from lcf.eval.harness import elapsed_ms
 from lcf.runtime import load_adapter
 

@@ -164,10 +164,6 @@ MOVED = {"lcf.data.crosscontext": "lcf.data.xc.features", "lcf.data.xcdata": "lc
 #: names that changed with the move: old module -> {old name: new name}
 RENAMED = {"lcf.data.crosscontext": {"CrossContextError": "XCError"},
            "lcf.runtime.xcontext": {"CrossContextMixin": "XCMixin"}}
-#: TEMPORARY: files being edited elsewhere that still import an old path (pyproject's filterwarnings ignores their
-#: warning); empty this, and delete that filter, once they import the new paths
-NOT_YET_MOVED = {"lcf/models/rows.py", "lcf/token_map/init.py", "benchmarks/token_ttft.py",
-                 "benchmarks/token_map_train.py", "benchmarks/xc_ttft.py"}
 
 
 def test_old_import_paths_warn_and_give_the_new_objects():
@@ -196,7 +192,7 @@ def test_nothing_in_the_repository_imports_an_old_path():
     bad = []
     for path in sorted(p for r in roots for p in r.rglob("*.py")):
         rel = path.relative_to(REPO).as_posix()
-        if rel in NOT_YET_MOVED or (rel.startswith("lcf/") and module_name(path) in MOVED):
+        if rel.startswith("lcf/") and module_name(path) in MOVED:
             continue
         name = module_name(path) if rel.startswith("lcf/") else "outside." + path.stem
         bad += [f"{rel}:{line} imports {m} (now {MOVED[m]})" for m, line in scan(path, known, name).imports.items()

@@ -50,7 +50,7 @@ def context_span(tokenizer: Any, question: str, context: str, template: str = "a
     """Tokenize the receiver's ``receiver + full context`` prompt and locate the context's tokens in it.
     ``receiver_context`` (text the receiver holds itself) comes first, then ``context``, then the question."""
     from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import encode_prompt, receiver_message
+    from lcf.data.xc.features import encode_prompt, receiver_message
 
     context, own = context.strip(), receiver_context.strip()
     message = receiver_message(question, f"{own}\n\n{context}" if own else context)
@@ -99,7 +99,7 @@ def question_only(model: Any, tokenizer: Any, question: str, own_context: str = 
     """The receiver's prompt of ``question`` after the text it holds itself (no sharer context), prefilled but
     for its last token: (cache, start of the tail, tail), ready for :func:`greedy`."""
     from lcf.align.templates import format_messages
-    from lcf.data.crosscontext import encode_prompt, receiver_message
+    from lcf.data.xc.features import encode_prompt, receiver_message
 
     text = format_messages(tokenizer, [{"role": "user", "content": receiver_message(question, own_context)}],
                            template).text
@@ -127,7 +127,7 @@ def sharer_rows(sharer: Any, sharer_tokenizer: Any, rope: Rope, receiver_tokeniz
     every position's K/V is kept (:func:`prefill_every_position`)."""
     from lcf.align.templates import format_messages
     from lcf.align.tokens import align_texts, auto_special_tokens
-    from lcf.data.crosscontext import encode_prompt
+    from lcf.data.xc.features import encode_prompt
 
     rt, st, body = receiver_tokenizer, sharer_tokenizer, context.strip()
     s_text = format_messages(st, [{"role": "user", "content": context}], sharer_template).text

@@ -47,6 +47,7 @@ class TokenAdapter:
     def __post_init__(self) -> None:
         self._ropes = {role: layer_rope(m.model) for role, m in (("sharer", self.sharer), ("receiver", self.receiver))
                        if m is not None}
+        self._heads: dict[tuple[int, ...], Any] = {}
         self._kinds = layer_kinds(self.receiver.model) if self.receiver is not None else []
         self._fingerprint = file_fingerprint(self.folder / WEIGHTS_NAME)
 
@@ -117,6 +118,27 @@ class TokenAdapter:
         return msg
 
     @torch.no_grad()
+    def head_cache(self, ids: Sequence[int]) -> Any:
+        """The receiver's cache of its template head (the tokens before the context), prefilled once per
+        distinct head and kept (a few heads at most): every message read in one template shares it. The
+        returned view is read, never written, by :meth:`place`."""
+        key = tuple(ids)
+        if key not in self._heads:
+            model = self.receiver.model
+            if len(self._heads) >= 4:
+                self._heads.pop(next(iter(self._heads)))
+            self._heads[key] = prefill(model, torch.tensor([key], device=model.device))
+        return self._heads[key]
+
+    @torch.no_grad()
+    def place(self, message: TokenMessage, head: Prepared) -> tuple[Any, int]:
+        """The receiver's cache: ``head`` (its template before the context, prefilled) then the message's codes
+        decoded into every layer's K/V at the context's positions (in chunks, into one preallocated cache:
+        :func:`lcf.models.placement.decode_into_cache`); returns it and the position where the tail starts."""
+        return decode_into_cache(self.map.decode, message.codes.to(self._device()), head, self._ropes["receiver"],
+                                 self._kinds)
+
+    @torch.no_grad()
     def receive(self, message: TokenMessage | bytes | Sequence[TokenMessage | bytes], question: str | Sequence[str],
                 *, own_context: str | Sequence[str] = "", max_new_tokens: int = 32, **unused: Any) -> str | list[str]:
         """Answer ``question`` (or each of a list) reading the message's tokens as its context; ``own_context``
@@ -144,9 +166,8 @@ class TokenAdapter:
             check_length(f"receiver prompt {len(views)} (its own text, the message's {len(msg.codes)} tokens and the "
                          f"question)", len(span.ids) + len(msg.codes), model, new_tokens=max_new_tokens)
             ids = torch.tensor([span.ids], device=model.device)
-            p = Prepared(prefill(model, ids[:, :span.a]), span.a, span.a, ids[0, span.b:])
-            view, start = decode_into_cache(self.map.decode, msg.codes.to(self._device()), p,
-                                            self._ropes["receiver"], self._kinds)
+            p = Prepared(self.head_cache(span.ids[:span.a]), span.a, span.a, ids[0, span.b:])
+            view, start = self.place(msg, p)
             views.append(view)
             tails.append(p.tail)
             starts.append(start)

@@ -2,12 +2,14 @@
 
     init: {type: ridge, fit: [{type: squad_xc, items: 300}, ...], held: 40}   # fitted from data (closed form)
     init: {from: checkpoints/xc_token}                                       # an earlier run, adapter or file
+    init: {from: checkpoints/xc_token, cut_on: [{type: squad_xc, items: 200}]}   # the same, cut to a lower rank
 
-``ridge`` streams the rows of up to ``items`` distinct training contexts of each ``fit`` set (:mod:`lcf.data.xc_mix`),
+``ridge`` streams the rows of up to ``items`` distinct training contexts of each ``fit`` set (:mod:`lcf.data.xc.mix`),
 holds out the first ``held`` contexts to choose the ridge strength among ``lambdas``, and cuts the map to the
 translator's rank (:mod:`lcf.token_map.ridge`). The result is stored in the run folder (``init/``) with the
 section that made it, so a resumed or repeated run loads it instead of fitting again. ``from`` takes a run folder
-(its ``ckpt/last.ckpt``), an exported adapter folder, or a ``.safetensors`` map: a second training stage.
+(its ``ckpt/last.ckpt``), an exported adapter folder, or a ``.safetensors`` map: a second training stage. A map
+of a higher rank than the translator's is cut to it on the codes of ``cut_on``'s contexts (:mod:`lcf.token_map.cut`).
 """
 from __future__ import annotations
 
@@ -26,19 +28,23 @@ from lcf.runtime.token_kv import LowRank
 INIT_FILE = "token_map_init.safetensors"
 RIDGE_KEYS = {"type": str, "fit": list, "held": int, "lambdas": list, "chunk": int, "seed": int}
 FROM_KEY = "from"
+CUT_KEY = "cut_on"
 
 
 def check_init(spec: Any, path: str = "init") -> None:
     """Validate an ``init:`` section without reading data or models."""
-    from lcf.data.xc_mix import check_sets
+    from lcf.data.xc.mix import check_sets
 
     if not isinstance(spec, Mapping):
         raise RecipeError(f"{path}: expected {{type: ridge, fit: [...]}} or {{from: RUN_OR_ADAPTER}}, got {spec!r}")
     if FROM_KEY in spec:
-        extra = sorted(set(spec) - {FROM_KEY})
+        extra = sorted(set(spec) - {FROM_KEY, CUT_KEY})
         if extra or not isinstance(spec[FROM_KEY], str) or not spec[FROM_KEY]:
             raise RecipeError(f"{path}: `from` takes one path (a run folder, an adapter folder or a .safetensors "
-                              f"map) and no other key; got {dict(spec)!r}")
+                              f"map) and optionally `{CUT_KEY}` (data sets whose contexts cut a map of a higher rank "
+                              f"to the translator's); got {dict(spec)!r}")
+        if CUT_KEY in spec:
+            check_sets(spec[CUT_KEY], f"{path}.{CUT_KEY}")
         return
     if spec.get("type") != "ridge":
         raise RecipeError(f"{path}.type: expected 'ridge' (or give `from: RUN_OR_ADAPTER`), got {spec.get('type')!r}")
@@ -65,8 +71,11 @@ def initialise(spec: Mapping[str, Any], translator: Any, rows: Any, out: Path, d
     check_init(spec)
     if FROM_KEY in spec:
         low, report = load_map(Path(spec[FROM_KEY]))
+        info: dict[str, Any] = {"from": spec[FROM_KEY], "before": report}
+        if low.rank != translator.rank:
+            low, info["cut"] = cut_map(spec, low, translator, rows, data_root)
         translator.set_from(low)
-        return {"from": spec[FROM_KEY], "before": report}
+        return info
     stored = out / "init" / INIT_FILE
     key = {"init": dict(spec), "translator": translator.init_args, "pair": dict(identity)}
     if stored.is_file():
@@ -85,7 +94,7 @@ def initialise(spec: Mapping[str, Any], translator: Any, rows: Any, out: Path, d
 
 def fit_ridge(spec: Mapping[str, Any], translator: Any, rows: Any, data_root: str | None
               ) -> tuple[LowRank, dict[str, Any]]:
-    from lcf.data.xc_mix import pick
+    from lcf.data.xc.mix import pick
     from lcf.models.rows import WindowError
     from lcf.token_map.ridge import LAMBDAS, Ridge
 
@@ -116,6 +125,27 @@ def fit_ridge(spec: Mapping[str, Any], translator: Any, rows: Any, data_root: st
     print(f"init: ridge on {report['tokens']} tokens, lambda {report['lambda']}, held-out R^2 "
           f"{report['r2'][str(report['lambda'])]:.3f}, {report['seconds']:.0f} s", file=sys.stderr, flush=True)
     return ridge.cut(translator.rank, seed=seed), report
+
+
+def cut_map(spec: Mapping[str, Any], low: LowRank, translator: Any, rows: Any, data_root: str | None
+            ) -> tuple[LowRank, dict[str, Any]]:
+    """``low`` cut to the translator's rank on the codes of ``cut_on``'s contexts (:mod:`lcf.token_map.cut`)."""
+    from lcf.data.xc.mix import pick
+    from lcf.token_map.cut import cut
+
+    if CUT_KEY not in spec or low.rank < translator.rank:
+        raise RecipeError(f"init.from: the map has rank {low.rank}, the translator {translator.rank}; a map of a "
+                          f"higher rank is cut to the translator's on the codes of some contexts: add `{CUT_KEY}: "
+                          f"[{{type: squad_xc, items: 200}}]` to init (a lower rank cannot be raised: use its rank)")
+    t0 = time.perf_counter()
+    contexts, used = pick(spec[CUT_KEY], f"init.{CUT_KEY}", data_root, 0, distinct_contexts=True)
+    with torch.no_grad():
+        codes = torch.cat([low.encode(rows.features(it)[0]) for it in contexts])
+    out, report = cut(low, codes, translator.rank)
+    report |= {"contexts": len(contexts), "on": used, "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"init: map of rank {low.rank} cut to {translator.rank} on {len(codes)} tokens, keeping "
+          f"{report['energy_kept']:.3f} of its output energy", file=sys.stderr, flush=True)
+    return out, report
 
 
 def load_map(path: Path) -> tuple[LowRank, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The rows the per-token map reads and writes, for one cross-context item (``lcf.data.crosscontext.XCExample``).
+"""The rows the per-token map reads and writes, for one cross-context item (``lcf.data.xc.features.XCExample``).
 
     x: (T, Ds)  the sharer's rows for the T receiver tokens of the item's context (the sharer reads it alone)
     y: (T, Dr)  the receiver's own rows for those tokens (its prompt: own text, context, question)
