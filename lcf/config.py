@@ -35,11 +35,12 @@ COMPONENT_SECTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "translator": ("translators", frozenset({"shapes"})),
     "compressor": ("compressors", frozenset({"shapes"})),
     "data": ("datasets", frozenset()),
+    "receiver_adapter": ("receiver_adapters", frozenset({"model"})),  # a LoRA on the receiver (lcf.training.receiver_adapter)
 }
 # sections whose arguments belong to one component type: a layer that names another `type` replaces the
 # section instead of merging into it (`translator.type=gated_fusion` drops LCF's `rank`). `data` merges as
 # usual: its loading options (templates, sizes, seed) are shared by every data type.
-TYPED_SECTIONS = ("layer_map", "token_alignment", "translator", "compressor")
+TYPED_SECTIONS = ("layer_map", "token_alignment", "translator", "compressor", "receiver_adapter")
 # sections whose form a layer may switch (init: `type: ridge` or `from: RUN`): then the layer's replaces the base's
 WHOLE_SECTIONS = ("init",)
 # plain sections validated by a dataclass (registered by the modules that own them)
@@ -227,6 +228,7 @@ def validate_recipe(cfg: DictConfig | dict, *, origin: str = "recipe") -> dict[s
         attempt(_check_layer_map_depths, data)
         attempt(_check_span_scheme, data)
     attempt(_check_losses, data)
+    attempt(_check_receiver_adapter, data)
     attempt(_check_finite, data)
     attempt(check_sharers, data, check_model=_check_model_spec, check_depths=_check_layer_map_depths,
             check_component=lambda kind, spec, path: get_registry(kind).check(
@@ -251,7 +253,8 @@ def _check_finite(data: dict) -> None:
 
 
 def _check_method_sections(data: dict) -> None:
-    """``init:`` belongs to a per-token translator (``adapter_kind = "per_token"``), which checks them."""
+    """``init:`` belongs to a per-token translator (``adapter_kind = "per_token"``), which checks them; a fused
+    translator takes only ``init: {receiver_adapter: RUN_OR_ADAPTER}`` (:mod:`lcf.training.receiver_adapter`)."""
     import importlib
 
     from lcf.runtime.kinds import PER_TOKEN, adapter_kind
@@ -263,8 +266,9 @@ def _check_method_sections(data: dict) -> None:
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
         return  # the translator section reports its own problem
     if adapter_kind(spec["type"]) != PER_TOKEN:
-        raise RecipeError(f"{', '.join(present)}: only a per-token translator (translator.type: token_map) takes "
-                          f"this section; remove it or change the translator")
+        from lcf.training.receiver_adapter import check_fused_init
+
+        return check_fused_init(data)
     for section in present:
         mod, _, fn = METHOD_SECTIONS[section].partition(":")
         getattr(importlib.import_module(mod), fn)(data[section], section)
@@ -313,6 +317,12 @@ def _span_scheme(kind: str, spec: Any) -> tuple[Any, Any] | None:
         return None
     default = {k: params[k].default if k in params else None for k in ("spans", "span_tokens")}
     return spec.get("spans", default["spans"]), spec.get("span_tokens", default["span_tokens"])
+
+
+def _check_receiver_adapter(data: dict) -> None:
+    from lcf.training.receiver_adapter import check_recipe
+
+    check_recipe(data)
 
 
 def _check_losses(data: dict) -> None:

@@ -2,6 +2,7 @@
 
     OUT_DIR/adapter.safetensors     translator tensors only
     OUT_DIR/adapter_config.json     everything needed to rebuild and check it (keys: lcf.runtime.format.KNOWN_KEYS)
+    OUT_DIR/receiver_lora/          recipes with a `receiver_adapter:` only: the receiver LoRA as a PEFT folder
 
 The folder is written to a temporary sibling and swapped into place under a lock, so a reader never sees
 half an adapter (:mod:`lcf.atomic_folder`). An existing adapter folder is replaced; a file, or a folder
@@ -32,11 +33,13 @@ from lcf.errors import LCFError
 from lcf.models.fingerprint import fingerprint
 from lcf.export_card import CARD_NAME, adapter_card, gate_summary
 from lcf.runtime.kinds import PER_TOKEN, adapter_kind
-from lcf.runtime.format import COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, SHARERS_PREFIX, WEIGHTS_NAME
+from lcf.runtime.format import (COMPRESSOR_PREFIX, CONFIG_NAME, FORMAT_VERSION, RECEIVER_LORA_FOLDER,
+                                SHARERS_PREFIX, WEIGHTS_NAME)
 
 # what an adapter folder may hold; the first file marks it as one (anything else is the user's)
-ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md")
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md", RECEIVER_LORA_FOLDER)
 TRANSLATOR_PREFIX = "communicator.translators.0."
+RECEIVER_LORA_PREFIX = "communicator.receiver_adapter."  # the receiver LoRA of a composed run
 TOKEN_MAP_PREFIX = "translator."  # lcf.token_map.module.TokenMapModule.translator
 COMPRESSOR_STATE_PREFIX = "communicator.compressors.0."
 
@@ -107,26 +110,36 @@ def adapter_tensors(translators, compressor=None) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def write_adapter(out_dir: str | Path, translator, config: dict, compressor=None, *, overwrite: bool = False) -> Path:
+def write_adapter(out_dir: str | Path, translator, config: dict, compressor=None, *, overwrite: bool = False,
+                  receiver_lora=None) -> Path:
     """Atomically write ``adapter.safetensors`` + ``adapter_config.json`` into ``out_dir`` (compressor
     tensors, if any, under the ``compressor.`` prefix). An existing adapter there is replaced; a file or a
-    folder holding anything else is refused unless ``overwrite`` (see :mod:`lcf.atomic_folder`)."""
+    folder holding anything else is refused unless ``overwrite`` (see :mod:`lcf.atomic_folder`).
+    ``receiver_lora``: a :class:`~lcf.runtime.receiver_lora.ReceiverLoRA` written as a PEFT folder
+    ``receiver_lora/`` (or such a folder, copied as it is)."""
     from safetensors import SafetensorError
 
     from lcf.export_checks import check_before_writing, save_failure
 
     tensors = adapter_tensors(translator, compressor)
-    check_before_writing(out_dir, tensors)  # finite tensors, room on the disk
+    lora_tensors = receiver_lora.peft_state() if hasattr(receiver_lora, "peft_state") else {}
+    check_before_writing(out_dir, tensors | lora_tensors)  # finite tensors, room on the disk
     with publish_folder(out_dir, ADAPTER_FILES, overwrite=overwrite) as tmp:
         try:
             save_file(tensors, str(tmp / WEIGHTS_NAME),
                       metadata={"format": "pt", "lcf_format_version": str(FORMAT_VERSION)})
+            if lora_tensors:
+                receiver_lora.save_peft(tmp / RECEIVER_LORA_FOLDER, base_model=config["receiver"].get("name"))
+            elif receiver_lora is not None:
+                import shutil
+
+                shutil.copytree(receiver_lora, tmp / RECEIVER_LORA_FOLDER)
         except (OSError, SafetensorError) as exc:  # a full disk, a file-size limit
             raise save_failure(out_dir, exc) from exc
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False))
         (tmp / CARD_NAME).write_text(adapter_card(config, path=out_dir, gates=gate_summary(translator)))
-        for f in tmp.iterdir():  # an adapter is meant to be shared
-            f.chmod(0o644)
+        for f in tmp.rglob("*"):  # an adapter is meant to be shared
+            f.chmod(0o755 if f.is_dir() else 0o644)
     return Path(out_dir).resolve()
 
 
@@ -265,8 +278,16 @@ def _export(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "best"
                             training=training, compressor=compressor)
     if several:
         config = several_sharers_config(config, recipe, pairs, all_translators)
+    lora = None
+    if recipe.get("receiver_adapter"):  # composed with a receiver LoRA: a PEFT folder beside the translator(s)
+        from lcf.registry import receiver_adapters
+
+        lora = receiver_adapters.build(recipe["receiver_adapter"], "receiver_adapter", model=pair.receiver.model)
+        lora.load_state_dict(translator_state(ckpt["state_dict"], RECEIVER_LORA_PREFIX), strict=True)
+        config |= {"receiver_adapter": lora.config_record(), "num_parameters": config["num_parameters"]
+                   + lora.num_parameters(), "size_bytes": config["size_bytes"] + lora.size_bytes()}
     return write_adapter(out_dir, all_translators if several else translator, config, compressor=compressor,
-                         overwrite=overwrite)
+                         overwrite=overwrite, receiver_lora=lora)
 
 
 def _training_record(recipe: dict, run: Path, ckpt_path: Path, ckpt: dict) -> dict[str, Any]:

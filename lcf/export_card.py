@@ -89,6 +89,17 @@ def _init_line(training: dict[str, Any]) -> str | None:
     return f"| init | ridge fit on {fit}{got} |"
 
 
+def _receiver_lora_line(spec: dict[str, Any], training: dict[str, Any]) -> str:
+    """The receiver LoRA a composed adapter carries: its shape, size, how it was trained and where it lies."""
+    args = spec.get("args") or {}
+    first = (training.get("init") or {}).get("receiver_adapter")
+    how = f"staged: trained first ({first}), then lr_scale {args.get('lr_scale')}" if first else \
+        f"trained jointly, lr_scale {args.get('lr_scale')}"
+    return (f"| receiver LoRA | rank {args.get('rank')}, alpha {args.get('alpha')} on "
+            f"{', '.join(args.get('target_modules') or [])}; {_params(spec.get('num_parameters'))} parameters ({how}); "
+            f"PEFT folder `{spec.get('folder')}/` |")
+
+
 def load_snippet(config: dict[str, Any], path: str) -> str:
     """The exact code that loads this adapter and uses it."""
     if config.get("compressor") or _per_token(config):
@@ -136,6 +147,8 @@ def adapter_card(config: dict[str, Any], *, path: str | Path | None = None,
     if config.get("compressor"):
         c = config["compressor"]
         lines.append(f"| compressor | {c['type']} ({', '.join(f'{k}={v}' for k, v in (c.get('args') or {}).items())}) |")
+    if config.get("receiver_adapter"):
+        lines.append(_receiver_lora_line(config["receiver_adapter"], training))
     if _init_line(training):
         lines.append(_init_line(training))
     metrics = summary.get("metrics") or {}
@@ -163,8 +176,12 @@ def adapter_card(config: dict[str, Any], *, path: str | Path | None = None,
             closed = f"; closed layers {g['closed']}" if g["closed"] else "; no layer fully closed"
             lines.append(f"- {who}K open {g['k_open']}/{g['layers']}, V open {g['v_open']}/{g['layers']}, values "
                          f"{g['min']:.3f}-{g['max']:.3f}{closed}")
-    lines += ["", "## Load", "", "```python", load_snippet(config, str(path or ".")), "```", "",
-              "Sharer and receiver fingerprints (config and tokenizer) are checked when loading: "
+    lines += ["", "## Load", "", "```python", load_snippet(config, str(path or ".")), "```", ""]
+    if config.get("receiver_adapter"):
+        folder = f"{path or '.'}/{config['receiver_adapter'].get('folder')}"
+        lines += ["`load_adapter` applies the receiver LoRA to the receiver (no PEFT needed). The LoRA alone, without "
+                  f"the translator, is a PEFT adapter: `PeftModel.from_pretrained(receiver, \"{folder}\")`.", ""]
+    lines += ["Sharer and receiver fingerprints (config and tokenizer) are checked when loading: "
               "the adapter refuses other models.", "", SCORES_BEGIN,
               "No scores yet: `lcf eval ADAPTER --tasks ... --out DIR --card` adds them here.", SCORES_END, ""]
     return "\n".join(lines)
@@ -239,13 +256,14 @@ def read_scores(folder: str | Path) -> dict[str, Any] | None:
 
 def find_adapters(root: str | Path, max_depth: int = 4) -> list[Path]:
     """Adapter folders (with an ``adapter_config.json``) under ``root``, at most ``max_depth`` levels down."""
-    from lcf.runtime.format import CONFIG_NAME
+    from lcf.runtime.format import CONFIG_NAME, RECEIVER_LORA_FOLDER
 
     root = Path(root)
     found = []
     for cfg in sorted(root.rglob(CONFIG_NAME)):
-        if len(cfg.relative_to(root).parts) - 1 <= max_depth and not any(p.startswith(".") for p in
-                                                                          cfg.relative_to(root).parts[:-1]):
+        lora = cfg.parent.name == RECEIVER_LORA_FOLDER and (cfg.parent.parent / CONFIG_NAME).is_file()  # PEFT's
+        if len(cfg.relative_to(root).parts) - 1 <= max_depth and not lora and not any(
+                p.startswith(".") for p in cfg.relative_to(root).parts[:-1]):
             found.append(cfg.parent)
     return found
 

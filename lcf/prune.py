@@ -63,11 +63,14 @@ def prune_adapter(adapter_dir: str | Path, out_dir: str | Path, *, keep: int | N
     new = copy.deepcopy(cfg)
     new["translator"] = {"type": cfg["translator"]["type"], "args": translator.init_args}
     modules = [translator] + ([compressor] if compressor is not None else [])
-    new["num_parameters"] = sum(m.num_parameters() for m in modules)
-    new["size_bytes"] = sum(sum(t.numel() * t.element_size() for t in m.state_dict().values()) for m in modules)
+    lora = cfg.get("receiver_adapter") or {}  # a composed adapter's receiver LoRA is kept whole (copied)
+    new["num_parameters"] = sum(m.num_parameters() for m in modules) + lora.get("num_parameters", 0)
+    new["size_bytes"] = (sum(sum(t.numel() * t.element_size() for t in m.state_dict().values()) for m in modules)
+                         + lora.get("size_bytes", 0))
     new.setdefault("training", {})["pruned"] = {
         "from": src.name, "layers_before": before, "kept": kept, "keep": keep, "threshold": threshold,
         "scores": {str(t): round(s, 6) for t, s in sorted(scores.items())},
         "size_bytes_before": cfg.get("size_bytes"), "pruned": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    return write_adapter(out_dir, translator, new, compressor=compressor)
+    return write_adapter(out_dir, translator, new, compressor=compressor,
+                         receiver_lora=src / Path(lora["folder"]).name if lora else None)

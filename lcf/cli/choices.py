@@ -1,7 +1,7 @@
 """Choice lists shared by the parser and the commands (here so that `lcf --help` needs no torch import)."""
 
 #: `lcf eval --systems` choices
-SYSTEM_CHOICES = ("receiver", "sharer", "text", "lora", "adapter", "zero", "mismatched")
+SYSTEM_CHOICES = ("receiver", "sharer", "text", "lora", "lora_alone", "adapter", "zero", "mismatched")
 DEFAULT_SYSTEMS = SYSTEM_CHOICES
 #: `lcf eval --format` choices (multiple-choice scoring; lcf.eval.scoring.MC_FORMATS, checked by a test)
 MC_FORMAT_CHOICES = ("lmeval", "chat", "letter", "generate-letter")

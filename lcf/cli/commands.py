@@ -39,9 +39,14 @@ def cmd_eval(args) -> int:
     dirs = [resolve_adapter(a) for a in args.adapters]
     first = load_adapter(dirs[0], device=device, dtype=args.dtype)
     adapters = [first]
+    from lcf.runtime import read_config
+
     for d in dirs[1:]:
+        # a composed adapter hooks its receiver LoRA onto its receiver: it shares no receiver with another adapter
+        shared = not (read_config(d).get("receiver_adapter") or first.config.get("receiver_adapter"))
         try:
-            adapters.append(load_adapter(d, sharer=first.sharer, receiver=first.receiver, device=device))
+            adapters.append(load_adapter(d, sharer=first.sharer, receiver=first.receiver if shared else None,
+                                         device=device, dtype=None if shared else args.dtype))
         except AdapterError as exc:
             raise AdapterError(
                 f"{d}: every adapter given to `lcf eval` must be for the pair of the first one "

@@ -6,6 +6,8 @@
 * :class:`LoRAReceiver` — the receiver with a PEFT LoRA trained by ``lcf train-lora`` on the same
   data, for the same steps, with about as many trainable parameters as the adapter. An adapter
   whose gain this control matches has tuned the receiver, not transferred what the sharer read.
+* :class:`ReceiverLoRAAlone` — a composed adapter's own receiver LoRA without its translator (the
+  sharer never runs): what the adapter's gain owes to adaptation alone.
 
 Both answer the same zero-shot user messages as every other system (see :mod:`lcf.eval.systems`).
 """
@@ -21,7 +23,7 @@ import torch
 
 from lcf.align.templates import TemplateName
 from lcf.errors import LCFError
-from lcf.eval.systems import Feature, PlainModel, System
+from lcf.eval.systems import CommunicatorSystem, Feature, PlainModel, System
 from lcf.models.loading import LoadedModel
 
 #: How the receiver reads the sharer's message by default: the notes come first, so that a prompt
@@ -58,6 +60,7 @@ class TextRelay(System):
         self.batch_size = batch_size
         self.name, self.kind = name or f"text-{message_tokens}", "text"
         self.tokenizer = receiver.tokenizer
+        self.bare_model = receiver.model  # the receiver reads the text alone, without a composed adapter's LoRA
         #: the messages written by the last ``_encode`` call, in prompt order (for reports)
         self.last_messages: list[str] = []
 
@@ -127,7 +130,10 @@ class LoRAReceiver(PlainModel):
                 f"the LoRA in {folder} was trained on receiver {trained_on!r}, but the adapters being evaluated use "
                 f"{receiver.name!r}; train the control from the same recipe (`lcf train-lora RECIPE`)"
             )
-        peft = PeftModel.from_pretrained(copy.deepcopy(receiver.model), str(folder)).eval()
+        from lcf.runtime.receiver_lora import strip_receiver_lora
+
+        # a copy of the receiver, without the hooks of a composed adapter's receiver LoRA (copied with it)
+        peft = PeftModel.from_pretrained(strip_receiver_lora(copy.deepcopy(receiver.model)), str(folder)).eval()
         peft.requires_grad_(False)
         # LoRA layers are injected into the copy itself: use it as a plain causal LM (its body then
         # prefills without LM-head logits, like every other system)
@@ -150,3 +156,31 @@ class LoRAReceiver(PlainModel):
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"lora": str(self.folder), "rank": self.summary.get("rank"),
                                      "steps": self.summary.get("steps")}
+
+
+# -- a composed adapter's receiver LoRA alone ------------------------------------------------------------
+class ReceiverLoRAAlone(CommunicatorSystem):
+    """The receiver with ``adapter``'s receiver LoRA on and no translator (``fuse=False``: the sharer never runs).
+
+    The same prompts as the adapter's (its receiver template); against it, the adapter's gain over this system is
+    what the translator adds on top of the adaptation (the adapter's zero and mismatched controls keep the LoRA on
+    too). ``label``: the adapter's name in reports; the system is "<label> (LoRA alone)"."""
+
+    def __init__(self, adapter: Any, *, label: str = "adapter"):
+        lora = getattr(adapter.communicator, "receiver_adapter", None)
+        if lora is None:
+            raise LCFError(f"{label} has no receiver LoRA (its recipe had no `receiver_adapter:`); the 'lora_alone' "
+                           f"system applies to adapters composed with one")
+        super().__init__(adapter, fuse=False, name=f"{label} (LoRA alone)", kind="lora_alone", label=label)
+        self.lora = lora
+
+    @property
+    def num_parameters(self) -> int:
+        return self.lora.num_parameters()
+
+    @property
+    def size_bytes(self) -> int:
+        return self.lora.size_bytes()
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"receiver_lora_of": self.label, "rank": self.lora.rank, "alpha": self.lora.alpha}

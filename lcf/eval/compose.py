@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from lcf.errors import LCFError
-from lcf.eval.baselines import LoRAReceiver, TextRelay
+from lcf.eval.baselines import LoRAReceiver, ReceiverLoRAAlone, TextRelay
 from lcf.eval.systems import AdapterSystem, ReceiverAlone, SharerAlone, System
 from lcf.runtime.format import CONFIG_NAME
 
-#: System families `lcf eval --systems` knows, in report order.
-SYSTEM_KINDS: tuple[str, ...] = ("receiver", "sharer", "text", "lora", "adapter", "zero", "mismatched")
+#: System families `lcf eval --systems` knows, in report order. ``lora_alone``: a composed adapter's receiver LoRA
+#: without its translator (adapters without one have none; their other systems are unchanged).
+SYSTEM_KINDS: tuple[str, ...] = ("receiver", "sharer", "text", "lora", "lora_alone", "adapter", "zero",
+                                  "mismatched")
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
@@ -58,7 +60,7 @@ def pair_systems(pair: str, chosen: Sequence[str], *, text_tokens: Sequence[int]
     from lcf.models.loading import load_model
 
     unknown = sorted(set(chosen) - set(SYSTEM_KINDS))
-    needs_adapter = sorted(set(chosen) - {"receiver", "sharer", "text"})
+    needs_adapter = sorted(set(chosen) - {"receiver", "sharer", "text"})  # lora_alone too: an adapter's own LoRA
     if unknown or needs_adapter:
         raise LCFError(f"systems {unknown or needs_adapter} cannot run with --pair (no adapter): choose from receiver, "
                        f"sharer, text, or pass an adapter instead of --pair")
@@ -109,6 +111,8 @@ def build_systems(adapters: Sequence[Any], labels: Sequence[str], chosen: Sequen
                 systems.append(LoRAReceiver(d, first.receiver, template=templates.get("receiver", "auto"),
                                             name=label))
     for adapter, label in zip(adapters, labels):
+        if "lora_alone" in chosen and getattr(adapter.communicator, "receiver_adapter", None) is not None:
+            systems.append(ReceiverLoRAAlone(adapter, label=label))
         for control, key in (("none", "adapter"), ("zero", "zero"), ("mismatched", "mismatched")):
             if key in chosen:
                 systems.append(AdapterSystem(adapter, control, label=label))

@@ -48,6 +48,7 @@ from lcf.eval.scoring import (context_ids, continuation_ids, expand_view, move_t
                               row_log_likelihood)
 from lcf.models.kv import KVView, cache_kwargs, prefill
 from lcf.models.loading import LoadedModel
+from lcf.runtime.receiver_lora import without_receiver_lora
 
 Control = Literal["none", "zero", "mismatched"]
 CONTROLS: tuple[str, ...] = ("none", "zero", "mismatched")
@@ -64,6 +65,8 @@ class System(ABC):
     tokenizer: Any = None
     #: whether batch-1 latency means something for this system (False: the harness skips timing it)
     timed: bool = True
+    #: a model this system runs without the receiver LoRA a composed adapter hooked onto it (the receiver alone)
+    bare_model: Any = None
 
     @property
     def num_parameters(self) -> int:
@@ -156,11 +159,12 @@ class System(ABC):
     def _score_batches(self, features: list[Feature], ids: list[list[list[int]]], batch_size: int,
                        on_batch: OnBatch | None) -> list[list[float]]:
         out: list[list[float]] = []
-        for start in range(0, len(features), batch_size):
-            chunk = ids[start:start + batch_size]
-            out.extend(self._score_items(features[start:start + batch_size], chunk))
-            if on_batch:
-                on_batch(sum(len(o) for o in chunk))
+        with without_receiver_lora(self.bare_model):
+            for start in range(0, len(features), batch_size):
+                chunk = ids[start:start + batch_size]
+                out.extend(self._score_items(features[start:start + batch_size], chunk))
+                if on_batch:
+                    on_batch(sum(len(o) for o in chunk))
         return out
 
     @torch.no_grad()
@@ -171,11 +175,12 @@ class System(ABC):
         features = self._encode_raw(list(prompts)) if raw else self._encode(list(prompts))
         self.check_lengths(features, max_new_tokens)
         out: list[str] = []
-        for start in range(0, len(features), batch_size):
-            chunk = features[start:start + batch_size]
-            out.extend(self._generate(chunk, max_new_tokens, min_new_tokens))
-            if on_batch:
-                on_batch(len(chunk))
+        with without_receiver_lora(self.bare_model):
+            for start in range(0, len(features), batch_size):
+                chunk = features[start:start + batch_size]
+                out.extend(self._generate(chunk, max_new_tokens, min_new_tokens))
+                if on_batch:
+                    on_batch(len(chunk))
         return out
 
     def _decode(self, new_ids: torch.Tensor) -> list[str]:
@@ -199,6 +204,7 @@ class PlainModel(System):
         self.lm, self.template = lm, template
         self.tokenizer = lm.tokenizer
         self.name, self.kind = name or lm.name, kind
+        self.bare_model = lm.model  # a model on its own, never with a composed adapter's receiver LoRA
 
     @property
     def device(self) -> torch.device:
@@ -327,7 +333,8 @@ class CommunicatorSystem(System):
 
 class ReceiverAlone(System):
     """The receiver on its own: an adapter's communicator with ``fuse=False`` (the sharer is never
-    run), or a plain :class:`LoadedModel` in its template (default ``"auto"``)."""
+    run; a composed adapter's receiver LoRA is switched off), or a plain :class:`LoadedModel` in its
+    template (default ``"auto"``)."""
 
     def __init__(self, source: Any, *, name: str = "receiver", template: TemplateName | None = None):
         self.name, self.kind = name, "receiver"
@@ -336,6 +343,7 @@ class ReceiverAlone(System):
         else:
             self.impl = CommunicatorSystem(source, fuse=False, name=name, kind="receiver")
         self.tokenizer = self.impl.tokenizer
+        self.bare_model = source.model if isinstance(source, LoadedModel) else source.receiver.model
 
     @property
     def device(self) -> torch.device:

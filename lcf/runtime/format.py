@@ -16,10 +16,12 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 COMPRESSOR_PREFIX = "compressor."
 SHARERS_PREFIX = "sharers."  # adapters with several sharers: translator i's tensors under "sharers.<i>."
+RECEIVER_LORA_FOLDER = "receiver_lora"  # a composed adapter's receiver LoRA, a PEFT folder (lcf.runtime.receiver_lora)
 KNOWN_KEYS = {
     "format_version", "lcf_version", "translator", "compressor", "shapes", "layer_map", "token_alignment",
     "templates", "sharer", "receiver", "dtype", "num_parameters", "size_bytes", "training",
     "sharers", "combine",  # several sharers: one entry each (sharer 0 is also the top-level keys), how edits combine
+    "receiver_adapter",  # a LoRA on the receiver ({type, args, folder, num_parameters}), composed with the translator
 }
 
 # keys the runtime reads, with their JSON types (nested keys joined by dots)

@@ -3,7 +3,9 @@
 `lcf train-lora RECIPE` trains a PEFT LoRA on the recipe's *receiver alone*, on the recipe's data, for
 the recipe's steps, with about as many trainable parameters as the recipe's translator. If an
 adapter beats this control, its gain is not explained by tuning the receiver to the data.
-Output: ``<output_dir>/<name>-lora/lora/`` (a PEFT adapter folder) + ``summary.json``.
+Output: ``<output_dir>/<name>-lora/lora/`` (a PEFT adapter folder) + ``summary.json``. A recipe with a
+``receiver_adapter:`` section gives the LoRA its rank, alpha and layers: the run is then "the LoRA alone" of that
+composed recipe, and the first stage of its staged form (``init: {receiver_adapter: <output_dir>/<name>-lora}``).
 
 It trains on the recipe's ``losses:`` that apply to a receiver alone (``response_ce``, ``option_ce``,
 ``sharer_option_ce``: components whose ``trainers`` name ``lora``). The others are left out with a warning:
@@ -26,13 +28,12 @@ from lcf.data.datamodule import InstructDataModule
 from lcf.models.choices import choice_log_likelihoods, require_choices
 from lcf.models.kv import cache_kwargs, extract_kv
 from lcf.pair import build_pair
+from lcf.runtime.receiver_lora import TARGETS
 from lcf.training.loss import FUSED, LORA, Loss, apply_losses, build_losses, needs_choices
 from lcf.training.run import build_data, build_translator, make_trainer, run_dir_of
 from lcf.training.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
-
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def lora_params_per_rank(model, targets=TARGETS) -> int:
@@ -158,6 +159,8 @@ def train_lora(recipe_path: str | Path, overrides=(), *, rank: int | None = None
 def _train_lora(recipe_path: str | Path, overrides, out: Path, *, rank: int | None) -> Path:
     from peft import LoraConfig, get_peft_model
 
+    from lcf.training.receiver_adapter import control_lora_settings
+
     cfg = load_recipe(recipe_path, overrides)
     recipe = validate_recipe(cfg, origin=str(recipe_path))
     settings = TrainerSettings(**(recipe.get("trainer") or {}))
@@ -166,8 +169,9 @@ def _train_lora(recipe_path: str | Path, overrides, out: Path, *, rank: int | No
     pair = build_pair(recipe, dtype=settings.model_dtype)
     target = build_translator(recipe, pair).num_parameters()
     receiver = pair.receiver.model
-    rank = rank or matching_rank(receiver, target)
-    peft_model = get_peft_model(receiver, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(TARGETS),
+    matched = matching_rank(receiver, target) if not (rank or recipe.get("receiver_adapter")) else 0
+    rank, alpha, targets = control_lora_settings(recipe, rank, matched)
+    peft_model = get_peft_model(receiver, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,
                                                      lora_dropout=0.0, bias="none"))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     dm = InstructDataModule(build_data(recipe), pair.receiver.tokenizer, pair.sharer.tokenizer, pair.aligner,
@@ -184,7 +188,8 @@ def _train_lora(recipe_path: str | Path, overrides, out: Path, *, rank: int | No
         peft_model.save_pretrained(out / "lora")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         (out / "summary.json").write_text(json.dumps({
-            "recipe": str(recipe_path), "receiver": pair.receiver.name, "rank": rank, "trainable_parameters": trainable,
+            "recipe": str(recipe_path), "receiver": pair.receiver.name, "rank": rank, "alpha": alpha, "target_modules": targets,
+            "trainable_parameters": trainable,
             "translator_parameters": target, "steps": trainer.global_step, "metrics": metrics,
             "seconds": round(time.perf_counter() - t0, 1),
         }, indent=2))

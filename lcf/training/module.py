@@ -147,10 +147,15 @@ class LCFModule(L.LightningModule):
         s = self.settings
         # translators and compressors: the frozen LLMs are not submodules of the communicator
         gate_ids = {id(p) for p in self.gate_parameters()} if s.gate_lr is not None else set()
-        params = [p for p in self.communicator.parameters() if p.requires_grad and id(p) not in gate_ids]
+        adapter = self.communicator.receiver_adapter  # a receiver LoRA learns at lr_scale * lr (0: frozen, absent)
+        lora = [p for p in adapter.parameters() if p.requires_grad] if adapter is not None else []
+        skip = gate_ids | {id(p) for p in lora}
+        params = [p for p in self.communicator.parameters() if p.requires_grad and id(p) not in skip]
         extra = []
         if gate_ids:  # gates learn at their own rate, without weight decay (which would pull them shut)
             extra.append({"params": self.gate_parameters(), "weight_decay": 0.0, "lr": s.gate_lr})
+        if lora:
+            extra.append({"params": lora, "weight_decay": s.weight_decay, "lr": s.lr * adapter.lr_scale})
         return optimizer_and_schedule(self, params, extra)
 
 
