@@ -198,3 +198,15 @@ def test_init_without_a_receiver_adapter_section_is_refused(tiny_pair, tmp_path)
     cfg = load_recipe(recipe(tiny_pair, tmp_path, GATED, extra="init: {receiver_adapter: x}\n"))
     with pytest.raises(RecipeError, match="no `receiver_adapter:` section to start from"):
         validate_recipe(cfg)
+
+
+def test_receiver_lora_composes_with_several_sharers(tiny_pair, tmp_path):  # noqa: F811
+    from tests.test_several_sharers import several_recipe
+
+    run = train(several_recipe(tiny_pair, tmp_path / "runs", extra=JOINT), ["trainer.max_steps=2"])
+    out = export(run, tmp_path / "adapter", which="last")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert len(cfg["sharers"]) == 2 and cfg["receiver_adapter"]["folder"] == "receiver_lora"
+    adapter = load_adapter(out)
+    assert len(adapter.more_sharers) == 1 and attached(adapter.receiver.model) is not None
+    assert isinstance(adapter.generate("What is 2 + 3?", max_new_tokens=2), str)

@@ -211,3 +211,60 @@ def test_load_model_with_an_unknown_dtype_lists_the_accepted_ones(tiny_pair):  #
 
     with pytest.raises(LCFError, match="dtype 'bogus' is not a model dtype lcf loads; use one of float32, bfloat16"):
         load_model(str(tiny_pair / "receiver"), dtype="bogus")
+
+
+# -- adapters composed with a receiver LoRA ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def composed_dir(tiny_pair, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("rel_composed")
+    extra = "receiver_adapter: {type: lora, rank: 2}\n"
+    run = train(recipe(tiny_pair, out / "runs", "type: gated_fusion", extra=extra), ["trainer.max_steps=2"])
+    return export(run, out / "adapter", which="last")
+
+
+def _damage_lora(how: str, folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    lora = folder / "receiver_lora"
+    weights = lora / "adapter_model.safetensors"
+    if how == "missing":
+        shutil.rmtree(lora)
+    elif how == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif how in ("nan", "dropped"):
+        state = load_file(weights)
+        first = sorted(state)[0]
+        if how == "nan":
+            state[first] = torch.full_like(state[first], float("nan"))
+        else:
+            del state[first]
+        save_file(state, weights)
+    elif how == "dora":
+        cfg = json.loads((lora / "adapter_config.json").read_text())
+        (lora / "adapter_config.json").write_text(json.dumps(cfg | {"use_dora": True}))
+    elif how == "escaping":
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        cfg["receiver_adapter"]["folder"] = "../elsewhere"
+        (folder / "adapter_config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing", "is missing: the adapter is composed with a receiver LoRA kept there"),
+    ("truncated", "adapter_model.safetensors is missing, truncated or corrupted"),
+    ("nan", "do not fit this receiver: .*non-finite \\['base_model.model."),
+    ("dropped", "do not fit this receiver: missing \\['base_model.model."),
+    ("dora", "use_dora=True is not supported by lcf's LoRA reader"),
+    ("escaping", "receiver_adapter must be \\{type: lora, folder: receiver_lora"),
+])
+def test_damaged_receiver_lora_of_a_composed_adapter_is_refused(composed_dir, tmp_path, how, message):
+    copy = tmp_path / "damaged"
+    shutil.copytree(composed_dir, copy)
+    _damage_lora(how, copy)
+    with pytest.raises(AdapterError, match=message):
+        load_adapter(copy)
+
+
+def test_staged_init_from_a_folder_without_a_lora_names_what_it_expects(tiny_pair, tmp_path):  # noqa: F811
+    extra = "receiver_adapter: {type: lora, rank: 2, lr_scale: 0.0}\ninit: {receiver_adapter: %s}\n" % tmp_path
+    with pytest.raises(AdapterError, match="holds no PEFT LoRA .* give an `lcf train-lora` run folder"):
+        train(recipe(tiny_pair, tmp_path / "runs", "type: gated_fusion", extra=extra))

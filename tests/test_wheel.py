@@ -112,6 +112,7 @@ shared = load_adapter(root + "/shared")  # the models named in the adapter (loca
 per_token = load_adapter(root + "/per_token")
 message = per_token.send(context).to_bytes()
 out = {"shared": shared.generate(prompt, max_new_tokens=new),
+       "composed": load_adapter(root + "/composed").generate(prompt, max_new_tokens=new),  # its LoRA without PEFT
        "per_token": per_token.receive(message, question, max_new_tokens=new), "modules": sorted(sys.modules)}
 from lcf.cli import main
 assert main(["send", root + "/per_token", "--context", context, "--out", root + "/message.bin"]) == 0
@@ -178,8 +179,9 @@ def runtime_only(wheel, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_adapters(tmp_path_factory) -> Path:
-    """A folder with two tiny models saved as local folders and two adapters naming them: ``shared`` (a
-    shared-context lcf_lowrank translator) and ``per_token`` (an identity per-token map)."""
+    """A folder with two tiny models saved as local folders and three adapters naming them: ``shared`` (a
+    shared-context lcf_lowrank translator), ``composed`` (the same with a receiver LoRA) and ``per_token`` (an
+    identity per-token map)."""
     import torch
 
     from lcf.export import adapter_config, export_token_map, write_adapter
@@ -201,8 +203,14 @@ def tiny_adapters(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     shapes = PairShapes.from_configs(pair.sharer.model.config, pair.receiver.model.config, pair.layer_map)
     translator = translators.build({"type": "lcf_lowrank", "rank": 4}, "translator", shapes=shapes)
-    write_adapter(root / "shared", translator,
-                  adapter_config(translator, translator_type="lcf_lowrank", pair=pair, recipe=recipe))
+    config = adapter_config(translator, translator_type="lcf_lowrank", pair=pair, recipe=recipe)
+    write_adapter(root / "shared", translator, config)
+    from lcf.runtime.receiver_lora import ReceiverLoRA
+
+    lora = ReceiverLoRA(pair.receiver.model, rank=2)
+    torch.nn.init.normal_(next(iter(lora.layers.values())).lora_B.weight)  # one layer's LoRA changes the receiver
+    write_adapter(root / "composed", translator, config | {"receiver_adapter": lora.config_record()},
+                  receiver_lora=lora)
     eye = torch.eye(32)  # the receiver's rows: 2 layers x 2 KV heads x 4 dims x (keys, values)
     export_token_map(LowRank(eye, eye, torch.zeros(32), torch.ones(32), torch.zeros(32)), root / "per_token",
                      sharer=pair.receiver, receiver=pair.receiver)
@@ -220,6 +228,7 @@ def answers_here(root: Path) -> dict[str, str]:
     try:
         per_token = load_adapter(root / "per_token")
         return {"shared": load_adapter(root / "shared").generate(PROMPT, max_new_tokens=NEW_TOKENS),
+                "composed": load_adapter(root / "composed").generate(PROMPT, max_new_tokens=NEW_TOKENS),
                 "per_token": per_token.receive(per_token.send(CONTEXT).to_bytes(), QUESTION,
                                                max_new_tokens=NEW_TOKENS)}
     finally:
@@ -233,6 +242,7 @@ def test_runtime_only_install_loads_adapters_and_generates_sends_receives(runtim
     want = answers_here(tiny_adapters)
     assert got["shared"] and got["per_token"]  # tiny random models: some text, the same as here
     assert got["shared"] == want["shared"] and got["per_token"] == want["per_token"]
+    assert got["composed"] == want["composed"]
     assert got["cli_receive"] == want["per_token"]
     assert all(str(runtime_only.parent.parent) in p for p in [run([str(runtime_only), "-c",
                "import lcf; print(lcf.__file__)"], cwd=tmp_path, env=env()).stdout.strip()])  # the wheel's lcf

@@ -93,3 +93,10 @@ def control_lora_settings(recipe: Mapping[str, Any], rank: int | None, matched: 
     if rank:
         spec["rank"] = rank
     return lora_settings(spec)
+
+
+def check_init_source(recipe: Mapping[str, Any]) -> None:
+    """Refuse, before any model loads, an ``init.receiver_adapter`` path that holds no PEFT LoRA."""
+    source = (recipe.get("init") or {}).get(INIT_KEY) if recipe.get("receiver_adapter") else None
+    if source:
+        find_peft_folder(source)

@@ -192,6 +192,9 @@ def _train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume
         raise LCFError(f"--resume: no checkpoint at {last}; train without --resume first")
     if resume:
         _check_readable(last)
+    from lcf.training.receiver_adapter import check_init_source
+
+    check_init_source(recipe)  # a staged receiver LoRA's first stage exists (before any model loads)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     L.seed_everything(int(recipe.get("seed", 0)), workers=True, verbose=False)
@@ -259,6 +262,7 @@ def _train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume
             "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics,
             "translator": translator.init_args | {"type": recipe["translator"]["type"]},
             "num_parameters": num_parameters, "train_examples": len(dm.train_features),
+            "receiver_adapter": receiver_adapter.config_record() if receiver_adapter is not None else None,
             "receiver_adapter": receiver_adapter.config_record() if receiver_adapter is not None else None,
             "val_examples": len(dm.val_features),
         }
