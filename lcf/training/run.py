@@ -263,7 +263,6 @@ def _train(recipe_path: str | Path, overrides: list[str] | tuple = (), *, resume
             "translator": translator.init_args | {"type": recipe["translator"]["type"]},
             "num_parameters": num_parameters, "train_examples": len(dm.train_features),
             "receiver_adapter": receiver_adapter.config_record() if receiver_adapter is not None else None,
-            "receiver_adapter": receiver_adapter.config_record() if receiver_adapter is not None else None,
             "val_examples": len(dm.val_features),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
