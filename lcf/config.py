@@ -35,7 +35,7 @@ COMPONENT_SECTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "translator": ("translators", frozenset({"shapes"})),
     "compressor": ("compressors", frozenset({"shapes"})),
     "data": ("datasets", frozenset()),
-    "receiver_adapter": ("receiver_adapters", frozenset({"model"})),  # a LoRA on the receiver (lcf.training.receiver_adapter)
+    "receiver_adapter": ("receiver_adapters", frozenset({"model"})),  # a receiver LoRA (lcf.training.receiver_adapter)
 }
 # sections whose arguments belong to one component type: a layer that names another `type` replaces the
 # section instead of merging into it (`translator.type=gated_fusion` drops LCF's `rank`). `data` merges as

@@ -103,8 +103,8 @@ def test_joint_train_export_load_equals_training_and_peft(composed):
     assert sorted(p.name for p in (out / "receiver_lora").iterdir()) == ["adapter_config.json",
                                                                         "adapter_model.safetensors"]
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["receiver_adapter"] == {"type": "lora", "folder": "receiver_lora", "num_parameters": lora.num_parameters(),
-                                       "size_bytes": lora.size_bytes(),
+    assert cfg["receiver_adapter"] == {"type": "lora", "folder": "receiver_lora",
+                                       "num_parameters": lora.num_parameters(), "size_bytes": lora.size_bytes(),
                                        "args": {"rank": 2, "alpha": 3.0, "lr_scale": 1.0,
                                                 "target_modules": ["q_proj", "v_proj", "down_proj"]}}
     assert cfg["num_parameters"] == summary["num_parameters"]
@@ -118,7 +118,8 @@ def test_joint_train_export_load_equals_training_and_peft(composed):
         with without_receiver_lora(adapter.receiver.model):
             assert not torch.allclose(adapter.communicator(batch, fuse=False)["loss"], alone)
         ids = batch["receiver_prompt_ids"]
-        peft = PeftModel.from_pretrained(strip_receiver_lora(load_adapter(out).receiver.model), str(out / "receiver_lora"))
+        fresh = strip_receiver_lora(load_adapter(out).receiver.model)  # the receiver's weights, no LoRA
+        peft = PeftModel.from_pretrained(fresh, str(out / "receiver_lora"))
         assert torch.allclose(peft(input_ids=ids).logits, adapter.receiver.model(ids).logits, atol=1e-5)
         assert torch.allclose(adapter.receiver.model(ids).logits, trained.receiver(ids).logits, atol=1e-5)
     inputs = adapter.generation_inputs("What is 2 + 3?")  # the user's own generate() runs with the LoRA on

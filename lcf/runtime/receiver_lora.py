@@ -128,7 +128,8 @@ class ReceiverLoRA(nn.Module):
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise RecipeError(f"{path}.rank: the LoRA's rank must be an integer >= 1, got {rank!r} (e.g. rank: 16)")
         if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-            raise RecipeError(f"{path}.alpha: the scale numerator must be a number > 0, got {alpha!r} (default 2 * rank)")
+            raise RecipeError(f"{path}.alpha: the scale numerator must be a number > 0, got {alpha!r} "
+                              f"(default 2 * rank)")
         if lr_scale is not None and not (isinstance(lr_scale, (int, float)) and math.isfinite(lr_scale)
                                          and lr_scale >= 0):
             raise RecipeError(f"{path}.lr_scale: a factor of trainer.lr >= 0 (0 freezes the LoRA), got {lr_scale!r}")
