@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from lcf.training.loss import build_losses
 from lcf.training.run import train
 from tests.conftest import REPO, tiny_llama
 from tests.test_resume import KILLER
-from tests.test_train_export import tiny_pair  # noqa: F401
+from tests.test_train_export import write_tiny_pair
 
 CONTEXTS = [
     "Ada Lindqvist moved to Tromso a few years ago. She works as a luthier.",
@@ -63,6 +64,21 @@ def recipe(root: Path, out: Path, extra: str = "") -> Path:
     path = out / "recipe_in.yaml"
     path.write_text(textwrap.dedent(text) + textwrap.dedent(extra))
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """The tiny pair with a sharer window of 16: the sharer's rows of a context are still captured chunk by chunk
+    (15 tokens a pass), in a fifth of the forward passes that window 4 takes (tests/test_token_rows.py checks the
+    capture itself at window 4)."""
+    return write_tiny_pair(tmp_path_factory.mktemp("token_pair"), sharer_window=16)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_pair, tmp_path_factory):
+    """One 8-step run of :func:`recipe` (ridge init, then Lightning), shared by the tests that read a finished
+    run; a test that needs to change a run copies what it changes."""
+    return train(recipe(tiny_pair, tmp_path_factory.mktemp("trained")), ["trainer.max_steps=8"])
 
 
 def step_losses(metrics_csv: Path) -> dict[int, float]:
@@ -111,10 +127,10 @@ def test_init_belongs_to_a_per_token_translator():
         validate_recipe(load_recipe(REPO / "recipes" / "xc_token.yaml", ["translator.type=lcf_lowrank"]))
 
 
-def test_train_export_load_send_receive(tiny_pair, tmp_path):  # noqa: F811
-    run = train(recipe(tiny_pair, tmp_path / "runs"))
+def test_train_export_load_send_receive(trained, tmp_path):
+    run = trained
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 6 and summary["translator"] == {"type": "token_map", "rank": 8, "standardize": True}
+    assert summary["steps"] == 8 and summary["translator"] == {"type": "token_map", "rank": 8, "standardize": True}
     assert summary["init"]["type"] == "ridge" and summary["init"]["held_tokens"] > 0
     assert [s["items"] for s in summary["data_sets"]] == [12, 8] and summary["train_examples"] == 20
     assert (run / "init" / "token_map_init.safetensors").is_file()
@@ -128,7 +144,7 @@ def test_train_export_load_send_receive(tiny_pair, tmp_path):  # noqa: F811
     folder = export(run, tmp_path / "adapter", which="last")
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["translator"] == {"type": "token_map", "args": {"rank": 8, "standardize": True}}
-    assert cfg["training"]["init"]["type"] == "ridge" and cfg["training"]["global_step"] == 6
+    assert cfg["training"]["init"]["type"] == "ridge" and cfg["training"]["global_step"] == 8
     card = (folder / "README.md").read_text()
     assert "| init | ridge fit on" in card and "sender.send(" in card
     # the exported map is the checkpoint's
@@ -149,18 +165,19 @@ def test_train_export_load_send_receive(tiny_pair, tmp_path):  # noqa: F811
                                                                                         max_new_tokens=3)
 
 
-def test_a_second_stage_starts_from_a_run_an_adapter_or_a_file(tiny_pair, tmp_path):  # noqa: F811
-    first = train(recipe(tiny_pair, tmp_path / "runs"), ["trainer.max_steps=2"])
+def test_a_second_stage_starts_from_a_run_an_adapter_or_a_file(tiny_pair, trained, tmp_path):
+    first = trained
+    recipe(tiny_pair, tmp_path / "runs")  # the first stage's recipe, which the second one extends
     from_run, _ = load_map(first)
     folder = export(first, tmp_path / "adapter", which="last")
     from_adapter, training = load_map(folder)
     torch.testing.assert_close(from_run.up, from_adapter.up)
-    assert training["global_step"] == 2
+    assert training["global_step"] == 8
     stage = tmp_path / "runs" / "stage2.yaml"  # a second recipe on top of the first, as the shipped stage 2 is
     stage.write_text(f"defaults: [recipe_in.yaml]\nname: tok2\ninit: {{from: {folder}}}\n")
     second = train(stage, ["trainer.max_steps=2"])
     summary = json.loads((second / "summary.json").read_text())
-    assert summary["init"]["from"] == str(folder) and summary["init"]["before"]["global_step"] == 2
+    assert summary["init"]["from"] == str(folder) and summary["init"]["before"]["global_step"] == 8
     assert not (second / "init").exists()  # nothing was fitted
     with pytest.raises(LCFError, match="neither a run folder"):
         load_map(tmp_path / "nothing")
@@ -169,8 +186,9 @@ def test_a_second_stage_starts_from_a_run_an_adapter_or_a_file(tiny_pair, tmp_pa
         train(stage, ["trainer.max_steps=1"])
 
 
-def test_a_second_stage_at_a_lower_rank_starts_from_the_cut_map(tiny_pair, tmp_path):  # noqa: F811
-    first = train(recipe(tiny_pair, tmp_path / "runs"), ["trainer.max_steps=1"])
+def test_a_second_stage_at_a_lower_rank_starts_from_the_cut_map(tiny_pair, trained, tmp_path):
+    first = trained
+    recipe(tiny_pair, tmp_path / "runs")
     stage = tmp_path / "runs" / "low.yaml"
     stage.write_text(f"defaults: [recipe_in.yaml]\nname: low\ntranslator: {{type: token_map, rank: 4}}\n"
                      f"init: {{from: {first}}}\n")
@@ -203,9 +221,9 @@ def test_the_cut_is_the_least_squares_rank_k_map_on_its_codes():
         cut(low, low.encode(x), 7)
 
 
-def test_a_repeated_run_loads_the_stored_init_instead_of_fitting(tiny_pair, tmp_path, monkeypatch):  # noqa: F811
+def test_a_repeated_run_loads_the_stored_init_instead_of_fitting(tiny_pair, trained, tmp_path, monkeypatch):
     path = recipe(tiny_pair, tmp_path / "runs")
-    train(path, ["trainer.max_steps=1"])
+    shutil.copytree(trained / "init", tmp_path / "runs" / "tok" / "init")  # what an earlier run of this recipe left
     import lcf.token_map.init as init
 
     def refuse(*args, **kwargs):
@@ -218,10 +236,11 @@ def test_a_repeated_run_loads_the_stored_init_instead_of_fitting(tiny_pair, tmp_
         train(path, ["trainer.max_steps=1", "init.held=5"])
 
 
-def test_killed_and_resumed_run_matches_uninterrupted_per_step(tiny_pair, tmp_path):  # noqa: F811
-    # 20 items, batch 4: 5 batches an epoch; killed at step 5 (last.ckpt at step 4), resumed to step 8
+def test_killed_and_resumed_run_matches_uninterrupted_per_step(tiny_pair, trained, tmp_path):
+    # 20 items, batch 4: 5 batches an epoch; killed at step 5 (last.ckpt at step 4), resumed to step 8; the
+    # uninterrupted run is `trained` (the same recipe and overrides)
     overrides = ["trainer.max_steps=8"]
-    whole = train(recipe(tiny_pair, tmp_path / "whole"), overrides)
+    whole = trained
     path = recipe(tiny_pair, tmp_path / "killed")
     proc = subprocess.run([sys.executable, "-c", KILLER, "5", str(path), *overrides], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
@@ -234,7 +253,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_per_step(tiny_pair, tmp_pa
     assert [round(got[s], 5) for s in got] == [round(want[s], 5) for s in got]
 
 
-def test_no_init_and_no_resume_is_refused(tiny_pair, tmp_path):  # noqa: F811
+def test_no_init_and_no_resume_is_refused(tiny_pair, tmp_path):
     path = recipe(tiny_pair, tmp_path / "runs")
     cfg = path.read_text().split("init:")[0] + "losses:" + path.read_text().split("losses:")[1]
     path.write_text(cfg)
@@ -276,7 +295,7 @@ def test_mixed_sets_keep_their_counts_and_are_reproducible():
         pick([{"type": "instruct_json", "files": ["x.json"]}], "data.sets", None, seed=0)
 
 
-def test_ddp_two_processes_train_the_token_map(tiny_pair, tmp_path):  # noqa: F811
+def test_ddp_two_processes_train_the_token_map(tiny_pair, tmp_path):
     """Two CPU ranks (gloo): the init is fitted once (rank 0, before the other rank starts) and read by both,
     every rank trains on its own shard, rank 0 writes the run's files, and the export loads."""
     from tests.test_distributed import worker_env

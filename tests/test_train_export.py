@@ -24,17 +24,22 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_pair")
+def write_tiny_pair(root: Path, sharer_window: int = 4) -> Path:
+    """The tiny receiver (Llama-like) and sharer (Gemma-3-like, sliding window ``sharer_window``) with their
+    tokenizers under ``root``, and instruction rows in ``root / "data.json"``."""
     r_tok, s_tok = tiny_receiver_tokenizer(), tiny_sharer_tokenizer()
     receiver = tiny_llama(vocab_size=len(r_tok))
-    sharer = tiny_gemma3(vocab_size=len(s_tok))
+    sharer = tiny_gemma3(vocab_size=len(s_tok), sliding_window=sharer_window)
     for name, model, tok in (("receiver", receiver, r_tok), ("sharer", sharer, s_tok)):
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
     (root / "data.json").write_text(json.dumps(ROWS))
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    return write_tiny_pair(tmp_path_factory.mktemp("tiny_pair"))
 
 
 def recipe(root: Path, out: Path, translator: str = "type: lcf_lowrank, rank: 8", extra: str = "") -> Path:
