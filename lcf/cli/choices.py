@@ -6,4 +6,5 @@ DEFAULT_SYSTEMS = SYSTEM_CHOICES
 #: `lcf eval --format` choices (multiple-choice scoring; lcf.eval.scoring.MC_FORMATS, checked by a test)
 MC_FORMAT_CHOICES = ("lmeval", "chat", "letter", "generate-letter")
 #: `lcf eval-xc --systems` choices
-XC_SYSTEM_CHOICES = ("receiver", "own", "full", "text", "lcf-x", "int8", "int4", "zero", "mean", "mismatched")
+XC_SYSTEM_CHOICES = ("receiver", "own", "full", "full-short", "text", "lcf-x", "int8", "int4", "zero", "mean",
+                     "mismatched")

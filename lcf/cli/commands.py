@@ -123,7 +123,8 @@ def _check_xc_lengths(adapter, items, systems, max_new_tokens: int) -> None:
     if not hasattr(adapter, "encode_questions"):
         return
     for i, it in enumerate(items):
-        parts = (it.receiver_context, it.sharer_context) if "full" in systems else (it.receiver_context,)
+        full = "full" in systems or "full-short" in systems
+        parts = (it.receiver_context, it.sharer_context) if full else (it.receiver_context,)
         batch = adapter.encode_questions([it.question], ["\n\n".join(p for p in parts if p)])
         check_batch_lengths(batch, adapter.receiver.model, [], new_tokens=max_new_tokens,
                             options=f"Item {i} ({it.id}) is too long for the receiver: leave such items out "

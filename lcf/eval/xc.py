@@ -4,7 +4,8 @@ Systems, all answering the same held-out items greedily (first line of the answe
 
 * ``receiver alone`` — question only; ``receiver + own half`` — with the receiver's own part of the
   context (items that have one); ``receiver + full context`` — both parts (an upper bound, nothing
-  is communicated: the receiver reads everything itself);
+  is communicated: the receiver reads everything itself); ``full-short``: the same after three worked
+  examples of short answers (:data:`SHORT_ANSWER_EXAMPLES`), the answer format a tuned message teaches;
 * ``text-N`` — the sharer reads the context and writes a message of at most N tokens that the
   receiver reads before the question (:data:`SUMMARY_REQUEST`);
 * ``lcf-x`` — the compressor's summary travels as a latent message (serialised and parsed back, as
@@ -36,7 +37,18 @@ from lcf.runtime.messages import LatentMessage
 from lcf.runtime.token_kv import LowRank
 
 SUMMARY_REQUEST = "{context}\n\nRewrite the key facts of the text above briefly, keeping every name and number."
-XC_SYSTEMS: tuple[str, ...] = ("receiver", "own", "full", "text", "lcf-x", "int8", "int4", "zero", "mean",
+#: worked examples of short answers before the context (system ``full-short``): the receiver reading the context
+#: itself in the answer format a tuned message teaches (a span of the text, a few words), so that message vs own
+#: reading compares the information carried rather than answer length
+SHORT_ANSWER_EXAMPLES = (
+    "Each question is answered with the fewest words of its text that answer it.\n\n"
+    "Text: The lighthouse at Brennock Point was built in 1871 and painted red by the harbour board.\n"
+    "Question: Who painted the lighthouse red?\nAnswer: the harbour board\n\n"
+    "Text: Mira Olsen studied botany in Uppsala before she moved to Tasmania to work in eucalyptus forests.\n"
+    "Question: Where did Mira Olsen study botany?\nAnswer: Uppsala\n\n"
+    "Text: The river Tarn floods about once every twelve years, most often in early spring.\n"
+    "Question: How often does the Tarn flood?\nAnswer: about once every twelve years")
+XC_SYSTEMS: tuple[str, ...] = ("receiver", "own", "full", "full-short", "text", "lcf-x", "int8", "int4", "zero", "mean",
                                 "mismatched")
 
 
@@ -61,12 +73,14 @@ class XCSystem:
 
 
 class ReceiverOnly(XCSystem):
-    """The receiver reads ``own`` = ``"none"`` (question only), ``"half"`` or ``"full"`` context itself."""
+    """The receiver reads ``own`` = ``"none"`` (question only), ``"half"`` or ``"full"`` context itself;
+    ``"full-short"``: the full context after :data:`SHORT_ANSWER_EXAMPLES`."""
 
     def __init__(self, adapter: Any, own: str = "none"):
         super().__init__(adapter)
         self.own = own
-        self.name = {"none": "receiver alone", "half": "receiver + own half", "full": "receiver + full context"}[own]
+        self.name = {"none": "receiver alone", "half": "receiver + own half", "full": "receiver + full context",
+                     "full-short": "receiver + full context, short-answer examples"}[own]
 
     def prepare(self, items):
         if self.own == "none":
@@ -74,6 +88,8 @@ class ReceiverOnly(XCSystem):
         if self.own == "half":
             return [it.receiver_context for it in items], None, [0] * len(items)
         both = ["\n\n".join(p for p in (it.receiver_context, it.sharer_context) if p) for it in items]
+        if self.own == "full-short":
+            both = [f"{SHORT_ANSWER_EXAMPLES}\n\nText: {b}" for b in both]
         return both, None, [0] * len(items)
 
 
@@ -200,8 +216,8 @@ def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequen
             out.append(ReceiverOnly(adapter, "none"))
         elif kind == "own" and has_own:
             out.append(ReceiverOnly(adapter, "half"))
-        elif kind == "full":
-            out.append(ReceiverOnly(adapter, "full"))
+        elif kind in ("full", "full-short"):
+            out.append(ReceiverOnly(adapter, kind))
         elif kind == "text":
             out += [TextMessage(adapter, n) for n in text_tokens]
         elif kind == "lcf-x":

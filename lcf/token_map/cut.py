@@ -20,9 +20,10 @@ from lcf.errors import LCFError
 from lcf.runtime.token_kv import LowRank
 
 
-def cut(low: LowRank, codes: torch.Tensor, rank: int) -> tuple[LowRank, dict[str, float]]:
-    """``low`` at rank ``rank`` (see the module docstring); ``codes`` (T, r): ``low.encode`` of sharer rows.
-    Also returns the share of the codes' decoded energy (around y_mean) the cut keeps."""
+def cut_factors(low: LowRank, codes: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(to_code, up_k, kept)``: ``to_code`` (r, k) = ``C^(-1/2) Q_k`` turns the map's rank-r codes into the cut
+    map's (``down_k = down @ to_code``), ``up_k`` (k, Dr) decodes them, ``kept`` is the share of the codes'
+    decoded energy (around y_mean) the cut keeps. ``codes`` (T, r): ``low.encode`` of sharer rows."""
     if not 0 < rank <= low.rank:
         raise LCFError(f"cut: rank must be in 1..{low.rank} (the map's rank), got {rank}")
     if codes.dim() != 2 or codes.shape[1] != low.rank or codes.shape[0] < low.rank:
@@ -34,12 +35,17 @@ def cut(low: LowRank, codes: torch.Tensor, rank: int) -> tuple[LowRank, dict[str
     evals = evals.clamp(min=float(evals.max()) * 1e-10)
     half = evecs @ torch.diag(evals.sqrt()) @ evecs.T
     inv_half = evecs @ torch.diag(evals.rsqrt()) @ evecs.T
-    up = low.up.detach().double()
-    q, s, _ = torch.linalg.svd(half @ up, full_matrices=False)
+    q, s, _ = torch.linalg.svd(half @ low.up.detach().double(), full_matrices=False)
     qk = q[:, :rank]
-    down_k = low.down.detach().double() @ inv_half @ qk
-    up_k = qk.T @ half @ up
     kept = float((s[:rank] ** 2).sum() / (s ** 2).sum())
-    dtype = low.down.dtype
-    out = LowRank(down_k.to(dtype), up_k.to(dtype), low.x_mean, low.x_std, low.y_mean)
-    return out, {"rank_from": low.rank, "rank": rank, "energy_kept": kept, "tokens": len(c)}
+    dtype = low.up.dtype
+    return (inv_half @ qk).to(dtype), (qk.T @ half @ low.up.detach().double()).to(dtype), kept
+
+
+def cut(low: LowRank, codes: torch.Tensor, rank: int) -> tuple[LowRank, dict[str, float]]:
+    """``low`` at rank ``rank`` (see the module docstring) and a report (``energy_kept``: the share of the codes'
+    decoded energy around y_mean the cut keeps)."""
+    to_code, up_k, kept = cut_factors(low, codes, rank)
+    down_k = (low.down.detach().double() @ to_code.double()).to(low.down.dtype)
+    out = LowRank(down_k, up_k, low.x_mean, low.x_std, low.y_mean)
+    return out, {"rank_from": low.rank, "rank": rank, "energy_kept": kept, "tokens": len(codes)}
