@@ -80,6 +80,10 @@ def test_ddp_two_processes_on_cpu(tiny_pair, tmp_path):  # noqa: F811
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "rank0.json", "rank1.json"]  # no stray temp dirs
     adapter_dir = Path(printed[0]["adapter"])
     assert adapter_dir == (out / "adapter").resolve()
+    # every rank's RNG state is in the checkpoint, rank 0's also at the top (reliability sweep 26)
+    ckpt = torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = next(v for k, v in ckpt["callbacks"].items() if "RNGState" in k)
+    assert len(state["ranks"]) == 2 and torch.equal(state["torch"], state["ranks"][0]["torch"])
 
     adapter = load_adapter(adapter_dir)
     assert isinstance(adapter.generate("What is 2 + 3?", max_new_tokens=3), str)

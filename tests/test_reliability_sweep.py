@@ -26,7 +26,7 @@ from tests.conftest import REPO
 from tests.test_xc_e2e import xc_adapter, xc_adapter_dir, xc_pair  # noqa: F401  (fixtures)
 from tests.test_reliability_round2 import (HOLD_LOCK, adapter, adapter_dir, copy_adapter, edit_config,  # noqa: F401
                                            long_prompt, no_compute, one_line_error, run_dir, snapshot)
-from tests.test_train_export import recipe, tiny_pair  # noqa: F401  (fixture)
+from tests.test_train_export import tiny_pair  # noqa: F401  (fixture: run_dir trains on it)
 
 
 # -- issue 33, cross-context side: lengths and the sending side's finite check -------------------------
@@ -238,14 +238,6 @@ def test_sweep_output_check_creates_nothing(tmp_path):  # sweep 25
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sweep_a_ddp_checkpoint_holds_each_rank_its_own_rng_state(tiny_pair, tmp_path):  # noqa: F811  sweep 26
-    from tests.test_distributed import WORKER, worker_env
+# sweep 26 (a DDP checkpoint holds each rank its own RNG state) is checked on the DDP run of
+# tests/test_distributed.py::test_ddp_two_processes_on_cpu, which writes such a checkpoint anyway
 
-    overrides = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.threads=1",
-                 "trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.checkpoint_every_n_steps=2"]
-    proc = subprocess.run([sys.executable, str(WORKER), str(recipe(tiny_pair, tmp_path / "runs")), str(tmp_path / "o"),
-                           *overrides], cwd=REPO, env=worker_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ckpt = torch.load(tmp_path / "runs" / "tiny" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
-    state = next(v for k, v in ckpt["callbacks"].items() if "RNGState" in k)
-    assert len(state["ranks"]) == 2 and torch.equal(state["torch"], state["ranks"][0]["torch"])
