@@ -46,6 +46,31 @@ def _need_packages(*names: str) -> None:
                 pytest.skip(f"real-model test: pip package {n!r} not installed (pip install {n})")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def real_tokenizers_read_once():
+    """Each prepared real model's tokenizer is read once per session and shared by every later load in this process
+    (``train``, ``export`` and ``load_adapter`` each load the pair again): transformers parses Gemma-3's 33 MB
+    tokenizer.json several times per load, about 3 s, and lcf never changes a tokenizer it loaded. Weights still
+    load every time; tokenizers of other folders (the tests' tiny models) too; subprocesses load their own."""
+    from lcf.models import loading
+
+    prepared = loading.cache_root().resolve() / "models"
+    read = loading._from_pretrained
+    memo: dict[str, object] = {}
+
+    def from_pretrained(cls, target, card, local, **kw):
+        if cls.__name__ != "AutoTokenizer" or kw or not local or not Path(target).resolve().is_relative_to(prepared):
+            return read(cls, target, card, local, **kw)
+        if target not in memo:
+            memo[target] = read(cls, target, card, local)
+        return memo[target]
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(loading, "_from_pretrained", from_pretrained)
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not DATA_ROOT.is_dir():
