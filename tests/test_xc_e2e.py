@@ -168,7 +168,9 @@ def test_receiver_only_process_loads_no_sharer(xc_adapter_dir, xc_adapter):
         load_adapter(xc_adapter_dir, with_receiver=False)
 
 
-def test_cli_send_and_receive_in_two_processes(xc_adapter_dir, xc_adapter, tmp_path):
+def test_cli_send_and_receive_in_two_processes(xc_adapter_dir, xc_adapter, tmp_path, capsys):
+    from lcf.cli import main
+
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     ctx = tmp_path / "context.txt"
     ctx.write_text(CONTEXT)
@@ -182,10 +184,9 @@ def test_cli_send_and_receive_in_two_processes(xc_adapter_dir, xc_adapter, tmp_p
                           "--max-new-tokens", "4"], capture_output=True, text=True, env=env, timeout=300)
     assert got.returncode == 0, got.stderr
     assert got.stdout.strip() == xc_adapter.receive(msg.read_bytes(), "Where did the cat sit?", max_new_tokens=4)
-    msg.write_bytes(msg.read_bytes()[:40])
-    bad = subprocess.run([*cmd, "receive", str(xc_adapter_dir), str(msg), "--question", "Where?"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert bad.returncode == 2 and "truncated or corrupted" in bad.stderr
+    msg.write_bytes(msg.read_bytes()[:40])  # the command's refusal, in this process (the same code as `lcf`)
+    assert main(["receive", str(xc_adapter_dir), str(msg), "--question", "Where?"]) == 2
+    assert "truncated or corrupted" in capsys.readouterr().err
 
 
 def test_xc_evaluation_runs_every_system(xc_adapter):
