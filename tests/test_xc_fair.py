@@ -26,3 +26,9 @@ def test_the_cli_offers_every_evaluation_system():
     assert set(XC_SYSTEM_CHOICES) == set(XC_SYSTEMS)
     names = [s.name for s in build_xc_systems(_Adapter(), ["full", "full-short", "receiver"])]
     assert names == ["receiver alone", "receiver + full context", "receiver + full context, short-answer examples"]
+
+
+def test_a_per_token_adapter_is_a_cross_context_adapter():
+    from lcf.runtime.token_adapter import TokenAdapter
+
+    assert TokenAdapter.is_xc is True  # eval-xc's latent systems accept it (LatentXC checks is_xc)

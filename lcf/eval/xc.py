@@ -123,7 +123,7 @@ class LatentXC(XCSystem):
     def __init__(self, adapter: Any, control: str = "none", quantize: str = "none", spans: str | None = None):
         super().__init__(adapter)
         self.spans = spans  # None: the scheme the compressor was trained with
-        if adapter.kind == FUSED and not adapter.is_xc:  # a per-token adapter always sends messages
+        if not adapter.is_xc:
             raise LCFError("LCF-X evaluation needs a cross-context adapter (exported with a compressor)")
         self.control, self.quantize = control, quantize
         self.partner_context: dict[str, str] = {}  # item id -> the context the mismatched control reads

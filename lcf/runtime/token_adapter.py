@@ -41,8 +41,17 @@ class TokenAdapter:
     receiver_tokenizer: Any
     folder: Path
 
-    is_cross_context = True
+    is_xc = True  # every per-token adapter sends cross-context messages (Adapter.is_xc)
     kind = PER_TOKEN  # lcf.runtime.kinds
+
+    @property
+    def is_cross_context(self) -> bool:
+        """Deprecated spelling of :attr:`is_xc` (removed in the next release)."""
+        import warnings
+
+        warnings.warn("TokenAdapter.is_cross_context is deprecated: use TokenAdapter.is_xc", DeprecationWarning,
+                      stacklevel=2)
+        return self.is_xc
 
     def __post_init__(self) -> None:
         self._ropes = {role: layer_rope(m.model) for role, m in (("sharer", self.sharer), ("receiver", self.receiver))
