@@ -1,5 +1,7 @@
-"""End to end on the real pair (Gemma-3-270M -> SmolLM2-135M-Instruct): quickstart recipe for two
-steps on real data -> export -> a plain Python process loads it through lcf.runtime and answers."""
+"""End to end on the real pair (Gemma-3-270M -> SmolLM2-135M-Instruct): the quickstart recipe for two steps on
+real data -> export -> lcf.runtime loads it from its folder and answers; the cross-context recipe -> export -> a
+message sent here is received by a plain Python process that loads the receiver only (tests/test_wheel.py loads and
+runs adapters in a runtime-only install)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from lcf.data.xc.features import ContextTooLongError
 from lcf.export import export
+from lcf.runtime import load_adapter
 from lcf.training.run import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,18 +29,9 @@ def test_quickstart_train_export_runtime(tmp_path, data_root, real_receiver, rea
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["sharer"]["name"] == "gemma3-270m" and cfg["receiver"]["name"] == "smollm2-135m-instruct"
     assert cfg["translator"]["type"] == "lcf_lowrank" and len(cfg["layer_map"]["sharer_of"]) == 30
-    code = textwrap.dedent(f"""
-        import sys
-        from lcf.runtime import load_adapter
-        adapter = load_adapter({str(out)!r})
-        print("ANSWER", repr(adapter.generate("What is the capital of France?", max_new_tokens=8)))
-        print("HEAVY", sorted(m for m in ("lightning", "deepspeed", "omegaconf") if m in sys.modules))
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "HEAVY []" in proc.stdout
-    answer = next(line for line in proc.stdout.splitlines() if line.startswith("ANSWER"))
-    assert len(answer) > len("ANSWER ''")
+    adapter = load_adapter(out)  # the models named in its config, loaded again
+    assert adapter.sharer.name == "gemma3-270m" and adapter.receiver.name == "smollm2-135m-instruct"
+    assert adapter.generate("What is the capital of France?", max_new_tokens=8)  # some text
 
 
 @pytest.mark.real
@@ -48,17 +43,12 @@ def test_crosscontext_recipe_send_receive_on_the_real_pair(tmp_path, real_receiv
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["compressor"]["type"] == "span_pool" and cfg["compressor"]["args"]["spans"] == "paragraph"
     msg = tmp_path / "msg.safetensors"
-    send = textwrap.dedent(f"""
-        from lcf.runtime import load_adapter
-        adapter = load_adapter({str(out)!r})
-        assert adapter.max_context_tokens() == 8192  # chunked capture: the sliding window no longer limits it
-        adapter.send("Lisbon is far. " * 200)  # ~1,000 tokens: more than the 511 a sliding layer keeps
-        try:
-            adapter.send("Lisbon is far. " * 2500)  # ~10,000 tokens
-        except Exception as exc:
-            print("LONG", type(exc).__name__, "8192" in str(exc))
-        open({str(msg)!r}, "wb").write(adapter.send("Ravel Doskin lives in Lisbon.").to_bytes(quantize="int8"))
-    """)
+    sender = load_adapter(out)
+    assert sender.max_context_tokens() == 8192  # chunked capture: the sliding window no longer limits it
+    sender.send("Lisbon is far. " * 200)  # ~1,000 tokens: more than the 511 a sliding layer keeps
+    with pytest.raises(ContextTooLongError, match="8192"):
+        sender.send("Lisbon is far. " * 2500)  # ~10,000 tokens
+    msg.write_bytes(sender.send("Ravel Doskin lives in Lisbon.").to_bytes(quantize="int8"))
     receive = textwrap.dedent(f"""
         import sys
         from lcf.runtime import load_adapter
@@ -67,9 +57,6 @@ def test_crosscontext_recipe_send_receive_on_the_real_pair(tmp_path, real_receiv
                                              max_new_tokens=6)))
         print("SHARER", adapter.sharer, "HEAVY", sorted(m for m in ("lightning", "omegaconf") if m in sys.modules))
     """)
-    sent = subprocess.run([sys.executable, "-c", send], capture_output=True, text=True, timeout=300)
-    assert sent.returncode == 0, sent.stderr[-2000:]
-    assert "LONG ContextTooLongError True" in sent.stdout
     assert 10_000 < msg.stat().st_size < 20_000  # 18 layers x K,V x 256 int8 values + scales + header
     got = subprocess.run([sys.executable, "-c", receive], capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
