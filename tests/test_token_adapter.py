@@ -236,8 +236,10 @@ def test_broken_folders_are_refused(tiny, tmp_path):
 @pytest.mark.real
 def test_real_pair_runtime_matches_the_evaluated_system_and_the_cli(tmp_path, real_receiver, real_sharer):
     """A random rank-16 map for Gemma-3-270M -> SmolLM2-135M-Instruct (answers are noise, the mechanics are
-    not): the runtime's answer equals the evaluated path's for the same map, and `lcf send` / `lcf receive` run it
-    in two processes, the sender without the receiver model."""
+    not): the runtime's answer equals the evaluated path's for the same map, and `lcf send` (in this process) and
+    `lcf receive` (in another) run it, the sender without the receiver model."""
+    from lcf.cli import main
+
     torch.manual_seed(0)
     pair = TokenRows(real_receiver.model, real_receiver.tokenizer, real_sharer.model, real_sharer.tokenizer)
     item = XCExample(id="0", sharer_context=CONTEXT, question=QUESTION, answers=["Tromso"])
@@ -252,12 +254,9 @@ def test_real_pair_runtime_matches_the_evaluated_system_and_the_cli(tmp_path, re
     assert adapter.receive(msg.to_bytes(), QUESTION, max_new_tokens=16) == want
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     out = tmp_path / "msg.safetensors"
-    cmd = [sys.executable, "-m", "lcf.cli"]
-    sent = subprocess.run([*cmd, "send", str(folder), "--context", CONTEXT, "--out", str(out), "--quantize", "int4"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert sent.returncode == 0, sent.stderr[-2000:]
-    got = subprocess.run([*cmd, "receive", str(folder), str(out), "--question", QUESTION, "--max-new-tokens", "6"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    assert main(["send", str(folder), "--context", CONTEXT, "--out", str(out), "--quantize", "int4"]) == 0
+    got = subprocess.run([sys.executable, "-m", "lcf.cli", "receive", str(folder), str(out), "--question", QUESTION,
+                          "--max-new-tokens", "6"], capture_output=True, text=True, env=env, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
     assert got.stdout.strip() == adapter.receive(out.read_bytes(), QUESTION, max_new_tokens=6)
 
