@@ -176,10 +176,8 @@ def test_cli_send_and_receive_in_two_processes(xc_adapter_dir, xc_adapter, tmp_p
     ctx.write_text(CONTEXT)
     msg = tmp_path / "msg.safetensors"
     cmd = [sys.executable, "-m", "lcf.cli"]
-    sent = subprocess.run([*cmd, "send", str(xc_adapter_dir), "--context", f"@{ctx}", "--out", str(msg),
-                           "--quantize", "int8"], capture_output=True, text=True, env=env, timeout=300)
-    assert sent.returncode == 0, sent.stderr
-    assert f"{msg.stat().st_size} bytes (int8)" in sent.stderr
+    assert main(["send", str(xc_adapter_dir), "--context", f"@{ctx}", "--out", str(msg), "--quantize", "int8"]) == 0
+    assert f"{msg.stat().st_size} bytes (int8)" in capsys.readouterr().err  # the sender: this process
     got = subprocess.run([*cmd, "receive", str(xc_adapter_dir), str(msg), "--question", "Where did the cat sit?",
                           "--max-new-tokens", "4"], capture_output=True, text=True, env=env, timeout=300)
     assert got.returncode == 0, got.stderr
