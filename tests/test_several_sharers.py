@@ -204,9 +204,12 @@ def test_card_scores_and_adapter_listing(one_sharer_adapter, two_sharer_adapter,
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_two_sharers_on_the_real_models(tmp_path, data_root, real_receiver, real_sharer):
     """Gemma-3-270M and SmolLM2-135M-Instruct itself feed SmolLM2: recipes/two_sharers.yaml for two steps,
-    one exported adapter, loaded back with both sharers; greedy generate through receiver.generate agrees."""
+    one exported adapter, loaded back with both sharers; greedy generate through receiver.generate agrees.
+    Slow (-m slow): the default run covers the same on the tiny pair (test_train_export_load_generate_with_two_sharers),
+    validates the recipe (tests/test_recipes.py) and trains one-sharer recipes on the real pair."""
     overrides = [f"output_dir={tmp_path}", f"data_root={data_root}", "trainer.max_steps=2", "trainer.batch_size=2",
                  "trainer.val_every_n_steps=2", "trainer.log_every_n_steps=1", "trainer.progress=none",
                  "data.train_size=4", "data.val_size=2"]

@@ -67,7 +67,7 @@ def test_send_receive_reads_like_the_context_itself(tiny):
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["translator"] == {"type": "token_map", "args": {"rank": 32}}
     adapter = _load(tiny)
-    assert isinstance(adapter, TokenAdapter) and adapter.is_cross_context
+    assert isinstance(adapter, TokenAdapter) and adapter.is_xc
     msg = adapter.send(CONTEXT)
     span = context_span(tok, QUESTION, CONTEXT)
     assert msg.codes.shape == (span.b - span.a, 32) and msg.header["head"] == span.a
