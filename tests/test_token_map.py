@@ -123,7 +123,7 @@ def test_validate_catches_a_wrong_key_or_value(override, message):
 
 
 def test_init_belongs_to_a_per_token_translator():
-    with pytest.raises(RecipeError, match="only a per-token translator"):
+    with pytest.raises(RecipeError, match="belong to translator token_map"):
         validate_recipe(load_recipe(REPO / "recipes" / "xc_token.yaml", ["translator.type=lcf_lowrank"]))
 
 
