@@ -43,14 +43,14 @@ from lcf.token_map.model import row_width
 
 
 def long_context(path: Path, tokenizer, n: int) -> tuple[str, str]:
-    """SQuAD dev paragraphs (one per article, file order) joined until ``n`` receiver tokens, cut to ``n``;
-    the first paragraph's first question."""
+    """Distinct SQuAD dev paragraphs (file order) joined until ``n`` receiver tokens, cut to ``n``; the first
+    paragraph's first question."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     seen, parts = set(), []
     for r in rows:
-        if r["title"] in seen:
+        if r["context"] in seen:
             continue
-        seen.add(r["title"])
+        seen.add(r["context"])
         parts.append(r["context"].strip())
         text = "\n\n".join(parts)
         if len(tokenizer(text, add_special_tokens=False).input_ids) > n:

@@ -181,7 +181,8 @@ def greedy(model: Any, views: Sequence[KVView], tails: Sequence[torch.Tensor], s
     out: list[list[int]] = [[] for _ in tails]
     done = [False] * len(tails)
     for _ in range(max_new_tokens):
-        res = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, **cache_kwargs(model, cache))
+        res = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, **cache_kwargs(model, cache),
+                    **last_logits_only(model))
         nxt = res.logits[:, -1].argmax(-1)  # the cache object is updated in place
         for r, t in enumerate(nxt.tolist()):
             done[r] = done[r] or t in stop
@@ -192,6 +193,11 @@ def greedy(model: Any, views: Sequence[KVView], tails: Sequence[torch.Tensor], s
         ids, pos = nxt[:, None], pos[:, -1:] + 1
         mask = torch.cat([mask, torch.ones(len(tails), 1, dtype=torch.long, device=dev)], dim=1)
     return out
+
+
+def last_logits_only(model: Any) -> dict[str, int]:
+    """``{"logits_to_keep": 1}`` where the model's forward takes it (the LM head on the last position only)."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 def stop_ids(model: Any, tokenizer: Any) -> set[int]:
