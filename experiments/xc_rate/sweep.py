@@ -97,7 +97,8 @@ def main() -> None:
             results["scores"][name] = scores
             results["predictions"][name] = [{"id": it.id, "pred": p, "text": t, "gold": it.answers}
                                             for it, p, t in zip(items, preds, texts)]
-            print(f"{name}: F1 {scores['f1']:.1f} EM {scores['em']:.1f} contains {scores['contains']:.1f} "
+            print(f"{name}: F1 {100 * scores['f1']:.1f} EM {100 * scores['em']:.1f} contains "
+                  f"{100 * scores['contains']:.1f} "
                   f"{scores['bytes_per_token']:.0f} B/token, {time.perf_counter() - t0:.0f} s", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "report.md").write_text(report(results, len(items)))
@@ -109,10 +110,11 @@ def report(results: dict, n: int) -> str:
             "|---:|---|---:|---:|---:|---:|---:|"]
     for sc in results["scores"].values():
         prec = "fp32" if sc["quantize"] == "none" else sc["quantize"]
-        rows.append(f"| {sc['rank']} | {prec} | {sc['bytes_per_token']:.0f} | {sc['f1']:.1f} | {sc['em']:.1f} | "
-                    f"{sc['contains']:.1f} | {sc['energy_kept']:.3f} |")
+        rows.append(f"| {sc['rank']} | {prec} | {sc['bytes_per_token']:.0f} | {100 * sc['f1']:.1f} | "
+                    f"{100 * sc['em']:.1f} | {100 * sc['contains']:.1f} | {sc['energy_kept']:.3f} |")
     return ("# Per-token messages: bytes against accuracy\n\n" + "\n".join(rows) +
-            f"\n\n{n} items; one trained map cut to each rank on training contexts' codes; greedy, first line.\n")
+            f"\n\n{n} items; one trained map cut to each rank on training contexts' codes; greedy, first line; EM, F1 "
+            f"and contains in %; bytes per token include the message's header (about 600 bytes a message).\n")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -125,7 +127,8 @@ def plot(results: dict, path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for q in dict.fromkeys(sc["quantize"] for sc in results["scores"].values()):
-        pts = sorted((sc["bytes_per_token"], sc["f1"]) for sc in results["scores"].values() if sc["quantize"] == q)
+        pts = sorted((sc["bytes_per_token"], 100 * sc["f1"]) for sc in results["scores"].values()
+                     if sc["quantize"] == q)
         ax.plot(*zip(*pts), marker="o", label="fp32" if q == "none" else q)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bytes per context token")
