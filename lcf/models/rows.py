@@ -178,11 +178,12 @@ def greedy(model: Any, views: Sequence[KVView], tails: Sequence[torch.Tensor], s
         mask[r, view.seq_len + width - len(tail):] = 1
         pos[r] = torch.arange(start + len(tail) - width, start + len(tail)).clamp(min=0)
     cache = view.to_cache(model)
+    last = last_logits_only(model)  # read once, not at every step
     out: list[list[int]] = [[] for _ in tails]
     done = [False] * len(tails)
     for _ in range(max_new_tokens):
         res = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, **cache_kwargs(model, cache),
-                    **last_logits_only(model))
+                    **last)
         nxt = res.logits[:, -1].argmax(-1)  # the cache object is updated in place
         for r, t in enumerate(nxt.tolist()):
             done[r] = done[r] or t in stop
