@@ -45,6 +45,11 @@ class ModelCard:
     num_layers: int | None = None
     num_kv_heads: int | None = None
     head_dim: int | None = None
+    # the decoder's widths (config.json's hidden_size, intermediate_size, num_attention_heads): `lcf params` builds
+    # the receiver on the meta device from them to count a receiver LoRA
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_heads: int | None = None
     vocab_size: int | None = None
     sliding_window: int | None = None  # None when every layer attends globally
     max_positions: int | None = None

@@ -4,6 +4,8 @@ count its parameters, next to the figures the papers publish for it. No weights 
 Shapes come from the model cards (``num_layers``, ``num_kv_heads``, ``head_dim``) or, for a local model
 directory or hub id, from its ``config.json`` (transformers' ``AutoConfig``; a hub id needs the hub or its
 cache). Modules are built on torch's ``meta`` device: C2C's 478M parameters cost no memory and no init time.
+A recipe's ``receiver_adapter`` (a LoRA on the receiver) is counted apart, on the receiver built on the meta device
+from its card's widths (``hidden_size``, ``intermediate_size``, ``num_heads``) or its ``config.json``.
 
 Published figures live in ``registry/papers/*.yaml`` (next to the model and pair cards; folders on
 ``LCF_REGISTRY_PATH`` are searched too). An entry applies to the recipes it names whose translator
@@ -25,7 +27,12 @@ from lcf.models.kv import LayerSpec, layer_specs
 from lcf.registry import compressors, layer_maps, translators
 from lcf.translators.base import PairShapes
 
-__all__ = ["Count", "Figure", "count_recipe", "load_figures", "model_specs"]
+__all__ = ["Count", "Figure", "count_receiver_lora", "count_recipe", "load_figures", "model_config", "model_specs"]
+
+#: card field -> transformers config field, for building a card's model on the meta device
+CARD_CONFIG = {"num_layers": "num_hidden_layers", "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+               "hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
+               "num_heads": "num_attention_heads", "vocab_size": "vocab_size"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,12 @@ class Count:
     params: int
     compressor_params: int
     figure: Figure | None
+    receiver_lora_params: int = 0
+
+    @property
+    def total(self) -> int:
+        """Everything the adapter trains and ships: translator, compressor and receiver LoRA."""
+        return self.params + self.compressor_params + self.receiver_lora_params
 
     @property
     def per_layer(self) -> float:
@@ -62,7 +75,7 @@ class Count:
 
     @property
     def bf16_mb(self) -> float:
-        return (self.params + self.compressor_params) * 2 / 1e6
+        return self.total * 2 / 1e6
 
     def difference(self) -> float | None:
         """Relative difference to the published count (None without one)."""
@@ -118,6 +131,47 @@ def model_specs(spec: Any, role: str) -> list[LayerSpec]:
     return layer_specs(config)
 
 
+def model_config(spec: Any, role: str):
+    """A transformers config of a recipe's model: from its card's facts, or a directory's / hub id's config.json."""
+    from transformers import AutoConfig
+
+    name = spec.get("card") or spec.get("path") if isinstance(spec, dict) else spec
+    if isinstance(name, str) and name in cards.model_card_names():
+        card = cards.model_card(name)
+        missing = [k for k in ("model_type", *CARD_CONFIG) if getattr(card, k) is None]
+        if missing:
+            raise RecipeError(f"{role}: model card {name!r} ({card.card_path}) lacks {', '.join(missing)}, which the "
+                              f"dry run needs to build the model's layers; add them to the card (config.json has "
+                              f"them: {', '.join(CARD_CONFIG.get(k, k) for k in missing)})")
+        try:
+            return AutoConfig.for_model(card.model_type, **{v: getattr(card, k) for k, v in CARD_CONFIG.items()})
+        except ValueError as exc:  # a model_type this transformers does not know
+            raise RecipeError(f"{role}: model card {name!r} has model_type {card.model_type!r}, which this "
+                              f"transformers version cannot build ({exc}); upgrade transformers") from exc
+    try:
+        return AutoConfig.from_pretrained(str(name))
+    except Exception as exc:  # no such directory, offline hub id, ...
+        raise RecipeError(f"{role}: {name!r} is not a model card and its config could not be read "
+                          f"({type(exc).__name__}: {exc}); name a card from registry/models/ or a directory holding "
+                          f"config.json") from exc
+
+
+def count_receiver_lora(recipe: dict[str, Any]) -> int:
+    """Parameters of the recipe's receiver LoRA (0 without ``receiver_adapter``): the receiver is built on the meta
+    device and every targeted Linear layer counted as ``rank * (in + out)``."""
+    spec = recipe.get("receiver_adapter")
+    if not spec:
+        return 0
+    from transformers import AutoModelForCausalLM
+
+    from lcf.runtime.receiver_lora import lora_settings, target_linears
+
+    rank, _, targets = lora_settings(dict(spec))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config(recipe["receiver"], "receiver"))
+    return sum(rank * (m.in_features + m.out_features) for m in target_linears(model, targets).values())
+
+
 def count_recipe(recipe: dict[str, Any], origin: str, figures: list[Figure] | None = None) -> Count:
     """Build ``recipe``'s translator and compressor on the meta device and count their parameters."""
     if recipe.get("sharers"):
@@ -144,4 +198,4 @@ def count_recipe(recipe: dict[str, Any], origin: str, figures: list[Figure] | No
         translator.prune(keep=active[-figure.keep_layers:])
     return Count(recipe=origin, name=name, translator=str(spec["type"]), fused_layers=len(translator.active_layers),
                  params=translator.num_parameters(), compressor_params=compressor.num_parameters() if compressor else 0,
-                 figure=figure)
+                 figure=figure, receiver_lora_params=count_receiver_lora(recipe))

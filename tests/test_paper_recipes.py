@@ -69,6 +69,53 @@ def test_dry_run_counts_match_the_papers(capsys):
     assert "478,192,120" in out and "478.00M" in out and "2510.03215" in out
 
 
+def test_dry_run_counts_the_receiver_lora_apart(tmp_path, capsys):
+    """`lcf params` builds the receiver from its card's widths on the meta device and counts the recipe's receiver
+    LoRA as the runtime builds it: one (A, B) pair of rank r on every targeted Linear layer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lcf.dry_run import count_receiver_lora, model_config
+    from lcf.runtime.receiver_lora import ReceiverLoRA
+
+    recipe = validate_recipe(load_recipe(REPO / "recipes/science_lora_gated.yaml"))
+    count = count_recipe(recipe, "science_lora_gated")
+    # SmolLM2-135M (hidden 576, 9 query / 3 KV heads of 64, MLP 1536, 30 layers), rank 16 on q, k, v, o, gate, up, down
+    assert count.receiver_lora_params == 30 * 16 * (2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536)) == 4_884_480
+    assert count.total == count.params + count.receiver_lora_params and count_recipe(
+        validate_recipe(load_recipe(REPO / "recipes/science_mc_options.yaml")), "opts").receiver_lora_params == 0
+    # a directory's config.json gives the same count as the LoRA the runtime attaches to that model
+    cfg = LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    small = dict(recipe, receiver=str(tmp_path / "llama"),
+                 receiver_adapter={"type": "lora", "rank": 4, "target_modules": ["q_proj", "down_proj"]})
+    built = ReceiverLoRA(LlamaForCausalLM(cfg), rank=4, target_modules=["q_proj", "down_proj"])
+    assert count_receiver_lora(small) == built.num_parameters() == 2 * 4 * ((24 + 24) + (40 + 24))
+    # every shipped card builds (its model_type is one transformers knows, its widths are complete)
+    for name in ("smollm2-135m-instruct", "gemma3-270m", "qwen3-0.6b", "qwen2.5-0.5b-instruct"):
+        assert model_config(name, "receiver").num_attention_heads
+    assert main(["params", str(REPO / "recipes/science_lora_gated.yaml")]) == 0
+    assert "4,884,480" in capsys.readouterr().out
+
+
+def test_card_widths_match_the_prepared_models():
+    """The widths the cards record for the dry run are the prepared models' own (where they are prepared)."""
+    from lcf import cards
+    from lcf.dry_run import CARD_CONFIG
+    from lcf.models.loading import is_prepared, prepared_dir
+
+    checked = 0
+    for name in cards.model_card_names():
+        card = cards.model_card(name)
+        if card.source.kind != "pip_gguf" or not is_prepared(card):
+            continue
+        config = json.loads((prepared_dir(card) / "config.json").read_text())
+        for field, key in CARD_CONFIG.items():
+            assert getattr(card, field) == config[key], f"{name}: card {field} vs config.json {key}"
+        checked += 1
+    if not checked:
+        pytest.skip("no card's model is prepared (lcf models prepare --all)")
+
 # -- chat_hub ------------------------------------------------------------------------------------
 def test_parse_both_layouts_and_skips():
     ex = parse_conversation(sharegpt("Hi?", "Hello.", "Be brief."), "r", 0)

@@ -24,8 +24,8 @@ def print_params(recipes: Sequence[str], overrides: Sequence[str] = (), console=
     con = console or Console(width=None if sys.stdout.isatty() else 150)
     figures = load_figures()
     table = Table(title="translator parameters built from the cards' shapes (no weights), next to the papers")
-    for col in ("recipe", "translator", "layers", "params", "per layer", "compressor", "bf16 MB", "published",
-                "diff"):
+    for col in ("recipe", "translator", "layers", "params", "per layer", "compressor", "receiver LoRA", "bf16 MB",
+                "published", "diff"):
         table.add_column(col, no_wrap=True)
     failed = 0
     sources: list[str] = []
@@ -44,11 +44,13 @@ def print_params(recipes: Sequence[str], overrides: Sequence[str] = (), console=
             published += f" [{sources.index(fig.source) + 1}]"
         table.add_row(count.name, count.translator, str(count.fused_layers), f"{count.params:,}",
                       _millions(count.per_layer), f"{count.compressor_params:,}" if count.compressor_params else "-",
+                      f"{count.receiver_lora_params:,}" if count.receiver_lora_params else "-",
                       f"{count.bf16_mb:,.1f}", published, "-" if diff is None else f"{diff:+.2%}")
     con.print(table)
     for k, source in enumerate(sources, start=1):
         con.print(f"[{k}] {source}")
     con.print("params: the translator (gates included) after pruning where the figure counts a pruned adapter; "
-              "compressor: LCF-X's span summariser, counted apart; bf16 MB: both, 2 bytes a parameter. "
+              "compressor: LCF-X's span summariser, counted apart; receiver LoRA: the recipe's "
+              "receiver_adapter, counted apart; bf16 MB: all three, 2 bytes a parameter. "
               "diff: against the published count, which the papers round (478M, 19.4M, 6.24M).")
     return failed
