@@ -65,6 +65,13 @@ def test_cli_prints_a_table(two_reports, capsys):
     assert "| lcf - receiver | 10 | 50.0 | 30.0 | +20.0 [" in out and "picks the sharer's option 2" in out
     with pytest.raises(LCFError, match="SYSTEM_A:SYSTEM_B"):
         main([str(two_reports[0]), "--pairs", "receiver"])
+    # against another system than the receiver alone (a composed adapter's LoRA alone): lcf and sharer disagree on
+    # q3, q4 and q6; "lcf" follows itself, so the sharer's pick is never taken there
+    assert main([*map(str, two_reports), "--follow", "lcf", "--follow-base", "lcf", "--resamples", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "on 3 items where lcf and sharer disagree it picks the sharer's option 0, lcf's 3, another 0" in out
+    with pytest.raises(LCFError, match="--follow-base 'nope' is not in the results"):
+        main([*map(str, two_reports), "--follow", "lcf", "--follow-base", "nope"])
 
 
 def test_merge_cuts_runs_to_their_common_items(two_reports, tmp_path):

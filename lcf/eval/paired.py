@@ -8,7 +8,9 @@ split, ``--limit`` and ``--seed``): predictions are joined by task and item id, 
 compared system has are used. For each pair ``A:B`` it prints ``A - B`` in points with a paired
 bootstrap 95% interval (items resampled with replacement, the same resample for both systems), and for
 each fused system the "follows the sharer" count: on items where receiver and sharer alone pick
-different options, how often the fused system picks the sharer's option, the receiver's, or another.
+different options, how often the fused system picks the sharer's option, the receiver's, or another
+(``--follow-base`` compares with another system instead of the receiver alone: for an adapter composed with a
+receiver LoRA, its ``(LoRA alone)`` system, so that the count isolates what the sharer's cache changes).
 A side may average several systems item by item, written ``A1+A2`` (for example two training seeds of one
 adapter against their two controls: ``"lcf+lcf_s1:lcf (mismatched)+lcf_s1 (mismatched)"``); the interval
 then resamples items only, not seeds. Cross-context reports (``lcf eval-xc``) compare with ``--metric f1``,
@@ -158,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("results", nargs="+", help="results.json files of `lcf eval` runs on the same items")
     ap.add_argument("--pairs", nargs="*", default=[], metavar="A:B", help="system pairs to compare (A - B)")
     ap.add_argument("--follow", nargs="*", default=[], metavar="SYSTEM", help="fused systems for the follows-the-sharer count")
+    ap.add_argument("--follow-base", default="receiver", metavar="SYSTEM",
+                    help="the system whose picks the sharer's are compared with (default: receiver; for an adapter "
+                         "composed with a receiver LoRA, e.g. 'NAME (LoRA alone)')")
     ap.add_argument("--metric", default="acc_norm", choices=[*sorted(CORRECT_KEY), *XC_METRICS])
     ap.add_argument("--task", default=None, help="one task only (default: every item of every task)")
     ap.add_argument("--resamples", type=int, default=4000)
@@ -178,9 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {a} - {b} | {d['n']} | {d['a_score']:.1f} | {d['b_score']:.1f} | "
               f"{d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}] |")
     for system in args.follow:
-        f = follows_sharer(preds, system, metric=args.metric, task=args.task)
-        print(f"{system}: on {f['disagree']} items where receiver and sharer disagree it picks the sharer's option "
-              f"{f['sharer']}, the receiver's {f['receiver']}, another {f['other']}; where the sharer is right "
+        base = args.follow_base
+        if base not in preds:
+            raise LCFError(f"--follow-base {base!r} is not in the results; systems there: {', '.join(sorted(preds))}")
+        f = follows_sharer(preds, system, receiver=base, metric=args.metric, task=args.task)
+        print(f"{system}: on {f['disagree']} items where {base} and sharer disagree it picks the sharer's option "
+              f"{f['sharer']}, {base}'s {f['receiver']}, another {f['other']}; where the sharer is right "
               f"({f['sharer_right']}) it follows it {f['follows_sharer_when_right']}")
     return 0
 
