@@ -43,16 +43,20 @@ def _mb(n: int | None) -> str:
 
 
 def _params(n: int | None) -> str:
-    return f"{n / 1e6:.2f}M" if n else "?"
+    if not n:
+        return "?"
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n:,}"  # a tiny adapter's count, not "0.00M"
 
 
 def _sharers(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Every sharer's section (one-sharer adapters: built from the top-level keys)."""
     if config.get("sharers"):
         return list(config["sharers"])
+    # the top-level count covers everything the adapter trains: a receiver LoRA is counted on its own row
+    total, lora = config.get("num_parameters"), (config.get("receiver_adapter") or {}).get("num_parameters") or 0
     return [{"translator": config.get("translator"), "layer_map": config.get("layer_map"),
              "token_alignment": config.get("token_alignment"), "sharer": config.get("sharer"),
-             "templates": config.get("templates"), "num_parameters": config.get("num_parameters")}]
+             "templates": config.get("templates"), "num_parameters": total - lora if total else total}]
 
 
 def _data_line(data: dict[str, Any] | None) -> str:
@@ -81,6 +85,8 @@ def _init_line(training: dict[str, Any]) -> str | None:
         return None
     if "from" in init:
         return f"| init | from {init['from']} (a second stage) |"
+    if "fit" not in init:  # e.g. only a staged receiver LoRA, which its own row describes
+        return None
     lam = done.get("lambda")
     r2 = (done.get("r2") or {}).get(str(lam)) if lam is not None else None
     fit = _data_line({"sets": init.get("fit")}) if isinstance(init.get("fit"), list) else "?"

@@ -108,7 +108,12 @@ def test_joint_train_export_load_equals_training_and_peft(composed):
                                        "args": {"rank": 2, "alpha": 3.0, "lr_scale": 1.0,
                                                 "target_modules": ["q_proj", "v_proj", "down_proj"]}}
     assert cfg["num_parameters"] == summary["num_parameters"]
-    assert "| receiver LoRA | rank 2, alpha 3.0" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "| receiver LoRA | rank 2, alpha 3.0" in card and "| init |" not in card
+    # the translator's row counts the translator only; the LoRA has its row, the total both
+    translator = sum(p.numel() for p in trained.translator.parameters())
+    assert cfg["num_parameters"] == translator + lora.num_parameters()
+    assert f"), {translator:,} parameters; layer map" in card and f"; {lora.num_parameters():,} parameters (" in card
     adapter = load_adapter(out)
     assert attached(adapter.receiver.model) is adapter.communicator.receiver_adapter
     batch = _response_batch(adapter)
