@@ -67,6 +67,9 @@ def main(argv: list[str]) -> None:
     sys.stdout.flush()
     line = json.dumps({"rank": rank, "run": str(run_dir), "adapter": str(adapter)}) + "\n"
     os.write(sys.stdout.fileno(), line.encode())
+    if torch.distributed.is_initialized():  # join gloo's threads before exit: a rank once aborted in teardown
+        torch.distributed.barrier()          # ("terminate called without an active exception", rc -6)
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
