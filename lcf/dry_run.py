@@ -120,15 +120,7 @@ def model_specs(spec: Any, role: str) -> list[LayerSpec]:
                               f"dry run needs; add them to the card (they are in the model's config.json)")
         # the cards do not say which layers slide; no translator's size depends on it
         return [LayerSpec(card.num_kv_heads, card.head_dim, None)] * card.num_layers
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(str(name))
-    except Exception as exc:  # no such directory, offline hub id, ...
-        raise RecipeError(f"{role}: {name!r} is not a model card and its config could not be read "
-                          f"({type(exc).__name__}: {exc}); name a card from registry/models/ or a directory holding "
-                          f"config.json") from exc
-    return layer_specs(config)
+    return layer_specs(model_config(spec, role))
 
 
 def model_config(spec: Any, role: str):

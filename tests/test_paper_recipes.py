@@ -18,6 +18,7 @@ from lcf.data.features import collate
 from lcf.data.instruct import InstructExample, build_features
 from lcf.data.rows import DataError
 from lcf.dry_run import count_recipe, load_figures
+from lcf.errors import RecipeError
 from lcf.registry import token_aligners
 from tests.conftest import tiny_gemma3, tiny_llama
 from tests.tiny_tokenizers import tiny_receiver_tokenizer, tiny_sharer_tokenizer
@@ -96,6 +97,22 @@ def test_dry_run_counts_the_receiver_lora_apart(tmp_path, capsys):
         assert model_config(name, "receiver").num_attention_heads
     assert main(["params", str(REPO / "recipes/science_lora_gated.yaml")]) == 0
     assert "4,884,480" in capsys.readouterr().out
+
+
+def test_dry_run_names_the_card_widths_it_lacks(tmp_path, monkeypatch):
+    """A card without the decoder's widths cannot build the receiver for the LoRA count: the error names the
+    fields and where config.json keeps them."""
+    from lcf.dry_run import model_config
+
+    (tmp_path / "models").mkdir()
+    card = (REPO / "registry/models/smollm2-135m-instruct.yaml").read_text()
+    narrow = "\n".join(line for line in card.splitlines() if not line.startswith(("hidden_size", "num_heads")))
+    (tmp_path / "models" / "narrow-llama.yaml").write_text(narrow.replace("name: smollm2-135m-instruct",
+                                                                          "name: narrow-llama"))
+    monkeypatch.setenv("LCF_REGISTRY_PATH", str(tmp_path))
+    with pytest.raises(RecipeError, match=r"'narrow-llama' .* lacks hidden_size, num_heads, which the dry run needs "
+                                          r".*config.json has them: hidden_size, num_attention_heads"):
+        model_config("narrow-llama", "receiver")
 
 
 def test_card_widths_match_the_prepared_models():
