@@ -256,7 +256,7 @@ def test_fact_transfer_repeat_fraction_turns_training_questions_into_repeats():
 @pytest.mark.parametrize("kwargs, needle", [
     ({"attributes": ["color"]}, "Did you mean 'colour'"), ({"attributes": []}, "attributes is empty"),
     ({"attributes": ["city"], "num_paragraphs": 17}, "only 16"), ({"num_train": 0}, "num_train must be"),
-    ({"receiver_context": "full"}, "receiver_context must be one of none, half"),
+    ({"receiver_context": "all"}, "receiver_context must be one of none, half, full"),
     ({"spans": "paragraphs"}, "Did you mean 'paragraph'"), ({"receiver_template": "chatml"}, "receiver_template"),
     ({"max_context_tokens": 0}, "max_context_tokens must be"),
 ])
@@ -272,8 +272,9 @@ def test_datasets_registered_and_recipe_checked():
         datasets.check({"type": name, "data_root": "x", "val_size": 3}, "data")
     with pytest.raises(RecipeError, match="receiver_context"):
         datasets.check({"type": "fact_transfer", "receiver_context": "all"}, "data")
-    with pytest.raises(RecipeError, match="has no argument 'receiver_context'"):
-        datasets.check({"type": "squad_xc", "receiver_context": "half"}, "data")
+    datasets.check({"type": "squad_xc", "receiver_context": "full"}, "data")
+    with pytest.raises(DataError, match=r"must be one of none, full, got .half. \(squad_xc has no second part"):
+        SQuADXCData(receiver_context="half")
 
 
 def test_nothing_left_explains(rtok, stok):
@@ -304,6 +305,28 @@ def test_squad_xc_article_disjoint_split(tmp_path, rtok, stok):
     feats_train, feats_val = data.prepare(rtok, stok)
     assert [f["id"] for f in feats_val] == [e.id for e in val] and len(feats_train) == 12
     assert SQuADXCData(file="s.jsonl", data_root=str(tmp_path), val_size=4, seed=2).split_examples() == (train, val)
+
+
+def test_receiver_context_full_puts_the_paragraph_in_the_receiver_prompt(tmp_path, rtok, stok):
+    """The own-reading LoRA's data: the same examples and split, the receiver prompt holding the paragraph first, as
+    eval-xc's ``full`` system writes it (full_context), the sharer prompt and the answer unchanged."""
+    from lcf.data.xc.dataset import full_context
+
+    write_jsonl(tmp_path / "s.jsonl", squad_rows())
+    kw = dict(file="s.jsonl", data_root=str(tmp_path), val_size=4, seed=2)
+    none, full = SQuADXCData(**kw), SQuADXCData(**kw, receiver_context="full")
+    assert full.split_examples() == none.split_examples()
+    (f_train, f_val), (n_train, n_val) = full.prepare(rtok, stok), none.prepare(rtok, stok)
+    train, val = none.split_examples()
+    for got, plain, ex in zip(f_train + f_val, n_train + n_val, train + val):
+        assert got["receiver_prompt_ids"] == receiver_features(rtok, ex.question, full_context(ex))["receiver_prompt_ids"]
+        assert len(got["receiver_prompt_ids"]) > len(plain["receiver_prompt_ids"])
+        assert {k: got[k] for k in ("sharer_prompt_ids", "response_ids", "index", "id")} == \
+            {k: plain[k] for k in ("sharer_prompt_ids", "response_ids", "index", "id")}
+    ex = XCExample(id="1", sharer_context="Ada lives in Oslo.", question="q", answers=["Oslo"], receiver_context="Ada.")
+    assert full_context(ex) == "Ada.\n\nAda lives in Oslo."
+    half = FactTransferData(num_train=4, num_val=2, num_paragraphs=4, receiver_context="full", seed=1)
+    assert half.split_examples() == FactTransferData(num_train=4, num_val=2, num_paragraphs=4, seed=1).split_examples()
 
 
 def test_squad_xc_shared_data(data_root):

@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="message budgets of the text baselines")
     p.add_argument("--spans", choices=["paragraph", "sentence", "tokens"], default=None,
                    help="cut sharer contexts this way for LCF-X (default: the scheme the adapter was trained with)")
+    p.add_argument("--receiver-lora", default=None, metavar="LORA",
+                   help="a receiver LoRA (an `lcf train-lora` run or a PEFT folder): each system in which the receiver "
+                        "reads text itself (receiver, own, full, full-short) is also scored with it, '(LoRA)'")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--latency-runs", type=int, default=3)

@@ -97,8 +97,9 @@ def cmd_eval_xc(args) -> int:
     items, facts = held_out_items(adapter, data, limit=args.limit, seed=args.seed, data_root=args.data_root,
                                   exclude=args.exclude, only=args.only)
     _check_xc_lengths(adapter, items, args.systems, args.max_new_tokens)  # before any compute
+    lora = _own_reading_lora(adapter, args.receiver_lora) if args.receiver_lora else None
     systems = build_xc_systems(adapter, args.systems, text_tokens=args.text_tokens,
-                               has_own=facts["has_own_context"], spans=args.spans)
+                               has_own=facts["has_own_context"], spans=args.spans, receiver_lora=lora)
     results = evaluate_xc(systems, items, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                           latency_runs=args.latency_runs, seed=args.seed)
     results["selection"] = facts
@@ -113,6 +114,22 @@ def cmd_eval_xc(args) -> int:
     print(table)
     print(f"report written to {out} (results.json, report.md)")
     return 0
+
+
+def _own_reading_lora(adapter, path: str):
+    """The receiver LoRA of ``--receiver-lora``, attached to the adapter's receiver and disabled (the systems that
+    use it switch it on)."""
+    from lcf.runtime.receiver_lora import ReceiverLoRA, attached, find_peft_folder
+
+    model = adapter.receiver.model
+    if attached(model) is not None:
+        raise LCFError(f"--receiver-lora {path}: this adapter's receiver already carries a receiver LoRA (the adapter "
+                       f"is composed with one); its own-reading systems would run with both. Evaluate a cross-context "
+                       f"adapter without a receiver LoRA, or leave --receiver-lora out")
+    lora = ReceiverLoRA.from_peft(find_peft_folder(path), model)
+    lora.to(device=next(model.parameters()).device)
+    lora.enabled = False
+    return lora.attach(model)
 
 
 def _check_xc_lengths(adapter, items, systems, max_new_tokens: int) -> None:

@@ -123,7 +123,8 @@ class FactTransferData(XCData):
     phrasing: ``fixed`` (one phrasing per attribute) or ``varied``.
     attributes: the attributes questions may ask (default: all of ``city``, ``colour``, ``pet``,
         ``locker``, ``code_word``).
-    receiver_context: ``none`` (question only) or ``half`` (the receiver also reads distractors).
+    receiver_context: ``none`` (question only), ``half`` (the receiver also reads distractors) or ``full`` (the
+        receiver reads the sharer's context itself).
     repeat_fraction: this fraction of the *training* examples asks the receiver to repeat the sharer's
         context word for word instead of answering (:data:`REPEAT_QUESTION`; the answer is the whole
         context): an autoencoding task with every token of the message as a target, so the translator
@@ -147,7 +148,7 @@ class FactTransferData(XCData):
         seed: int = 0,
         values: Literal["closed", "open"] = "closed",
         phrasing: Literal["fixed", "varied"] = "fixed",
-        receiver_context: Literal["none", "half"] = "none",
+        receiver_context: Literal["none", "half", "full"] = "none",
         receiver_template: str = "auto",
         sharer_template: str = "auto",
         spans: Literal["paragraph", "sentence", "tokens"] = "paragraph",

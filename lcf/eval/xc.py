@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from lcf.data.xc.dataset import full_context
 from lcf.errors import LCFError
 from lcf.eval.harness import elapsed_ms, first_line
 from lcf.eval.metrics import squad_scores
@@ -76,18 +77,29 @@ class ReceiverOnly(XCSystem):
     """The receiver reads ``own`` = ``"none"`` (question only), ``"half"`` or ``"full"`` context itself;
     ``"full-short"``: the full context after :data:`SHORT_ANSWER_EXAMPLES`."""
 
-    def __init__(self, adapter: Any, own: str = "none"):
+    def __init__(self, adapter: Any, own: str = "none", lora: Any = None):
+        """lora: a :class:`~lcf.runtime.receiver_lora.ReceiverLoRA` attached to the adapter's receiver (disabled
+        outside this system's answers): the receiver tuned to read the text itself (``lcf eval-xc --receiver-lora``)."""
         super().__init__(adapter)
-        self.own = own
+        self.own, self.lora = own, lora
         self.name = {"none": "receiver alone", "half": "receiver + own half", "full": "receiver + full context",
-                     "full-short": "receiver + full context, short-answer examples"}[own]
+                     "full-short": "receiver + full context, short-answer examples"}[own] + (" (LoRA)" if lora else "")
+
+    def answer(self, items, max_new_tokens, min_new_tokens=0):
+        if self.lora is None:
+            return super().answer(items, max_new_tokens, min_new_tokens)
+        self.lora.enabled = True
+        try:
+            return super().answer(items, max_new_tokens, min_new_tokens)
+        finally:
+            self.lora.enabled = False
 
     def prepare(self, items):
         if self.own == "none":
             return [""] * len(items), None, [0] * len(items)
         if self.own == "half":
             return [it.receiver_context for it in items], None, [0] * len(items)
-        both = ["\n\n".join(p for p in (it.receiver_context, it.sharer_context) if p) for it in items]
+        both = [full_context(it) for it in items]
         if self.own == "full-short":
             both = [f"{SHORT_ANSWER_EXAMPLES}\n\nText: {b}" for b in both]
         return both, None, [0] * len(items)
@@ -201,9 +213,11 @@ class ZeroRows(LowRank):
 
 
 def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequence[int] = (50, 100, 200),
-                     has_own: bool = True, spans: str | None = None) -> list[XCSystem]:
+                     has_own: bool = True, spans: str | None = None, receiver_lora: Any = None) -> list[XCSystem]:
     """The systems of ``chosen`` (:data:`XC_SYSTEMS`) in report order; ``spans`` cuts the sharer's
-    context for every LCF-X system (default: the scheme the compressor was trained with)."""
+    context for every LCF-X system (default: the scheme the compressor was trained with). ``receiver_lora``
+    (attached to the adapter's receiver, disabled): every system in which the receiver reads text itself
+    (``receiver``, ``own``, ``full``, ``full-short``) is followed by its twin with this LoRA on."""
     unknown = sorted(set(chosen) - set(XC_SYSTEMS))
     if unknown:
         raise LCFError(f"unknown cross-context systems {unknown}; choose from {', '.join(XC_SYSTEMS)}")
@@ -212,12 +226,10 @@ def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequen
     for kind in XC_SYSTEMS:
         if kind not in chosen:
             continue
-        if kind == "receiver":
-            out.append(ReceiverOnly(adapter, "none"))
-        elif kind == "own" and has_own:
-            out.append(ReceiverOnly(adapter, "half"))
-        elif kind in ("full", "full-short"):
-            out.append(ReceiverOnly(adapter, kind))
+        if kind in OWN_READING:
+            if kind != "own" or has_own:
+                loras = (None,) if receiver_lora is None else (None, receiver_lora)
+                out += [ReceiverOnly(adapter, OWN_READING[kind], lora) for lora in loras]
         elif kind == "text":
             out += [TextMessage(adapter, n) for n in text_tokens]
         elif kind == "lcf-x":
@@ -230,6 +242,9 @@ def build_xc_systems(adapter: Any, chosen: Sequence[str], *, text_tokens: Sequen
             out.append(TokenXC(adapter, control="mean"))  # where it does not apply)
     return out
 
+
+#: system choice -> what the receiver reads itself (:class:`ReceiverOnly`)
+OWN_READING: dict[str, str] = {"receiver": "none", "own": "half", "full": "full", "full-short": "full-short"}
 
 #: adapter kind -> the system that sends its latent message (summary or per-token codes)
 LATENT_SYSTEMS: dict[str, type[LatentXC]] = {FUSED: LatentXC, PER_TOKEN: TokenXC}

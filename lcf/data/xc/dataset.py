@@ -8,6 +8,7 @@ features of both splits with :func:`~lcf.data.xc.features.xc_features`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -23,9 +24,15 @@ from lcf.errors import suggest
 
 log = logging.getLogger(__name__)
 
-RECEIVER_CONTEXTS: tuple[str, ...] = ("none", "half")
+RECEIVER_CONTEXTS: tuple[str, ...] = ("none", "half", "full")
 
-__all__ = ["RECEIVER_CONTEXTS", "XCData", "load_rows", "string_list", "text_field"]
+__all__ = ["RECEIVER_CONTEXTS", "XCData", "full_context", "load_rows", "string_list", "text_field"]
+
+
+def full_context(example: XCExample) -> str:
+    """Everything an example's context holds, as the receiver reads it itself: its own part (if any), then the
+    sharer's. The receiver prompt of ``receiver_context: full`` and of ``lcf eval-xc``'s ``full`` system."""
+    return "\n\n".join(p for p in (example.receiver_context, example.sharer_context) if p)
 
 
 def load_rows(name: str, file: str, data_root: str | None, hub_id: str | None, hub_config: str | None,
@@ -68,7 +75,10 @@ class XCData:
     ``sentence`` / ``tokens``), span_tokens, max_context_tokens (longer sharer prompts are dropped;
     480 keeps the context inside Gemma-3's 512-token sliding window), max_prompt_tokens (longer
     receiver prompts are dropped), max_response_tokens (answers are truncated), receiver_context
-    (``none``: question only; ``half``: the receiver also reads its own part of the context).
+    (``none``: question only; ``half``: the receiver also reads its own part of the context; ``full``: the
+    receiver reads the sharer's context too, as ``lcf eval-xc``'s ``full`` system does: the training data of a
+    receiver tuned to read the text itself, e.g. ``lcf train-lora``'s own-reading baseline; the split of the
+    context between the models is that of ``none``).
     """
 
     name: ClassVar[str] = "xc"
@@ -94,7 +104,7 @@ class XCData:
             if value not in TEMPLATES:
                 raise DataError(f"{self.name}: {key} {value!r} is unknown.{suggest(str(value), TEMPLATES)} "
                                 f"Expected one of: {', '.join(TEMPLATES)}.")
-        allowed = RECEIVER_CONTEXTS if self.supports_half else ("none",)
+        allowed = RECEIVER_CONTEXTS if self.supports_half else ("none", "full")
         if receiver_context not in allowed:
             raise DataError(f"{self.name}: receiver_context must be one of {', '.join(allowed)}, got "
                             f"{receiver_context!r}" + ("" if self.supports_half else
@@ -186,7 +196,10 @@ class XCData:
             for ex in todo:
                 if want is not None and len(split) >= want:
                     break
-                out = xc_features(ex, receiver_tokenizer, sharer_tokenizer, index=index.get(id(ex), -1), **kwargs)
+                at = index.get(id(ex), -1)
+                if self.receiver_context == "full":  # the receiver reads the context itself
+                    ex = dataclasses.replace(ex, receiver_context=full_context(ex))
+                out = xc_features(ex, receiver_tokenizer, sharer_tokenizer, index=at, **kwargs)
                 examined += 1
                 if isinstance(out, dict):
                     split.append(out)

@@ -63,6 +63,8 @@ class SQuADXCData(_FileXCData):
     file: JSONL/JSON under ``data_root`` (default the shared dev sample); hub_id / hub_split: read a
     hub dataset with the same schema instead (e.g. ``rajpurkar/squad``; needs ``pip install datasets``).
     Validation takes whole articles (``title``) until it has at least ``val_size`` questions.
+    receiver_context: ``none`` (the question only) or ``full`` (the receiver reads the paragraph itself: the
+    training data of a receiver tuned to read the text, the format-fair own reading of ``lcf eval-xc``).
     """
 
     name = "squad_xc"
@@ -83,11 +85,13 @@ class SQuADXCData(_FileXCData):
         max_context_tokens: int = 480,
         max_prompt_tokens: int = 1024,
         max_response_tokens: int = 32,
+        receiver_context: Literal["none", "full"] = "none",
     ) -> None:
         super().__init__(data_root=data_root, val_size=val_size, train_size=train_size, seed=seed,
                          receiver_template=receiver_template, sharer_template=sharer_template, spans=spans,
                          span_tokens=span_tokens, max_context_tokens=max_context_tokens,
-                         max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens)
+                         max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens,
+                         receiver_context=receiver_context)
         self._source(file, hub_id, None, hub_split)
         self._titles: dict[str, str] = {}
 
@@ -151,7 +155,8 @@ class HotpotQAXCData(_FileXCData):
     file: the official JSON under ``data_root`` (default the shared first-100 dev sample); hub_id /
     hub_config / hub_split: a hub dataset (``hotpotqa/hotpot_qa``, config ``distractor``).
     receiver_context: ``none`` (the receiver reads only the question) or ``half`` (it also reads its
-    half of the paragraphs, holding the other supporting paragraph).
+    half of the paragraphs, holding the other supporting paragraph); ``full``: the receiver reads the sharer's
+    paragraphs itself (the split of ``none``).
     distractors: ``False`` keeps only the two supporting paragraphs, one per side (short enough for
     per-token messages under Gemma-3's 512-token sliding window); which side holds which is unchanged.
     """
@@ -170,7 +175,7 @@ class HotpotQAXCData(_FileXCData):
         val_size: int = 20,
         train_size: int | None = None,
         seed: int = 0,
-        receiver_context: Literal["none", "half"] = "none",
+        receiver_context: Literal["none", "half", "full"] = "none",
         distractors: bool = True,
         receiver_template: str = "auto",
         sharer_template: str = "auto",
@@ -244,11 +249,13 @@ class MuSiQueXCData(_FileXCData):
         max_context_tokens: int = 480,
         max_prompt_tokens: int = 1024,
         max_response_tokens: int = 32,
+        receiver_context: Literal["none", "full"] = "none",
     ) -> None:
         super().__init__(data_root=data_root, val_size=val_size, train_size=train_size, seed=seed,
                          receiver_template=receiver_template, sharer_template=sharer_template, spans=spans,
                          span_tokens=span_tokens, max_context_tokens=max_context_tokens,
-                         max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens)
+                         max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens,
+                         receiver_context=receiver_context)
         self._source(file, None, None, "train")
 
     def parse(self, row: Row, where: str, index: int) -> XCExample:
