@@ -319,7 +319,8 @@ def test_receiver_context_full_puts_the_paragraph_in_the_receiver_prompt(tmp_pat
     (f_train, f_val), (n_train, n_val) = full.prepare(rtok, stok), none.prepare(rtok, stok)
     train, val = none.split_examples()
     for got, plain, ex in zip(f_train + f_val, n_train + n_val, train + val):
-        assert got["receiver_prompt_ids"] == receiver_features(rtok, ex.question, full_context(ex))["receiver_prompt_ids"]
+        want = receiver_features(rtok, ex.question, full_context(ex))
+        assert got["receiver_prompt_ids"] == want["receiver_prompt_ids"]
         assert len(got["receiver_prompt_ids"]) > len(plain["receiver_prompt_ids"])
         assert {k: got[k] for k in ("sharer_prompt_ids", "response_ids", "index", "id")} == \
             {k: plain[k] for k in ("sharer_prompt_ids", "response_ids", "index", "id")}
